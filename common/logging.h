@@ -1,0 +1,21 @@
+// File: common/logging.h
+//
+// spdlog set-up shared by every binary: text to stderr, or JSON lines.
+#ifndef STASIS_COMMON_LOGGING_H_
+#define STASIS_COMMON_LOGGING_H_
+
+#include <string_view>
+
+#include <spdlog/spdlog.h>
+
+namespace stasis {
+
+enum class LogFormat { kText, kJson };
+
+// Configures the default logger. `level` is an spdlog level name ("info", "debug", ...);
+// an unknown name keeps "info". Call once at start-up, before other threads log.
+void InitLogging(LogFormat format, std::string_view level);
+
+}  // namespace stasis
+
+#endif  // STASIS_COMMON_LOGGING_H_

@@ -1,0 +1,559 @@
+#include "snapshot/format.h"
+
+#include <algorithm>
+#include <cstring>
+#include <numeric>
+#include <unordered_set>
+
+#include "common/hash.h"
+
+namespace stasis::format {
+namespace {
+
+using u128 = unsigned __int128;
+
+class ByteWriter {
+ public:
+  void U8(uint8_t v) { out_.push_back(static_cast<char>(v)); }
+  void U16(uint16_t v) { Le(v, 2); }
+  void U32(uint32_t v) { Le(v, 4); }
+  void U64(uint64_t v) { Le(v, 8); }
+  void I64(int64_t v) { Le(static_cast<uint64_t>(v), 8); }
+  void Zeros(size_t n) { out_.append(n, '\0'); }
+  void Bytes(std::string_view s) { out_.append(s); }
+  std::string Take() { return std::move(out_); }
+
+ private:
+  void Le(uint64_t v, int n) {
+    for (int i = 0; i < n; ++i) out_.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+  }
+  std::string out_;
+};
+
+// Bounded little-endian cursor: every read checks the bytes left and fails with DataLoss
+// naming the structure being read.
+class ByteCursor {
+ public:
+  explicit ByteCursor(std::string_view b) : b_(b) {}
+  size_t remaining() const { return b_.size() - pos_; }
+  Status Need(size_t n, std::string_view what) const {
+    if (n > remaining()) {
+      return DataLossError("manifest: " + std::string(what) + " needs " + std::to_string(n) +
+                           " bytes at manifest offset " + std::to_string(pos_) + ", " +
+                           std::to_string(remaining()) + " left");
+    }
+    return OkStatus();
+  }
+  uint8_t U8() { return static_cast<uint8_t>(b_[pos_++]); }
+  uint16_t U16() { return static_cast<uint16_t>(Le(2)); }
+  uint32_t U32() { return static_cast<uint32_t>(Le(4)); }
+  uint64_t U64() { return Le(8); }
+  int64_t I64() { return static_cast<int64_t>(Le(8)); }
+  std::string_view Bytes(size_t n) {
+    std::string_view s = b_.substr(pos_, n);
+    pos_ += n;
+    return s;
+  }
+
+ private:
+  uint64_t Le(int n) {
+    uint64_t v = 0;
+    for (int i = 0; i < n; ++i) v |= static_cast<uint64_t>(static_cast<uint8_t>(b_[pos_ + i])) << (8 * i);
+    pos_ += n;
+    return v;
+  }
+  std::string_view b_;
+  size_t pos_ = 0;
+};
+
+uint64_t LoadU64(const char* p) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v |= static_cast<uint64_t>(static_cast<uint8_t>(p[i])) << (8 * i);
+  return v;
+}
+uint32_t LoadU32(const char* p) { return static_cast<uint32_t>(LoadU64(p) & 0xffffffffu); }
+
+bool AllZero(std::string_view s) {
+  return std::all_of(s.begin(), s.end(), [](char c) { return c == 0; });
+}
+
+bool IsPowerOfTwo(uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
+
+std::string Num(uint64_t v) { return std::to_string(v); }
+
+}  // namespace
+
+std::string_view CodecName(Codec c) {
+  switch (c) {
+    case Codec::kRaw: return "raw";
+    case Codec::kZstd: return "zstd";
+    case Codec::kGrouped: return "grouped";
+  }
+  return "unknown";
+}
+
+const TensorInfo* Manifest::FindTensor(std::string_view name) const {
+  for (const auto& t : tensors)
+    if (t.name == name) return &t;
+  return nullptr;
+}
+const SectionInfo* Manifest::FindSection(std::string_view name) const {
+  for (const auto& s : sections)
+    if (s.name == name) return &s;
+  return nullptr;
+}
+const std::string* Manifest::FindMetadata(std::string_view key) const {
+  for (const auto& kv : metadata)
+    if (kv.first == key) return &kv.second;
+  return nullptr;
+}
+
+uint64_t AlignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
+
+StatusOr<uint64_t> ElementCount(const std::vector<int64_t>& shape) {
+  u128 count = 1;
+  for (int64_t d : shape) {
+    if (d < 0) return InvalidArgumentError("negative dimension " + std::to_string(d));
+    count *= static_cast<uint64_t>(d);
+    if (count >= (static_cast<u128>(1) << 62)) {
+      // A zero later in the shape cannot rescue an absurd product: reject outright.
+      return ResourceExhaustedError("element count overflows 2^62");
+    }
+  }
+  return static_cast<uint64_t>(count);
+}
+
+std::vector<int64_t> ContiguousStrides(const std::vector<int64_t>& shape) {
+  std::vector<int64_t> strides(shape.size());
+  int64_t s = 1;
+  for (size_t i = shape.size(); i-- > 0;) {
+    strides[i] = s;
+    s *= shape[i] > 0 ? shape[i] : 1;
+  }
+  return strides;
+}
+
+StatusOr<uint64_t> ViewByteSize(DType dtype, const std::vector<int64_t>& shape,
+                                const std::vector<int64_t>& strides) {
+  if (shape.size() != strides.size()) return InvalidArgumentError("shape and strides differ in rank");
+  STASIS_ASSIGN_OR_RETURN(uint64_t count, ElementCount(shape));
+  for (int64_t s : strides)
+    if (s < 0) return InvalidArgumentError("negative stride " + std::to_string(s));
+  if (count == 0) return uint64_t{0};
+  int bits = DTypeBits(dtype);
+  if (bits % 8 != 0) {
+    if (strides != ContiguousStrides(shape))
+      return InvalidArgumentError("sub-byte dtype " + std::string(DTypeName(dtype)) +
+                                  " must be contiguous");
+    return static_cast<uint64_t>((static_cast<u128>(count) * bits + 7) / 8);
+  }
+  u128 extent = 1;
+  for (size_t i = 0; i < shape.size(); ++i) {
+    extent += static_cast<u128>(shape[i] - 1) * static_cast<uint64_t>(strides[i]);
+    if (extent >= (static_cast<u128>(1) << 62)) return ResourceExhaustedError("view extent overflows");
+  }
+  return static_cast<uint64_t>(extent * (bits / 8));
+}
+
+std::string EncodeHeader() {
+  ByteWriter w;
+  w.Bytes(std::string_view(kHeaderMagic, 8));
+  w.U32(kFormatVersion);
+  w.U32(kHeaderSize);
+  w.U64(0);  // flags
+  std::string h = w.Take();
+  uint64_t sum = Xxh3(h.data(), h.size());
+  ByteWriter w2;
+  w2.Bytes(h);
+  w2.U64(sum);
+  w2.Zeros(kHeaderSize - kHeaderChecked - 8);
+  return w2.Take();
+}
+
+Status DecodeHeader(std::string_view b) {
+  if (b.size() < kHeaderSize) return OutOfRangeError("truncated: header needs 4096 bytes");
+  if (std::memcmp(b.data(), kHeaderMagic, 8) != 0)
+    return InvalidArgumentError("not a stasis image: bad header magic");
+  uint32_t version = LoadU32(b.data() + 8);
+  if (version != kFormatVersion)
+    return UnimplementedError("unsupported image format version " + Num(version) +
+                              " (this build reads version " + Num(kFormatVersion) + ")");
+  if (Xxh3(b.data(), kHeaderChecked) != LoadU64(b.data() + 24))
+    return DataLossError("header checksum mismatch");
+  if (LoadU32(b.data() + 12) != kHeaderSize) return DataLossError("header: header_size is not 4096");
+  if (LoadU64(b.data() + 16) != 0) return DataLossError("header: unknown flags set");
+  if (!AllZero(b.substr(32, kHeaderSize - 32))) return DataLossError("header: padding is not zero");
+  return OkStatus();
+}
+
+std::string EncodeFooter(const Footer& f) {
+  ByteWriter w;
+  w.U64(f.manifest_offset);
+  w.U64(f.manifest_size);
+  w.U64(f.manifest_xxh3);
+  w.U64(f.file_size);
+  w.U32(kFormatVersion);
+  w.U32(0);
+  w.U64(0);
+  std::string s = w.Take();
+  uint64_t sum = Xxh3(s.data(), s.size());
+  ByteWriter w2;
+  w2.Bytes(s);
+  w2.U64(sum);
+  w2.Bytes(std::string_view(kFooterMagic, 8));
+  return w2.Take();
+}
+
+StatusOr<Footer> DecodeFooter(std::string_view b) {
+  if (b.size() < kFooterSize) return OutOfRangeError("truncated: footer needs 64 bytes");
+  if (std::memcmp(b.data() + 56, kFooterMagic, 8) != 0)
+    return InvalidArgumentError("not a stasis image: bad footer magic (truncated or not an image)");
+  uint32_t version = LoadU32(b.data() + 32);
+  if (version != kFormatVersion)
+    return UnimplementedError("unsupported image format version " + Num(version) +
+                              " in footer (this build reads version " + Num(kFormatVersion) + ")");
+  if (Xxh3(b.data(), kFooterChecked) != LoadU64(b.data() + 48))
+    return DataLossError("footer checksum mismatch");
+  if (LoadU32(b.data() + 36) != 0) return DataLossError("footer: unknown flags set");
+  if (LoadU64(b.data() + 40) != 0) return DataLossError("footer: reserved field is not zero");
+  Footer f;
+  f.manifest_offset = LoadU64(b.data());
+  f.manifest_size = LoadU64(b.data() + 8);
+  f.manifest_xxh3 = LoadU64(b.data() + 16);
+  f.file_size = LoadU64(b.data() + 24);
+  if (f.manifest_offset < kHeaderSize || f.manifest_offset % kBlockAlign != 0)
+    return DataLossError("footer: manifest_offset " + Num(f.manifest_offset) + " is misaligned");
+  if (f.manifest_size > kMaxManifestSize)
+    return ResourceExhaustedError("footer: manifest_size " + Num(f.manifest_size) +
+                                  " exceeds the limit of " + Num(kMaxManifestSize));
+  if (f.manifest_size < kManifestHeaderSize)
+    return DataLossError("footer: manifest_size " + Num(f.manifest_size) + " is too small");
+  if (f.file_size != f.manifest_offset + f.manifest_size + kFooterSize)
+    return DataLossError("footer: file_size does not match manifest_offset + manifest_size + 64");
+  return f;
+}
+
+std::string EncodeManifest(const Manifest& m) {
+  ByteWriter w;
+  w.U32(static_cast<uint32_t>(m.regions.size()));
+  w.U32(static_cast<uint32_t>(m.tensors.size()));
+  w.U32(static_cast<uint32_t>(m.sections.size()));
+  w.U32(static_cast<uint32_t>(m.metadata.size()));
+  w.U64(m.chunks.size());
+  w.U64(0);
+  for (const auto& r : m.regions) {
+    w.U64(r.size);
+    w.U64(r.alignment);
+    w.U64(r.va_hint);
+    w.U32(static_cast<uint32_t>(r.device_kind));
+    w.U32(static_cast<uint32_t>(r.device_ordinal));
+    w.Zeros(16);
+  }
+  for (const auto& c : m.chunks) {
+    w.U64(c.file_offset);
+    w.U64(c.stored_size);
+    w.U64(c.raw_size);
+    w.U64(c.dst_offset);
+    w.U32(c.region_id);
+    w.U8(static_cast<uint8_t>(c.codec));
+    w.U8(c.element_size);
+    w.U16(0);
+    w.U64(c.stored_xxh3);
+    w.U64(c.raw_xxh3);
+    w.U64(0);
+  }
+  for (const auto& t : m.tensors) {
+    w.U16(static_cast<uint16_t>(t.name.size()));
+    w.U8(static_cast<uint8_t>(t.dtype));
+    w.U8(static_cast<uint8_t>(t.shape.size()));
+    w.U32(t.region_id);
+    w.U64(t.byte_offset);
+    w.U64(t.byte_size);
+    w.U64(0);
+    w.Bytes(t.name);
+    for (int64_t d : t.shape) w.I64(d);
+    for (int64_t s : t.strides) w.I64(s);
+  }
+  for (const auto& s : m.sections) {
+    w.U16(static_cast<uint16_t>(s.name.size()));
+    w.Zeros(6);
+    w.U64(s.file_offset);
+    w.U64(s.size);
+    w.U64(s.xxh3);
+    w.Bytes(s.name);
+  }
+  for (const auto& [k, v] : m.metadata) {
+    w.U16(static_cast<uint16_t>(k.size()));
+    w.U16(0);
+    w.U32(static_cast<uint32_t>(v.size()));
+    w.Bytes(k);
+    w.Bytes(v);
+  }
+  return w.Take();
+}
+
+StatusOr<Manifest> DecodeManifest(std::string_view bytes, uint64_t manifest_offset) {
+  if (bytes.size() > kMaxManifestSize) return ResourceExhaustedError("manifest exceeds 256 MiB");
+  ByteCursor c(bytes);
+  STASIS_RETURN_IF_ERROR(c.Need(kManifestHeaderSize, "manifest header"));
+  uint64_t region_count = c.U32();
+  uint64_t tensor_count = c.U32();
+  uint64_t section_count = c.U32();
+  uint64_t metadata_count = c.U32();
+  uint64_t chunk_count = c.U64();
+  if (c.U64() != 0) return DataLossError("manifest header: reserved field is not zero");
+
+  auto limit = [](uint64_t n, uint64_t max, const char* what) -> Status {
+    if (n > max)
+      return ResourceExhaustedError(std::string(what) + " count " + Num(n) + " exceeds the limit of " +
+                                    Num(max));
+    return OkStatus();
+  };
+  STASIS_RETURN_IF_ERROR(limit(region_count, kMaxRegions, "region"));
+  STASIS_RETURN_IF_ERROR(limit(chunk_count, kMaxChunks, "chunk"));
+  STASIS_RETURN_IF_ERROR(limit(tensor_count, kMaxTensors, "tensor"));
+  STASIS_RETURN_IF_ERROR(limit(section_count, kMaxSections, "section"));
+  STASIS_RETURN_IF_ERROR(limit(metadata_count, kMaxMetadata, "metadata"));
+  // Every record has a minimum size: a count the remaining bytes cannot hold is corrupt,
+  // and checking it first keeps every reservation below a multiple of the manifest size.
+  u128 min_bytes = static_cast<u128>(region_count) * kRegionRecordSize +
+                   static_cast<u128>(chunk_count) * kChunkRecordSize +
+                   static_cast<u128>(tensor_count) * (kTensorRecordFixed + 1) +
+                   static_cast<u128>(section_count) * (kSectionRecordFixed + 1) +
+                   static_cast<u128>(metadata_count) * (kMetadataRecordFixed + 1);
+  if (min_bytes > c.remaining())
+    return DataLossError("manifest: record counts need at least " + Num(static_cast<uint64_t>(min_bytes)) +
+                         " bytes, manifest has " + Num(c.remaining()));
+
+  Manifest m;
+  m.regions.reserve(region_count);
+  for (uint64_t i = 0; i < region_count; ++i) {
+    STASIS_RETURN_IF_ERROR(c.Need(kRegionRecordSize, "region " + Num(i)));
+    RegionInfo r;
+    r.size = c.U64();
+    r.alignment = c.U64();
+    r.va_hint = c.U64();
+    uint32_t kind = c.U32();
+    r.device_ordinal = static_cast<int32_t>(c.U32());
+    if (!AllZero(c.Bytes(16))) return DataLossError("region " + Num(i) + ": reserved bytes are not zero");
+    if (kind > 1) return DataLossError("region " + Num(i) + ": unknown device kind " + Num(kind));
+    r.device_kind = static_cast<DeviceKind>(kind);
+    m.regions.push_back(r);
+  }
+  m.chunks.reserve(chunk_count);
+  for (uint64_t i = 0; i < chunk_count; ++i) {
+    STASIS_RETURN_IF_ERROR(c.Need(kChunkRecordSize, "chunk " + Num(i)));
+    ChunkInfo ch;
+    ch.file_offset = c.U64();
+    ch.stored_size = c.U64();
+    ch.raw_size = c.U64();
+    ch.dst_offset = c.U64();
+    ch.region_id = c.U32();
+    uint8_t codec = c.U8();
+    ch.element_size = c.U8();
+    uint16_t reserved16 = c.U16();
+    ch.stored_xxh3 = c.U64();
+    ch.raw_xxh3 = c.U64();
+    uint64_t reserved64 = c.U64();
+    if (reserved16 != 0 || reserved64 != 0)
+      return DataLossError("chunk " + Num(i) + ": reserved bytes are not zero");
+    if (codec > 2) return DataLossError("chunk " + Num(i) + ": unknown codec " + Num(codec));
+    ch.codec = static_cast<Codec>(codec);
+    m.chunks.push_back(ch);
+  }
+  m.tensors.reserve(tensor_count);
+  for (uint64_t i = 0; i < tensor_count; ++i) {
+    STASIS_RETURN_IF_ERROR(c.Need(kTensorRecordFixed, "tensor " + Num(i)));
+    TensorInfo t;
+    size_t name_len = c.U16();
+    uint8_t dtype = c.U8();
+    size_t rank = c.U8();
+    t.region_id = c.U32();
+    t.byte_offset = c.U64();
+    t.byte_size = c.U64();
+    if (c.U64() != 0) return DataLossError("tensor " + Num(i) + ": reserved bytes are not zero");
+    if (name_len == 0 || name_len > kMaxTensorNameLen)
+      return DataLossError("tensor " + Num(i) + ": name length " + Num(name_len) + " out of range");
+    if (rank > kMaxRank) return DataLossError("tensor " + Num(i) + ": rank " + Num(rank) + " exceeds 32");
+    auto dt = DTypeFromId(dtype);
+    if (!dt) return DataLossError("tensor " + Num(i) + ": unknown dtype id " + Num(dtype));
+    t.dtype = *dt;
+    STASIS_RETURN_IF_ERROR(c.Need(name_len + 16 * rank, "tensor " + Num(i) + " name and dims"));
+    t.name = std::string(c.Bytes(name_len));
+    t.shape.resize(rank);
+    t.strides.resize(rank);
+    for (auto& d : t.shape) d = c.I64();
+    for (auto& s : t.strides) s = c.I64();
+    m.tensors.push_back(std::move(t));
+  }
+  m.sections.reserve(section_count);
+  for (uint64_t i = 0; i < section_count; ++i) {
+    STASIS_RETURN_IF_ERROR(c.Need(kSectionRecordFixed, "section " + Num(i)));
+    SectionInfo s;
+    size_t name_len = c.U16();
+    if (!AllZero(c.Bytes(6))) return DataLossError("section " + Num(i) + ": reserved bytes are not zero");
+    s.file_offset = c.U64();
+    s.size = c.U64();
+    s.xxh3 = c.U64();
+    if (name_len == 0 || name_len > kMaxSectionNameLen)
+      return DataLossError("section " + Num(i) + ": name length " + Num(name_len) + " out of range");
+    STASIS_RETURN_IF_ERROR(c.Need(name_len, "section " + Num(i) + " name"));
+    s.name = std::string(c.Bytes(name_len));
+    m.sections.push_back(std::move(s));
+  }
+  m.metadata.reserve(metadata_count);
+  for (uint64_t i = 0; i < metadata_count; ++i) {
+    STASIS_RETURN_IF_ERROR(c.Need(kMetadataRecordFixed, "metadata " + Num(i)));
+    size_t key_len = c.U16();
+    if (c.U16() != 0) return DataLossError("metadata " + Num(i) + ": reserved bytes are not zero");
+    size_t value_len = c.U32();
+    if (key_len == 0 || key_len > kMaxMetadataKeyLen)
+      return DataLossError("metadata " + Num(i) + ": key length " + Num(key_len) + " out of range");
+    if (value_len > kMaxMetadataValueLen)
+      return ResourceExhaustedError("metadata " + Num(i) + ": value length " + Num(value_len) +
+                                    " exceeds 1 MiB");
+    STASIS_RETURN_IF_ERROR(c.Need(key_len + value_len, "metadata " + Num(i) + " key and value"));
+    std::string key(c.Bytes(key_len));
+    std::string value(c.Bytes(value_len));
+    m.metadata.emplace_back(std::move(key), std::move(value));
+  }
+  if (c.remaining() != 0)
+    return DataLossError("manifest: " + Num(c.remaining()) + " unexpected bytes after the last record");
+  STASIS_RETURN_IF_ERROR(ValidateManifest(m, manifest_offset));
+  return m;
+}
+
+Status ValidateManifest(const Manifest& m, uint64_t manifest_offset) {
+  if (m.regions.size() > kMaxRegions || m.chunks.size() > kMaxChunks ||
+      m.tensors.size() > kMaxTensors || m.sections.size() > kMaxSections ||
+      m.metadata.size() > kMaxMetadata)
+    return ResourceExhaustedError("manifest: a record count exceeds its limit");
+  for (size_t i = 0; i < m.regions.size(); ++i) {
+    const RegionInfo& r = m.regions[i];
+    std::string where = "region " + Num(i) + ": ";
+    if (r.size > kMaxRegionSize) return ResourceExhaustedError(where + "size exceeds 2^48");
+    if (!IsPowerOfTwo(r.alignment) || r.alignment > kMaxRegionAlignment)
+      return DataLossError(where + "alignment " + Num(r.alignment) + " is not a power of two <= 2^30");
+    if (r.va_hint % r.alignment != 0) return DataLossError(where + "va_hint is not aligned");
+    if (r.device_kind == DeviceKind::kCpu ? r.device_ordinal != -1 : r.device_ordinal < 0)
+      return DataLossError(where + "device ordinal " + std::to_string(r.device_ordinal) +
+                           " does not fit the device kind");
+  }
+
+  // Blocks (chunk and section payloads) in file order must not overlap and must lie between
+  // the header and the manifest.
+  auto check_block = [&](uint64_t off, uint64_t size, const std::string& what) -> Status {
+    if (off % kBlockAlign != 0 || off < kHeaderSize)
+      return DataLossError(what + ": file offset " + Num(off) + " is not a block boundary after the header");
+    if (size > manifest_offset || off > manifest_offset - size)
+      return DataLossError(what + ": payload runs past the manifest offset " + Num(manifest_offset));
+    return OkStatus();
+  };
+  std::vector<std::pair<uint64_t, uint64_t>> extents;  // (offset, end)
+  extents.reserve(m.chunks.size() + m.sections.size());
+
+  for (size_t i = 0; i < m.chunks.size(); ++i) {
+    const ChunkInfo& c = m.chunks[i];
+    std::string where = "chunk " + Num(i);
+    if (c.region_id >= m.regions.size())
+      return DataLossError(where + ": region id " + Num(c.region_id) + " out of range");
+    if (c.raw_size == 0 || c.raw_size > kMaxChunkRawSize)
+      return DataLossError(where + ": raw size " + Num(c.raw_size) + " out of range");
+    if (c.stored_size == 0) return DataLossError(where + ": stored size is zero");
+    const RegionInfo& r = m.regions[c.region_id];
+    if (c.dst_offset > r.size || c.raw_size > r.size - c.dst_offset)
+      return DataLossError(where + ": destination runs past the end of region " + Num(c.region_id));
+    switch (c.codec) {
+      case Codec::kRaw:
+        if (c.element_size != 0 || c.stored_size != c.raw_size || c.stored_xxh3 != c.raw_xxh3)
+          return DataLossError(where + ": inconsistent raw chunk");
+        break;
+      case Codec::kZstd:
+        if (c.element_size != 0) return DataLossError(where + ": element size set on a zstd chunk");
+        [[fallthrough]];
+      case Codec::kGrouped:
+        if (c.stored_size > c.raw_size + c.raw_size / 8 + 4096)
+          return DataLossError(where + ": stored size " + Num(c.stored_size) + " exceeds the bound");
+        if (c.codec == Codec::kGrouped) {
+          if (c.element_size != 2 && c.element_size != 4)
+            return DataLossError(where + ": element size " + Num(c.element_size) + " is not 2 or 4");
+          if (c.raw_size % c.element_size != 0)
+            return DataLossError(where + ": raw size is not a multiple of the element size");
+          if (c.stored_size < 8u * c.element_size)
+            return DataLossError(where + ": stored size too small for the plane table");
+        }
+        break;
+    }
+    STASIS_RETURN_IF_ERROR(check_block(c.file_offset, c.stored_size, where));
+    extents.emplace_back(c.file_offset, c.file_offset + c.stored_size);
+  }
+
+  std::unordered_set<std::string_view> names;
+  for (size_t i = 0; i < m.sections.size(); ++i) {
+    const SectionInfo& s = m.sections[i];
+    std::string where = "section " + Num(i);
+    if (s.name.empty() || s.name.size() > kMaxSectionNameLen)
+      return DataLossError(where + ": name length out of range");
+    if (!names.insert(s.name).second) return DataLossError(where + ": duplicate name '" + s.name + "'");
+    if (s.size > kMaxSectionSize) return ResourceExhaustedError(where + ": size exceeds 1 GiB");
+    if (s.size == 0) {
+      if (s.file_offset != 0) return DataLossError(where + ": empty section with a file offset");
+      continue;
+    }
+    STASIS_RETURN_IF_ERROR(check_block(s.file_offset, s.size, where));
+    extents.emplace_back(s.file_offset, s.file_offset + s.size);
+  }
+  std::sort(extents.begin(), extents.end());
+  for (size_t i = 1; i < extents.size(); ++i)
+    if (extents[i].first < extents[i - 1].second)
+      return DataLossError("blocks overlap at file offset " + Num(extents[i].first));
+
+  // Chunks of one region must not overlap.
+  std::vector<size_t> order(m.chunks.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    const auto &x = m.chunks[a], &y = m.chunks[b];
+    return x.region_id != y.region_id ? x.region_id < y.region_id : x.dst_offset < y.dst_offset;
+  });
+  for (size_t k = 1; k < order.size(); ++k) {
+    const auto &prev = m.chunks[order[k - 1]], &cur = m.chunks[order[k]];
+    if (prev.region_id == cur.region_id && cur.dst_offset < prev.dst_offset + prev.raw_size)
+      return DataLossError("chunk " + Num(order[k]) + " overlaps chunk " + Num(order[k - 1]) +
+                           " in region " + Num(cur.region_id));
+  }
+
+  names.clear();
+  for (size_t i = 0; i < m.tensors.size(); ++i) {
+    const TensorInfo& t = m.tensors[i];
+    std::string where = "tensor " + Num(i);
+    if (t.name.empty() || t.name.size() > kMaxTensorNameLen)
+      return DataLossError(where + ": name length out of range");
+    if (t.name.find('\0') != std::string::npos) return DataLossError(where + ": name contains NUL");
+    if (!names.insert(t.name).second) return DataLossError(where + ": duplicate name '" + t.name + "'");
+    if (t.shape.size() > kMaxRank || t.shape.size() != t.strides.size())
+      return DataLossError(where + ": bad rank");
+    if (t.region_id >= m.regions.size())
+      return DataLossError(where + ": region id " + Num(t.region_id) + " out of range");
+    auto size = ViewByteSize(t.dtype, t.shape, t.strides);
+    if (!size.ok()) return DataLossError(where + " '" + t.name + "': " + std::string(size.status().message()));
+    if (*size != t.byte_size)
+      return DataLossError(where + " '" + t.name + "': byte_size " + Num(t.byte_size) +
+                           " does not match its view (" + Num(*size) + ")");
+    const RegionInfo& r = m.regions[t.region_id];
+    if (t.byte_offset > r.size || t.byte_size > r.size - t.byte_offset)
+      return DataLossError(where + " '" + t.name + "': runs past the end of region " + Num(t.region_id));
+  }
+
+  names.clear();
+  for (size_t i = 0; i < m.metadata.size(); ++i) {
+    const auto& [k, v] = m.metadata[i];
+    if (k.empty() || k.size() > kMaxMetadataKeyLen)
+      return DataLossError("metadata " + Num(i) + ": key length out of range");
+    if (v.size() > kMaxMetadataValueLen)
+      return ResourceExhaustedError("metadata " + Num(i) + ": value exceeds 1 MiB");
+    if (!names.insert(k).second) return DataLossError("metadata " + Num(i) + ": duplicate key '" + k + "'");
+  }
+  return OkStatus();
+}
+
+}  // namespace stasis::format

@@ -1,0 +1,364 @@
+// The `stasis` command line: snapshot, inspect, verify, export.
+// Statuses become exit codes and messages here and nowhere else (tools/cli_common.h).
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <map>
+
+#include "common/file_system.h"
+#include "restore/host_loader.h"
+#include "snapshot/image_reader.h"
+#include "snapshot/image_writer.h"
+#include "snapshot/safetensors.h"
+#include "tools/cli_common.h"
+
+namespace stasis::cli {
+namespace {
+
+using Json = nlohmann::ordered_json;
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point since) {
+  return std::chrono::duration<double>(Clock::now() - since).count();
+}
+
+std::string ShapeString(const std::vector<int64_t>& v) {
+  std::string s = "[";
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+  return s + "]";
+}
+
+bool IsContiguous(const format::TensorInfo& t) { return t.strides == format::ContiguousStrides(t.shape); }
+
+// Copies a strided view into contiguous row-major order.
+void GatherStrided(const uint8_t* base, const format::TensorInfo& t, size_t elem, uint8_t* out) {
+  const size_t rank = t.shape.size();
+  std::vector<int64_t> idx(rank, 0);
+  uint64_t count = *format::ElementCount(t.shape);
+  for (uint64_t n = 0; n < count; ++n) {
+    int64_t off = 0;
+    for (size_t d = 0; d < rank; ++d) off += idx[d] * t.strides[d];
+    std::memcpy(out + n * elem, base + off * static_cast<int64_t>(elem), elem);
+    for (size_t d = rank; d-- > 0;) {
+      if (++idx[d] < t.shape[d]) break;
+      idx[d] = 0;
+    }
+  }
+}
+
+// ---- snapshot -------------------------------------------------------------------------
+
+struct SnapshotArgs {
+  std::string input, output, codec = "auto", chunk_size = "4MiB";
+  int level = 1, threads = 0;
+  bool force = false, json = false, quiet = false;
+};
+
+int RunSnapshot(const SnapshotArgs& a) {
+  WriterOptions opt;
+  if (a.codec == "auto") opt.codec = CodecChoice::kAuto;
+  else if (a.codec == "zstd") opt.codec = CodecChoice::kZstd;
+  else if (a.codec == "raw") opt.codec = CodecChoice::kRaw;
+  else return ReportError(InvalidArgumentError("--codec must be auto, raw or zstd"));
+  auto chunk = ParseSize(a.chunk_size);
+  if (!chunk.ok()) return ReportError(chunk.status());
+  opt.chunk_size = *chunk;
+  opt.zstd_level = a.level;
+  opt.threads = a.threads;
+  opt.overwrite = a.force;
+
+  uint64_t input_bytes = 0;
+  {
+    auto f = DefaultFileSystem()->OpenRandomAccess(a.input);
+    if (!f.ok()) return ReportError(f.status());
+    input_bytes = (*f)->Size();
+  }
+  ProgressBar bar("snapshot", input_bytes, !a.quiet && !a.json);
+  opt.progress = [&bar](uint64_t done) { bar.Update(done); };
+  auto start = Clock::now();
+  auto writer = ImageWriter::Create(a.output, opt);
+  if (!writer.ok()) return ReportError(writer.status());
+  Status s = ImportSafetensors(DefaultFileSystem(), a.input, writer->get());
+  if (!s.ok()) {
+    (*writer)->Abandon();
+    bar.Done();
+    return ReportError(s);
+  }
+  s = (*writer)->Finish();
+  bar.Done();
+  if (!s.ok()) return ReportError(s);
+  double secs = Seconds(start);
+  const WriterStats& st = (*writer)->stats();
+  double ratio = st.stored_bytes ? static_cast<double>(st.raw_bytes) / static_cast<double>(st.stored_bytes) : 1.0;
+  if (a.json) {
+    Json j;
+    j["image"] = a.output;
+    j["raw_bytes"] = st.raw_bytes;
+    j["stored_bytes"] = st.stored_bytes;
+    j["file_size"] = st.file_size;
+    j["ratio"] = ratio;
+    j["chunks"] = {{"raw", st.chunks_by_codec[0]}, {"zstd", st.chunks_by_codec[1]}, {"grouped", st.chunks_by_codec[2]}};
+    j["seconds"] = secs;
+    j["raw_gb_per_s"] = secs > 0 ? static_cast<double>(st.raw_bytes) / secs / 1e9 : 0.0;
+    std::cout << j.dump(2) << "\n";
+  } else {
+    std::printf("wrote %s: %s of tensor data in %s (ratio %.3f; chunks raw %llu, zstd %llu, grouped %llu) in %.2f s, %.2f GB/s\n",
+                a.output.c_str(), HumanBytes(st.raw_bytes).c_str(), HumanBytes(st.file_size).c_str(), ratio,
+                static_cast<unsigned long long>(st.chunks_by_codec[0]),
+                static_cast<unsigned long long>(st.chunks_by_codec[1]),
+                static_cast<unsigned long long>(st.chunks_by_codec[2]), secs,
+                secs > 0 ? static_cast<double>(st.raw_bytes) / secs / 1e9 : 0.0);
+  }
+  return kExitOk;
+}
+
+// ---- inspect --------------------------------------------------------------------------
+
+int RunInspect(const std::string& path, bool json) {
+  auto reader = ImageReader::Open(path);
+  if (!reader.ok()) return ReportError(reader.status());
+  const format::Manifest& m = (*reader)->manifest();
+  uint64_t raw = 0, stored = 0, by_codec[3] = {0, 0, 0}, raw_by_codec[3] = {0, 0, 0},
+           stored_by_codec[3] = {0, 0, 0};
+  for (const auto& c : m.chunks) {
+    int k = static_cast<int>(c.codec);
+    raw += c.raw_size;
+    stored += c.stored_size;
+    by_codec[k]++;
+    raw_by_codec[k] += c.raw_size;
+    stored_by_codec[k] += c.stored_size;
+  }
+  double ratio = stored ? static_cast<double>(raw) / static_cast<double>(stored) : 1.0;
+  const char* codec_names[3] = {"raw", "zstd", "grouped"};
+  if (json) {
+    Json j;
+    j["image"] = path;
+    j["format_version"] = format::kFormatVersion;
+    j["file_size"] = (*reader)->footer().file_size;
+    j["raw_bytes"] = raw;
+    j["stored_bytes"] = stored;
+    j["ratio"] = ratio;
+    Json codecs = Json::object();
+    for (int k = 0; k < 3; ++k)
+      codecs[codec_names[k]] = {{"chunks", by_codec[k]}, {"raw_bytes", raw_by_codec[k]}, {"stored_bytes", stored_by_codec[k]}};
+    j["codecs"] = codecs;
+    j["regions"] = Json::array();
+    for (size_t i = 0; i < m.regions.size(); ++i) {
+      const auto& r = m.regions[i];
+      j["regions"].push_back({{"id", i},
+                              {"device", r.device_kind == format::DeviceKind::kCpu ? "cpu" : "cuda"},
+                              {"ordinal", r.device_ordinal},
+                              {"size", r.size},
+                              {"alignment", r.alignment},
+                              {"va_hint", r.va_hint}});
+    }
+    j["tensors"] = Json::array();
+    for (const auto& t : m.tensors) {
+      j["tensors"].push_back({{"name", t.name},
+                              {"dtype", std::string(DTypeName(t.dtype))},
+                              {"shape", t.shape},
+                              {"strides", t.strides},
+                              {"region", t.region_id},
+                              {"offset", t.byte_offset},
+                              {"bytes", t.byte_size}});
+    }
+    j["sections"] = Json::array();
+    for (const auto& s : m.sections) j["sections"].push_back({{"name", s.name}, {"size", s.size}});
+    j["metadata"] = Json::object();
+    for (const auto& [k, v] : m.metadata) j["metadata"][k] = v;
+    std::cout << j.dump(2) << "\n";
+    return kExitOk;
+  }
+  std::printf("image     %s (format v%u, %s)\n", path.c_str(), format::kFormatVersion,
+              HumanBytes((*reader)->footer().file_size).c_str());
+  std::printf("data      %s raw, %s stored, ratio %.3f\n", HumanBytes(raw).c_str(), HumanBytes(stored).c_str(), ratio);
+  for (int k = 0; k < 3; ++k) {
+    if (by_codec[k] == 0) continue;
+    std::printf("  %-8s %llu chunks, %s -> %s\n", codec_names[k], static_cast<unsigned long long>(by_codec[k]),
+                HumanBytes(raw_by_codec[k]).c_str(), HumanBytes(stored_by_codec[k]).c_str());
+  }
+  std::printf("regions   %zu\n", m.regions.size());
+  for (size_t i = 0; i < m.regions.size(); ++i) {
+    const auto& r = m.regions[i];
+    std::printf("  #%zu %s%s %s align %llu va_hint 0x%llx\n", i,
+                r.device_kind == format::DeviceKind::kCpu ? "cpu" : "cuda:",
+                r.device_kind == format::DeviceKind::kCpu ? "" : std::to_string(r.device_ordinal).c_str(),
+                HumanBytes(r.size).c_str(), static_cast<unsigned long long>(r.alignment),
+                static_cast<unsigned long long>(r.va_hint));
+  }
+  std::printf("tensors   %zu\n", m.tensors.size());
+  for (const auto& t : m.tensors) {
+    std::printf("  %-48s %-6s %-20s region %u +%llu\n", t.name.c_str(), std::string(DTypeName(t.dtype)).c_str(),
+                ShapeString(t.shape).c_str(), t.region_id, static_cast<unsigned long long>(t.byte_offset));
+  }
+  std::printf("sections  %zu\n", m.sections.size());
+  for (const auto& s : m.sections) std::printf("  %s %s\n", s.name.c_str(), HumanBytes(s.size).c_str());
+  std::printf("metadata  %zu\n", m.metadata.size());
+  for (const auto& [k, v] : m.metadata) {
+    std::string shown = v.size() > 120 ? v.substr(0, 117) + "..." : v;
+    std::printf("  %s = %s\n", k.c_str(), shown.c_str());
+  }
+  return kExitOk;
+}
+
+// ---- verify ---------------------------------------------------------------------------
+
+int RunVerify(const std::string& path, int threads, bool json) {
+  auto start = Clock::now();
+  auto reader = ImageReader::Open(path);
+  if (!reader.ok()) {
+    if (json) {
+      Json j = {{"image", path}, {"intact", false}, {"errors", {reader.status().ToString()}}};
+      std::cout << j.dump(2) << "\n";
+      return ExitCodeFor(reader.status());
+    }
+    return ReportError(reader.status());
+  }
+  uint64_t total = 0;
+  for (const auto& c : (*reader)->manifest().chunks) total += c.stored_size;
+  ProgressBar bar("verify", total, !json);
+  VerifyOptions opt;
+  opt.threads = threads;
+  opt.progress = [&bar](uint64_t done) { bar.Update(done); };
+  auto report = (*reader)->Verify(opt);
+  bar.Done();
+  if (!report.ok()) return ReportError(report.status());
+  double secs = Seconds(start);
+  if (json) {
+    Json j;
+    j["image"] = path;
+    j["intact"] = report->ok();
+    j["chunks"] = report->chunks_checked;
+    j["sections"] = report->sections_checked;
+    j["stored_bytes"] = report->stored_bytes;
+    j["raw_bytes"] = report->raw_bytes;
+    j["seconds"] = secs;
+    j["errors"] = Json::array();
+    for (const auto& e : report->errors) j["errors"].push_back(e.ToString());
+    std::cout << j.dump(2) << "\n";
+  } else if (report->ok()) {
+    std::printf("%s: intact (%llu chunks, %llu sections, %s checked in %.2f s)\n", path.c_str(),
+                static_cast<unsigned long long>(report->chunks_checked),
+                static_cast<unsigned long long>(report->sections_checked),
+                HumanBytes((*reader)->footer().file_size).c_str(), secs);
+  } else {
+    for (const auto& e : report->errors) std::fprintf(stderr, "stasis: %s: %s\n", path.c_str(), e.ToString().c_str());
+    std::fprintf(stderr, "stasis: %s: CORRUPTED (%zu problem%s)\n", path.c_str(), report->errors.size(),
+                 report->errors.size() == 1 ? "" : "s");
+  }
+  return report->ok() ? kExitOk : kExitCorrupt;
+}
+
+// ---- export ---------------------------------------------------------------------------
+
+int RunExport(const std::string& path, const std::string& output, int threads, bool force, bool json) {
+  auto start = Clock::now();
+  auto reader = ImageReader::Open(path);
+  if (!reader.ok()) return ReportError(reader.status());
+  const format::Manifest& m = (*reader)->manifest();
+  if (!force && DefaultFileSystem()->Exists(output))
+    return ReportError(AlreadyExistsError("'" + output + "' exists (use --force to replace it)"));
+  uint64_t total = 0;
+  for (const auto& c : m.chunks) total += c.raw_size;
+  ProgressBar bar("export", total, !json);
+  HostLoadOptions opt;
+  opt.threads = threads;
+  opt.progress = [&bar](uint64_t done) { bar.Update(done); };
+  auto image = LoadImageToHost(**reader, opt);
+  bar.Done();
+  if (!image.ok()) return ReportError(image.status());
+
+  std::vector<SafetensorsTensorOut> out;
+  std::vector<std::vector<uint8_t>> gathered;  // contiguous copies of strided views
+  gathered.reserve(m.tensors.size());
+  for (const auto& t : m.tensors) {
+    SafetensorsTensorOut o{t.name, t.dtype, t.shape, (*image)->TensorData(t), t.byte_size};
+    if (!IsContiguous(t)) {
+      size_t elem = static_cast<size_t>(DTypeBits(t.dtype) / 8);
+      uint64_t count = *format::ElementCount(t.shape);
+      gathered.emplace_back(count * elem);
+      GatherStrided((*image)->TensorData(t), t, elem, gathered.back().data());
+      o.data = gathered.back().data();
+      o.size = gathered.back().size();
+    }
+    out.push_back(std::move(o));
+  }
+  std::vector<std::pair<std::string, std::string>> metadata;
+  if (const std::string* md = m.FindMetadata("safetensors.metadata")) {
+    auto parsed = nlohmann::json::parse(*md, nullptr, /*allow_exceptions=*/false);
+    if (!parsed.is_object())
+      return ReportError(DataLossError("metadata 'safetensors.metadata' is not a JSON object"));
+    for (auto& [k, v] : parsed.items()) {
+      if (!v.is_string()) return ReportError(DataLossError("metadata 'safetensors.metadata' holds a non-string"));
+      metadata.emplace_back(k, v.get<std::string>());
+    }
+  }
+  Status s = WriteSafetensors(DefaultFileSystem(), output, out, metadata, force);
+  if (!s.ok()) return ReportError(s);
+  double secs = Seconds(start);
+  if (json) {
+    Json j = {{"image", path}, {"output", output}, {"tensors", m.tensors.size()}, {"raw_bytes", total}, {"seconds", secs}};
+    std::cout << j.dump(2) << "\n";
+  } else {
+    std::printf("exported %zu tensors (%s) to %s in %.2f s\n", m.tensors.size(), HumanBytes(total).c_str(),
+                output.c_str(), secs);
+  }
+  return kExitOk;
+}
+
+}  // namespace
+}  // namespace stasis::cli
+
+int main(int argc, char** argv) {
+  using namespace stasis::cli;
+  CLI::App app{"stasis: snapshot model tensors into a checksummed image and restore them fast"};
+  app.set_version_flag("--version", "stasis " STASIS_VERSION_STRING);
+  app.require_subcommand(1);
+
+  SnapshotArgs snap;
+  auto* snapshot = app.add_subcommand("snapshot", "Snapshot a safetensors model (file or index.json) into an image");
+  snapshot->add_option("model", snap.input, "model.safetensors or model.safetensors.index.json")->required();
+  snapshot->add_option("-o,--output", snap.output, "image to write")->required();
+  snapshot->add_option("--codec", snap.codec, "auto|raw|zstd")->check(CLI::IsMember({"auto", "raw", "zstd"}));
+  snapshot->add_option("--level", snap.level, "zstd level (default 1)");
+  snapshot->add_option("--chunk-size", snap.chunk_size, "raw bytes per chunk (default 4MiB)");
+  snapshot->add_option("--threads", snap.threads, "compression threads (default: all cores)");
+  snapshot->add_flag("--force", snap.force, "replace an existing image");
+  snapshot->add_flag("--json", snap.json, "print a JSON report");
+  snapshot->add_flag("-q,--quiet", snap.quiet, "no progress bar");
+
+  std::string image, output;
+  bool json = false, force = false;
+  int threads = 0;
+  auto* inspect = app.add_subcommand("inspect", "Show an image's regions, tensors, sections, metadata and codec mix");
+  inspect->add_option("image", image)->required();
+  inspect->add_flag("--json", json);
+
+  auto* verify = app.add_subcommand("verify", "Check every byte of an image; exit 0 only if intact");
+  verify->add_option("image", image)->required();
+  verify->add_option("--threads", threads);
+  verify->add_flag("--json", json);
+
+  auto* exp = app.add_subcommand("export", "Read an image back to host memory and write safetensors");
+  exp->add_option("image", image)->required();
+  exp->add_option("-o,--output", output)->required();
+  exp->add_option("--threads", threads);
+  exp->add_flag("--force", force, "replace an existing output file");
+  exp->add_flag("--json", json);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int rc = app.exit(e);
+    return rc == 0 ? kExitOk : kExitUsage;
+  }
+  if (*snapshot) return RunSnapshot(snap);
+  if (*inspect) return RunInspect(image, json);
+  if (*verify) return RunVerify(image, threads, json);
+  if (*exp) return RunExport(image, output, threads, force, json);
+  return kExitUsage;
+}
