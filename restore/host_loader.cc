@@ -1,6 +1,9 @@
 #include "restore/host_loader.h"
 
+#include <sys/mman.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <atomic>
 #include <mutex>
 
@@ -8,12 +11,28 @@
 
 namespace stasis {
 
+HostImage::~HostImage() {
+  for (const Region& r : regions_)
+    if (r.data != nullptr) ::munmap(r.data, r.size);
+}
+
 StatusOr<std::unique_ptr<HostImage>> LoadImageToHost(const ImageReader& reader,
                                                      const HostLoadOptions& options) {
   const format::Manifest& m = reader.manifest();
   auto image = std::unique_ptr<HostImage>(new HostImage());
-  image->regions_.resize(m.regions.size());
-  for (size_t i = 0; i < m.regions.size(); ++i) image->regions_[i].resize(m.regions[i].size);
+  image->regions_.reserve(m.regions.size());
+  for (size_t i = 0; i < m.regions.size(); ++i) {
+    uint64_t size = m.regions[i].size;
+    if (size == 0) {
+      image->regions_.push_back({});
+      continue;
+    }
+    void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                     -1, 0);
+    if (p == MAP_FAILED)
+      return ErrnoToStatus(errno, "map region " + std::to_string(i) + " (" + std::to_string(size) + " bytes)");
+    image->regions_.push_back({static_cast<uint8_t*>(p), size});
+  }
 
   std::atomic<size_t> next{0};
   std::atomic<bool> failed{false};
@@ -32,7 +51,7 @@ StatusOr<std::unique_ptr<HostImage>> LoadImageToHost(const ImageReader& reader,
         std::vector<uint8_t> stored;
         for (size_t i = next++; i < n && !failed.load(); i = next++) {
           const format::ChunkInfo& c = m.chunks[i];
-          uint8_t* dst = image->regions_[c.region_id].data() + c.dst_offset;
+          uint8_t* dst = image->regions_[c.region_id].data + c.dst_offset;
           Status s = reader.ReadChunk(i, dst, &decoder, &stored, options.verify_raw);
           if (!s.ok()) {
             std::lock_guard<std::mutex> lock(mu);

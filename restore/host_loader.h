@@ -27,20 +27,31 @@ struct HostLoadOptions {
   std::function<void(uint64_t)> progress;
 };
 
+// Regions live in anonymous private mappings: pages a sparse region never touches cost
+// no memory, and a hostile region size fails cleanly (kResourceExhausted) at mmap.
 class HostImage {
  public:
+  ~HostImage();
+  HostImage(const HostImage&) = delete;
+  HostImage& operator=(const HostImage&) = delete;
+
   size_t region_count() const { return regions_.size(); }
-  const uint8_t* region(size_t i) const { return regions_[i].data(); }
-  uint64_t region_size(size_t i) const { return regions_[i].size(); }
+  const uint8_t* region(size_t i) const { return regions_[i].data; }
+  uint64_t region_size(size_t i) const { return regions_[i].size; }
   // The bytes a tensor's view spans (byte_size bytes from its offset).
   const uint8_t* TensorData(const format::TensorInfo& t) const {
-    return regions_[t.region_id].data() + t.byte_offset;
+    return regions_[t.region_id].data + t.byte_offset;
   }
 
  private:
+  struct Region {
+    uint8_t* data = nullptr;
+    uint64_t size = 0;
+  };
+  HostImage() = default;
   friend StatusOr<std::unique_ptr<HostImage>> LoadImageToHost(const ImageReader&,
                                                                const HostLoadOptions&);
-  std::vector<std::vector<uint8_t>> regions_;
+  std::vector<Region> regions_;
 };
 
 // Loads all regions. Fails with the first chunk error (kDataLoss naming the chunk for

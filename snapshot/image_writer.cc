@@ -91,6 +91,19 @@ struct ImageWriter::Impl {
     auto encoder = TakeEncoder();
     job->status = encoder->Encode(job->raw.data(), job->raw.size(), options.codec,
                                   job->element_size, &job->encoded);
+    // Checksums are computed here, on the pool, not on the writing thread.
+    format::ChunkInfo& c = job->info;
+    c.raw_size = job->raw.size();
+    c.raw_xxh3 = Xxh3(job->raw.data(), job->raw.size());
+    c.codec = job->encoded.codec;
+    c.element_size = job->encoded.element_size;
+    if (c.codec == format::Codec::kRaw) {
+      c.stored_size = c.raw_size;
+      c.stored_xxh3 = c.raw_xxh3;
+    } else {
+      c.stored_size = job->encoded.stored.size();
+      c.stored_xxh3 = Xxh3(job->encoded.stored.data(), job->encoded.stored.size());
+    }
     std::lock_guard<std::mutex> lock(mu);
     free_encoders.push_back(std::move(encoder));
     job->done = true;
@@ -111,22 +124,10 @@ struct ImageWriter::Impl {
   Status WriteJob(ChunkJob* job) {
     STASIS_RETURN_IF_ERROR(job->status);
     format::ChunkInfo& c = job->info;
-    c.raw_size = job->raw.size();
-    c.raw_xxh3 = Xxh3(job->raw.data(), job->raw.size());
-    c.codec = job->encoded.codec;
-    c.element_size = job->encoded.element_size;
-    const uint8_t* payload = job->raw.data();
-    size_t size = job->raw.size();
-    if (c.codec != format::Codec::kRaw) {
-      payload = job->encoded.stored.data();
-      size = job->encoded.stored.size();
-      c.stored_xxh3 = Xxh3(payload, size);
-    } else {
-      c.stored_xxh3 = c.raw_xxh3;
-    }
-    c.stored_size = size;
+    const uint8_t* payload =
+        c.codec == format::Codec::kRaw ? job->raw.data() : job->encoded.stored.data();
     STASIS_ASSIGN_OR_RETURN(c.file_offset, AlignFile());
-    STASIS_RETURN_IF_ERROR(file->Append(payload, size));
+    STASIS_RETURN_IF_ERROR(file->Append(payload, c.stored_size));
     manifest.chunks.push_back(c);
     stats.raw_bytes += c.raw_size;
     stats.stored_bytes += c.stored_size;
