@@ -96,7 +96,8 @@ double StasisSnapshot(const std::string& input, const std::string& output, int e
   for (uint64_t off = 0; off < size;) {
     ssize_t n = ::pread(fd, buf.data(), buf.size(), static_cast<off_t>(off));
     if (n <= 0) std::exit(1);
-    stasis::Status s = (*writer)->AddRegionData(id, off, buf.data(), static_cast<size_t>(n), element_size);
+    stasis::Status s =
+        (*writer)->AddRegionData(id, off, buf.data(), static_cast<size_t>(n), element_size);
     if (!s.ok()) {
       std::fprintf(stderr, "%s\n", s.ToString().c_str());
       std::exit(1);
@@ -140,18 +141,21 @@ int main(int argc, char** argv) {
   ::mkdir(dir.c_str(), 0755);
 
   nlohmann::ordered_json results = nlohmann::ordered_json::array();
-  std::printf("snapshot compression: %llu MiB per dtype, seed %llu, medians of %d runs, %u hardware threads\n",
-              static_cast<unsigned long long>(mib), static_cast<unsigned long long>(seed), runs,
-              std::thread::hardware_concurrency());
-  std::printf("%-6s %12s %12s %10s %12s %12s %10s\n", "dtype", "stasis ratio", "zstd ratio", "ratio x",
-              "stasis GB/s", "zstd GB/s", "speed x");
+  std::printf(
+      "snapshot compression: %llu MiB per dtype, seed %llu, medians of %d runs, %u hardware "
+      "threads\n",
+      static_cast<unsigned long long>(mib), static_cast<unsigned long long>(seed), runs,
+      std::thread::hardware_concurrency());
+  std::printf("%-6s %12s %12s %10s %12s %12s %10s\n", "dtype", "stasis ratio", "zstd ratio",
+              "ratio x", "stasis GB/s", "zstd GB/s", "speed x");
   for (bool bf16 : {true, false}) {
     const char* name = bf16 ? "bf16" : "f32";
     std::string raw = dir + "/" + name + ".bin";
     {
       auto bytes = Weights(bf16, mib << 20, seed);
-      std::ofstream(raw, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()),
-                                                 static_cast<std::streamsize>(bytes.size()));
+      std::ofstream(raw, std::ios::binary)
+          .write(reinterpret_cast<const char*>(bytes.data()),
+                 static_cast<std::streamsize>(bytes.size()));
     }
     const double size = static_cast<double>(FileSize(raw));
     std::string img = dir + "/" + name + ".stasis", zst = dir + "/" + name + ".zst";

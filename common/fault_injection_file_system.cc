@@ -64,9 +64,14 @@ Status FaultInjectionFileSystem::OnAppend(size_t n, size_t* allowed) {
   *allowed = n;
   if (plan_.fail_append_at == 0 || call != plan_.fail_append_at) return OkStatus();
   switch (plan_.append_fault) {
-    case WriteFault::kNone: return OkStatus();
-    case WriteFault::kEio: *allowed = 0; return ErrnoToStatus(EIO, "injected write failure");
-    case WriteFault::kNoSpace: *allowed = 0; return ErrnoToStatus(ENOSPC, "injected write");
+    case WriteFault::kNone:
+      return OkStatus();
+    case WriteFault::kEio:
+      *allowed = 0;
+      return ErrnoToStatus(EIO, "injected write failure");
+    case WriteFault::kNoSpace:
+      *allowed = 0;
+      return ErrnoToStatus(ENOSPC, "injected write");
     case WriteFault::kShortWrite:
       // The kernel wrote part of the buffer, and the retry of the rest hit ENOSPC.
       *allowed = n / 2;

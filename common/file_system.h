@@ -69,8 +69,7 @@ class FileSystem {
 FileSystem* DefaultFileSystem();
 
 // Reads a whole file (bounded by `max_bytes`: larger is kResourceExhausted).
-StatusOr<std::string> ReadFileToString(FileSystem* fs, const std::string& path,
-                                       uint64_t max_bytes);
+StatusOr<std::string> ReadFileToString(FileSystem* fs, const std::string& path, uint64_t max_bytes);
 
 // Forwards every call to a target; override what a test needs to change.
 class FileSystemWrapper : public FileSystem {

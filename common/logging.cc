@@ -9,8 +9,7 @@ namespace stasis {
 void InitLogging(LogFormat format, std::string_view level) {
   auto logger = spdlog::stderr_color_mt("stasis");
   if (format == LogFormat::kJson) {
-    logger->set_pattern(
-        R"({"time":"%Y-%m-%dT%H:%M:%S.%e%z","level":"%l","msg":"%v"})");
+    logger->set_pattern(R"({"time":"%Y-%m-%dT%H:%M:%S.%e%z","level":"%l","msg":"%v"})");
   } else {
     logger->set_pattern("%Y-%m-%d %H:%M:%S.%e %^%l%$ %v");
   }

@@ -4,9 +4,9 @@
 #ifndef STASIS_COMMON_LOGGING_H_
 #define STASIS_COMMON_LOGGING_H_
 
-#include <string_view>
-
 #include <spdlog/spdlog.h>
+
+#include <string_view>
 
 namespace stasis {
 

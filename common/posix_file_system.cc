@@ -25,8 +25,8 @@ class PosixRandomAccessFile final : public RandomAccessFile {
       ssize_t r = ::pread(fd_, out + done, n - done, static_cast<off_t>(offset + done));
       if (r < 0) {
         if (errno == EINTR || errno == EAGAIN) continue;
-        return ErrnoToStatus(errno, "read " + Quote(path_) + " at " +
-                                        std::to_string(offset + done));
+        return ErrnoToStatus(errno,
+                             "read " + Quote(path_) + " at " + std::to_string(offset + done));
       }
       if (r == 0) break;  // EOF
       done += static_cast<size_t>(r);

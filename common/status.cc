@@ -7,23 +7,40 @@ namespace stasis {
 
 std::string_view StatusCodeName(StatusCode code) {
   switch (code) {
-    case StatusCode::kOk: return "OK";
-    case StatusCode::kCancelled: return "CANCELLED";
-    case StatusCode::kUnknown: return "UNKNOWN";
-    case StatusCode::kInvalidArgument: return "INVALID_ARGUMENT";
-    case StatusCode::kDeadlineExceeded: return "DEADLINE_EXCEEDED";
-    case StatusCode::kNotFound: return "NOT_FOUND";
-    case StatusCode::kAlreadyExists: return "ALREADY_EXISTS";
-    case StatusCode::kPermissionDenied: return "PERMISSION_DENIED";
-    case StatusCode::kResourceExhausted: return "RESOURCE_EXHAUSTED";
-    case StatusCode::kFailedPrecondition: return "FAILED_PRECONDITION";
-    case StatusCode::kAborted: return "ABORTED";
-    case StatusCode::kOutOfRange: return "OUT_OF_RANGE";
-    case StatusCode::kUnimplemented: return "UNIMPLEMENTED";
-    case StatusCode::kInternal: return "INTERNAL";
-    case StatusCode::kUnavailable: return "UNAVAILABLE";
-    case StatusCode::kDataLoss: return "DATA_LOSS";
-    case StatusCode::kUnauthenticated: return "UNAUTHENTICATED";
+    case StatusCode::kOk:
+      return "OK";
+    case StatusCode::kCancelled:
+      return "CANCELLED";
+    case StatusCode::kUnknown:
+      return "UNKNOWN";
+    case StatusCode::kInvalidArgument:
+      return "INVALID_ARGUMENT";
+    case StatusCode::kDeadlineExceeded:
+      return "DEADLINE_EXCEEDED";
+    case StatusCode::kNotFound:
+      return "NOT_FOUND";
+    case StatusCode::kAlreadyExists:
+      return "ALREADY_EXISTS";
+    case StatusCode::kPermissionDenied:
+      return "PERMISSION_DENIED";
+    case StatusCode::kResourceExhausted:
+      return "RESOURCE_EXHAUSTED";
+    case StatusCode::kFailedPrecondition:
+      return "FAILED_PRECONDITION";
+    case StatusCode::kAborted:
+      return "ABORTED";
+    case StatusCode::kOutOfRange:
+      return "OUT_OF_RANGE";
+    case StatusCode::kUnimplemented:
+      return "UNIMPLEMENTED";
+    case StatusCode::kInternal:
+      return "INTERNAL";
+    case StatusCode::kUnavailable:
+      return "UNAVAILABLE";
+    case StatusCode::kDataLoss:
+      return "DATA_LOSS";
+    case StatusCode::kUnauthenticated:
+      return "UNAUTHENTICATED";
   }
   return "UNKNOWN_CODE";
 }
@@ -77,16 +94,46 @@ STASIS_DEFINE_ERROR_(DataLossError, kDataLoss)
 Status ErrnoToStatus(int err, std::string_view context) {
   StatusCode code;
   switch (err) {
-    case ENOENT: case ENOTDIR: code = StatusCode::kNotFound; break;
-    case EEXIST: code = StatusCode::kAlreadyExists; break;
-    case EACCES: case EPERM: case EROFS: code = StatusCode::kPermissionDenied; break;
-    case ENOSPC: case EDQUOT: case ENOMEM: case EMFILE: case ENFILE: case EFBIG:
-      code = StatusCode::kResourceExhausted; break;
-    case EINVAL: case EISDIR: case ENAMETOOLONG: code = StatusCode::kInvalidArgument; break;
-    case EAGAIN: case EINTR: case EBUSY: code = StatusCode::kUnavailable; break;
-    case ENOSYS: case EOPNOTSUPP: code = StatusCode::kUnimplemented; break;
-    case EIO: code = StatusCode::kUnavailable; break;  // as abseil maps it
-    default: code = StatusCode::kUnknown; break;
+    case ENOENT:
+    case ENOTDIR:
+      code = StatusCode::kNotFound;
+      break;
+    case EEXIST:
+      code = StatusCode::kAlreadyExists;
+      break;
+    case EACCES:
+    case EPERM:
+    case EROFS:
+      code = StatusCode::kPermissionDenied;
+      break;
+    case ENOSPC:
+    case EDQUOT:
+    case ENOMEM:
+    case EMFILE:
+    case ENFILE:
+    case EFBIG:
+      code = StatusCode::kResourceExhausted;
+      break;
+    case EINVAL:
+    case EISDIR:
+    case ENAMETOOLONG:
+      code = StatusCode::kInvalidArgument;
+      break;
+    case EAGAIN:
+    case EINTR:
+    case EBUSY:
+      code = StatusCode::kUnavailable;
+      break;
+    case ENOSYS:
+    case EOPNOTSUPP:
+      code = StatusCode::kUnimplemented;
+      break;
+    case EIO:
+      code = StatusCode::kUnavailable;
+      break;  // as abseil maps it
+    default:
+      code = StatusCode::kUnknown;
+      break;
   }
   std::string msg(context);
   msg += ": ";

@@ -30,14 +30,14 @@ enum class StatusCode : int {
   kNotFound = 5,  // missing file, tensor or section
   kAlreadyExists = 6,
   kPermissionDenied = 7,
-  kResourceExhausted = 8,  // ENOSPC, memory, a limit of the format exceeded
+  kResourceExhausted = 8,   // ENOSPC, memory, a limit of the format exceeded
   kFailedPrecondition = 9,  // state/version/device mismatch
   kAborted = 10,
-  kOutOfRange = 11,  // truncation: a read past the end of a file
+  kOutOfRange = 11,     // truncation: a read past the end of a file
   kUnimplemented = 12,  // unsupported format version or codec
-  kInternal = 13,  // a broken invariant of stasis itself
-  kUnavailable = 14,  // retryable I/O condition (EAGAIN, EINTR storms)
-  kDataLoss = 15,  // corrupted image: checksum mismatch, inconsistent structure
+  kInternal = 13,       // a broken invariant of stasis itself
+  kUnavailable = 14,    // retryable I/O condition (EAGAIN, EINTR storms)
+  kDataLoss = 15,       // corrupted image: checksum mismatch, inconsistent structure
   kUnauthenticated = 16,
 };
 
@@ -108,10 +108,9 @@ class [[nodiscard]] StatusOr {
   StatusOr(Status&& status) : v_(std::move(status)) { Check(); }
   StatusOr(const T& value) : v_(value) {}
   StatusOr(T&& value) : v_(std::move(value)) {}
-  template <typename U,
-            typename = std::enable_if_t<std::is_convertible_v<U&&, T> &&
-                                        !std::is_same_v<std::decay_t<U>, Status> &&
-                                        !std::is_same_v<std::decay_t<U>, StatusOr<T>>>>
+  template <typename U, typename = std::enable_if_t<std::is_convertible_v<U&&, T> &&
+                                                    !std::is_same_v<std::decay_t<U>, Status> &&
+                                                    !std::is_same_v<std::decay_t<U>, StatusOr<T>>>>
   StatusOr(U&& value) : v_(T(std::forward<U>(value))) {}
 
   bool ok() const { return v_.index() == 1; }
@@ -147,9 +146,9 @@ Status AsStatus(const StatusOr<T>& s) {
 #define STASIS_CONCAT_(a, b) STASIS_CONCAT_INNER_(a, b)
 
 // Returns from the current function when `expr` (a Status or StatusOr) is not OK.
-#define STASIS_RETURN_IF_ERROR(expr)                                   \
-  do {                                                                 \
-    auto&& stasis_status_ = (expr);                                    \
+#define STASIS_RETURN_IF_ERROR(expr)                                               \
+  do {                                                                             \
+    auto&& stasis_status_ = (expr);                                                \
     if (!stasis_status_.ok()) return ::stasis::internal::AsStatus(stasis_status_); \
   } while (0)
 

@@ -3,8 +3,8 @@
 #include <sys/mman.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <atomic>
+#include <cerrno>
 #include <mutex>
 
 #include "common/thread_pool.h"
@@ -27,10 +27,11 @@ StatusOr<std::unique_ptr<HostImage>> LoadImageToHost(const ImageReader& reader,
       image->regions_.push_back({});
       continue;
     }
-    void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
-                     -1, 0);
+    void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (p == MAP_FAILED)
-      return ErrnoToStatus(errno, "map region " + std::to_string(i) + " (" + std::to_string(size) + " bytes)");
+      return ErrnoToStatus(
+          errno, "map region " + std::to_string(i) + " (" + std::to_string(size) + " bytes)");
     image->regions_.push_back({static_cast<uint8_t*>(p), size});
   }
 

@@ -21,8 +21,8 @@
 namespace stasis {
 
 struct HostLoadOptions {
-  int threads = 0;          // <= 0: one per hardware thread
-  bool verify_raw = true;   // also check the decoded bytes' checksums
+  int threads = 0;         // <= 0: one per hardware thread
+  bool verify_raw = true;  // also check the decoded bytes' checksums
   // Called from worker threads with the raw bytes loaded so far (monotonic).
   std::function<void(uint64_t)> progress;
 };
@@ -50,7 +50,7 @@ class HostImage {
   };
   HostImage() = default;
   friend StatusOr<std::unique_ptr<HostImage>> LoadImageToHost(const ImageReader&,
-                                                               const HostLoadOptions&);
+                                                              const HostLoadOptions&);
   std::vector<Region> regions_;
 };
 

@@ -16,7 +16,8 @@ inline uint16_t Load16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (
 inline uint32_t Load32(const uint8_t* p) {
   uint32_t v;
   std::memcpy(&v, p, 4);
-  return v;  // little-endian host (x86-64, aarch64); checked in CMake-free code by static_assert below
+  return v;  // little-endian host (x86-64, aarch64); checked in CMake-free code by static_assert
+             // below
 }
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "stasis assumes a little-endian host");
 
@@ -127,7 +128,8 @@ StatusOr<size_t> ChunkEncoder::Compress(ZSTD_CCtx_s* cctx, const void* src, size
                                         size_t cap) {
   if (cctx == nullptr) return ResourceExhaustedError("cannot allocate a zstd context");
   // Small inputs are cheap to try; sampling only pays on large ones.
-  if (n >= 64 * 1024 && SampledEntropyBits(static_cast<const uint8_t*>(src), n) > kIncompressibleBits)
+  if (n >= 64 * 1024 &&
+      SampledEntropyBits(static_cast<const uint8_t*>(src), n) > kIncompressibleBits)
     return size_t{0};
   size_t r = ZSTD_compress2(cctx, dst, cap, src, n);
   if (ZSTD_isError(r)) {
@@ -214,8 +216,8 @@ Status ChunkDecoder::DecodeZstd(const uint8_t* src, size_t n, uint8_t* dst, size
   return OkStatus();
 }
 
-Status ChunkDecoder::Decode(const format::ChunkInfo& chunk, size_t chunk_index,
-                            const void* stored, void* dst) {
+Status ChunkDecoder::Decode(const format::ChunkInfo& chunk, size_t chunk_index, const void* stored,
+                            void* dst) {
   const std::string what = "chunk " + std::to_string(chunk_index);
   const uint8_t* src = static_cast<const uint8_t*>(stored);
   uint8_t* out = static_cast<uint8_t*>(dst);
@@ -226,7 +228,8 @@ Status ChunkDecoder::Decode(const format::ChunkInfo& chunk, size_t chunk_index,
       return OkStatus();
     case format::Codec::kZstd:
       return DecodeZstd(src, chunk.stored_size, out, chunk.raw_size, what);
-    case format::Codec::kGrouped: break;
+    case format::Codec::kGrouped:
+      break;
   }
   const size_t e = chunk.element_size;
   if ((e != 2 && e != 4) || chunk.raw_size % e != 0 || chunk.stored_size < 8 * e)
@@ -244,7 +247,8 @@ Status ChunkDecoder::Decode(const format::ChunkInfo& chunk, size_t chunk_index,
     if (size > chunk.stored_size - pos)
       return DataLossError(what + ": plane " + std::to_string(k) + " runs past the payload");
     if (codec == 0) {
-      if (size != plane) return DataLossError(what + ": raw plane " + std::to_string(k) + " has the wrong size");
+      if (size != plane)
+        return DataLossError(what + ": raw plane " + std::to_string(k) + " has the wrong size");
       planes[k] = src + pos;
     } else if (codec == 1) {
       uint8_t* p = scratch_.data() + next_scratch * plane;

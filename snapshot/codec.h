@@ -78,7 +78,8 @@ class ChunkDecoder {
   Status Decode(const format::ChunkInfo& chunk, size_t chunk_index, const void* stored, void* dst);
 
  private:
-  Status DecodeZstd(const uint8_t* src, size_t n, uint8_t* dst, size_t raw, const std::string& what);
+  Status DecodeZstd(const uint8_t* src, size_t n, uint8_t* dst, size_t raw,
+                    const std::string& what);
 
   ZSTD_DCtx_s* dctx_;
   std::vector<uint8_t> scratch_;

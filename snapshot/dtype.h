@@ -12,9 +12,28 @@
 namespace stasis {
 
 enum class DType : uint8_t {
-  kBool = 1, kU8 = 2, kI8 = 3, kI16 = 4, kU16 = 5, kI32 = 6, kU32 = 7, kI64 = 8, kU64 = 9,
-  kF16 = 10, kF32 = 11, kF64 = 12, kBF16 = 13, kF8E5M2 = 14, kF8E4M3 = 15, kF8E8M0 = 16,
-  kF8E4M3Fnuz = 17, kF8E5M2Fnuz = 18, kF4 = 19, kF6E2M3 = 20, kF6E3M2 = 21, kC64 = 22,
+  kBool = 1,
+  kU8 = 2,
+  kI8 = 3,
+  kI16 = 4,
+  kU16 = 5,
+  kI32 = 6,
+  kU32 = 7,
+  kI64 = 8,
+  kU64 = 9,
+  kF16 = 10,
+  kF32 = 11,
+  kF64 = 12,
+  kBF16 = 13,
+  kF8E5M2 = 14,
+  kF8E4M3 = 15,
+  kF8E8M0 = 16,
+  kF8E4M3Fnuz = 17,
+  kF8E5M2Fnuz = 18,
+  kF4 = 19,
+  kF6E2M3 = 20,
+  kF6E3M2 = 21,
+  kC64 = 22,
 };
 inline constexpr uint8_t kMaxDTypeId = 22;
 

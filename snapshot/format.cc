@@ -58,7 +58,8 @@ class ByteCursor {
  private:
   uint64_t Le(int n) {
     uint64_t v = 0;
-    for (int i = 0; i < n; ++i) v |= static_cast<uint64_t>(static_cast<uint8_t>(b_[pos_ + i])) << (8 * i);
+    for (int i = 0; i < n; ++i)
+      v |= static_cast<uint64_t>(static_cast<uint8_t>(b_[pos_ + i])) << (8 * i);
     pos_ += n;
     return v;
   }
@@ -85,9 +86,12 @@ std::string Num(uint64_t v) { return std::to_string(v); }
 
 std::string_view CodecName(Codec c) {
   switch (c) {
-    case Codec::kRaw: return "raw";
-    case Codec::kZstd: return "zstd";
-    case Codec::kGrouped: return "grouped";
+    case Codec::kRaw:
+      return "raw";
+    case Codec::kZstd:
+      return "zstd";
+    case Codec::kGrouped:
+      return "grouped";
   }
   return "unknown";
 }
@@ -135,7 +139,8 @@ std::vector<int64_t> ContiguousStrides(const std::vector<int64_t>& shape) {
 
 StatusOr<uint64_t> ViewByteSize(DType dtype, const std::vector<int64_t>& shape,
                                 const std::vector<int64_t>& strides) {
-  if (shape.size() != strides.size()) return InvalidArgumentError("shape and strides differ in rank");
+  if (shape.size() != strides.size())
+    return InvalidArgumentError("shape and strides differ in rank");
   STASIS_ASSIGN_OR_RETURN(uint64_t count, ElementCount(shape));
   for (int64_t s : strides)
     if (s < 0) return InvalidArgumentError("negative stride " + std::to_string(s));
@@ -150,7 +155,8 @@ StatusOr<uint64_t> ViewByteSize(DType dtype, const std::vector<int64_t>& shape,
   u128 extent = 1;
   for (size_t i = 0; i < shape.size(); ++i) {
     extent += static_cast<u128>(shape[i] - 1) * static_cast<uint64_t>(strides[i]);
-    if (extent >= (static_cast<u128>(1) << 62)) return ResourceExhaustedError("view extent overflows");
+    if (extent >= (static_cast<u128>(1) << 62))
+      return ResourceExhaustedError("view extent overflows");
   }
   return static_cast<uint64_t>(extent * (bits / 8));
 }
@@ -180,7 +186,8 @@ Status DecodeHeader(std::string_view b) {
                               " (this build reads version " + Num(kFormatVersion) + ")");
   if (Xxh3(b.data(), kHeaderChecked) != LoadU64(b.data() + 24))
     return DataLossError("header checksum mismatch");
-  if (LoadU32(b.data() + 12) != kHeaderSize) return DataLossError("header: header_size is not 4096");
+  if (LoadU32(b.data() + 12) != kHeaderSize)
+    return DataLossError("header: header_size is not 4096");
   if (LoadU64(b.data() + 16) != 0) return DataLossError("header: unknown flags set");
   if (!AllZero(b.substr(32, kHeaderSize - 32))) return DataLossError("header: padding is not zero");
   return OkStatus();
@@ -305,8 +312,8 @@ StatusOr<Manifest> DecodeManifest(std::string_view bytes, uint64_t manifest_offs
 
   auto limit = [](uint64_t n, uint64_t max, const char* what) -> Status {
     if (n > max)
-      return ResourceExhaustedError(std::string(what) + " count " + Num(n) + " exceeds the limit of " +
-                                    Num(max));
+      return ResourceExhaustedError(std::string(what) + " count " + Num(n) +
+                                    " exceeds the limit of " + Num(max));
     return OkStatus();
   };
   STASIS_RETURN_IF_ERROR(limit(region_count, kMaxRegions, "region"));
@@ -322,8 +329,9 @@ StatusOr<Manifest> DecodeManifest(std::string_view bytes, uint64_t manifest_offs
                    static_cast<u128>(section_count) * (kSectionRecordFixed + 1) +
                    static_cast<u128>(metadata_count) * (kMetadataRecordFixed + 1);
   if (min_bytes > c.remaining())
-    return DataLossError("manifest: record counts need at least " + Num(static_cast<uint64_t>(min_bytes)) +
-                         " bytes, manifest has " + Num(c.remaining()));
+    return DataLossError("manifest: record counts need at least " +
+                         Num(static_cast<uint64_t>(min_bytes)) + " bytes, manifest has " +
+                         Num(c.remaining()));
 
   Manifest m;
   m.regions.reserve(region_count);
@@ -335,7 +343,8 @@ StatusOr<Manifest> DecodeManifest(std::string_view bytes, uint64_t manifest_offs
     r.va_hint = c.U64();
     uint32_t kind = c.U32();
     r.device_ordinal = static_cast<int32_t>(c.U32());
-    if (!AllZero(c.Bytes(16))) return DataLossError("region " + Num(i) + ": reserved bytes are not zero");
+    if (!AllZero(c.Bytes(16)))
+      return DataLossError("region " + Num(i) + ": reserved bytes are not zero");
     if (kind > 1) return DataLossError("region " + Num(i) + ": unknown device kind " + Num(kind));
     r.device_kind = static_cast<DeviceKind>(kind);
     m.regions.push_back(r);
@@ -374,7 +383,8 @@ StatusOr<Manifest> DecodeManifest(std::string_view bytes, uint64_t manifest_offs
     if (c.U64() != 0) return DataLossError("tensor " + Num(i) + ": reserved bytes are not zero");
     if (name_len == 0 || name_len > kMaxTensorNameLen)
       return DataLossError("tensor " + Num(i) + ": name length " + Num(name_len) + " out of range");
-    if (rank > kMaxRank) return DataLossError("tensor " + Num(i) + ": rank " + Num(rank) + " exceeds 32");
+    if (rank > kMaxRank)
+      return DataLossError("tensor " + Num(i) + ": rank " + Num(rank) + " exceeds 32");
     auto dt = DTypeFromId(dtype);
     if (!dt) return DataLossError("tensor " + Num(i) + ": unknown dtype id " + Num(dtype));
     t.dtype = *dt;
@@ -391,12 +401,14 @@ StatusOr<Manifest> DecodeManifest(std::string_view bytes, uint64_t manifest_offs
     STASIS_RETURN_IF_ERROR(c.Need(kSectionRecordFixed, "section " + Num(i)));
     SectionInfo s;
     size_t name_len = c.U16();
-    if (!AllZero(c.Bytes(6))) return DataLossError("section " + Num(i) + ": reserved bytes are not zero");
+    if (!AllZero(c.Bytes(6)))
+      return DataLossError("section " + Num(i) + ": reserved bytes are not zero");
     s.file_offset = c.U64();
     s.size = c.U64();
     s.xxh3 = c.U64();
     if (name_len == 0 || name_len > kMaxSectionNameLen)
-      return DataLossError("section " + Num(i) + ": name length " + Num(name_len) + " out of range");
+      return DataLossError("section " + Num(i) + ": name length " + Num(name_len) +
+                           " out of range");
     STASIS_RETURN_IF_ERROR(c.Need(name_len, "section " + Num(i) + " name"));
     s.name = std::string(c.Bytes(name_len));
     m.sections.push_back(std::move(s));
@@ -418,7 +430,8 @@ StatusOr<Manifest> DecodeManifest(std::string_view bytes, uint64_t manifest_offs
     m.metadata.emplace_back(std::move(key), std::move(value));
   }
   if (c.remaining() != 0)
-    return DataLossError("manifest: " + Num(c.remaining()) + " unexpected bytes after the last record");
+    return DataLossError("manifest: " + Num(c.remaining()) +
+                         " unexpected bytes after the last record");
   STASIS_RETURN_IF_ERROR(ValidateManifest(m, manifest_offset));
   return m;
 }
@@ -433,7 +446,8 @@ Status ValidateManifest(const Manifest& m, uint64_t manifest_offset) {
     std::string where = "region " + Num(i) + ": ";
     if (r.size > kMaxRegionSize) return ResourceExhaustedError(where + "size exceeds 2^48");
     if (!IsPowerOfTwo(r.alignment) || r.alignment > kMaxRegionAlignment)
-      return DataLossError(where + "alignment " + Num(r.alignment) + " is not a power of two <= 2^30");
+      return DataLossError(where + "alignment " + Num(r.alignment) +
+                           " is not a power of two <= 2^30");
     if (r.va_hint % r.alignment != 0) return DataLossError(where + "va_hint is not aligned");
     if (r.device_kind == DeviceKind::kCpu ? r.device_ordinal != -1 : r.device_ordinal < 0)
       return DataLossError(where + "device ordinal " + std::to_string(r.device_ordinal) +
@@ -444,9 +458,11 @@ Status ValidateManifest(const Manifest& m, uint64_t manifest_offset) {
   // the header and the manifest.
   auto check_block = [&](uint64_t off, uint64_t size, const std::string& what) -> Status {
     if (off % kBlockAlign != 0 || off < kHeaderSize)
-      return DataLossError(what + ": file offset " + Num(off) + " is not a block boundary after the header");
+      return DataLossError(what + ": file offset " + Num(off) +
+                           " is not a block boundary after the header");
     if (size > manifest_offset || off > manifest_offset - size)
-      return DataLossError(what + ": payload runs past the manifest offset " + Num(manifest_offset));
+      return DataLossError(what + ": payload runs past the manifest offset " +
+                           Num(manifest_offset));
     return OkStatus();
   };
   std::vector<std::pair<uint64_t, uint64_t>> extents;  // (offset, end)
@@ -473,10 +489,12 @@ Status ValidateManifest(const Manifest& m, uint64_t manifest_offset) {
         [[fallthrough]];
       case Codec::kGrouped:
         if (c.stored_size > c.raw_size + c.raw_size / 8 + 4096)
-          return DataLossError(where + ": stored size " + Num(c.stored_size) + " exceeds the bound");
+          return DataLossError(where + ": stored size " + Num(c.stored_size) +
+                               " exceeds the bound");
         if (c.codec == Codec::kGrouped) {
           if (c.element_size != 2 && c.element_size != 4)
-            return DataLossError(where + ": element size " + Num(c.element_size) + " is not 2 or 4");
+            return DataLossError(where + ": element size " + Num(c.element_size) +
+                                 " is not 2 or 4");
           if (c.raw_size % c.element_size != 0)
             return DataLossError(where + ": raw size is not a multiple of the element size");
           if (c.stored_size < 8u * c.element_size)
@@ -494,7 +512,8 @@ Status ValidateManifest(const Manifest& m, uint64_t manifest_offset) {
     std::string where = "section " + Num(i);
     if (s.name.empty() || s.name.size() > kMaxSectionNameLen)
       return DataLossError(where + ": name length out of range");
-    if (!names.insert(s.name).second) return DataLossError(where + ": duplicate name '" + s.name + "'");
+    if (!names.insert(s.name).second)
+      return DataLossError(where + ": duplicate name '" + s.name + "'");
     if (s.size > kMaxSectionSize) return ResourceExhaustedError(where + ": size exceeds 1 GiB");
     if (s.size == 0) {
       if (s.file_offset != 0) return DataLossError(where + ": empty section with a file offset");
@@ -529,19 +548,22 @@ Status ValidateManifest(const Manifest& m, uint64_t manifest_offset) {
     if (t.name.empty() || t.name.size() > kMaxTensorNameLen)
       return DataLossError(where + ": name length out of range");
     if (t.name.find('\0') != std::string::npos) return DataLossError(where + ": name contains NUL");
-    if (!names.insert(t.name).second) return DataLossError(where + ": duplicate name '" + t.name + "'");
+    if (!names.insert(t.name).second)
+      return DataLossError(where + ": duplicate name '" + t.name + "'");
     if (t.shape.size() > kMaxRank || t.shape.size() != t.strides.size())
       return DataLossError(where + ": bad rank");
     if (t.region_id >= m.regions.size())
       return DataLossError(where + ": region id " + Num(t.region_id) + " out of range");
     auto size = ViewByteSize(t.dtype, t.shape, t.strides);
-    if (!size.ok()) return DataLossError(where + " '" + t.name + "': " + std::string(size.status().message()));
+    if (!size.ok())
+      return DataLossError(where + " '" + t.name + "': " + std::string(size.status().message()));
     if (*size != t.byte_size)
       return DataLossError(where + " '" + t.name + "': byte_size " + Num(t.byte_size) +
                            " does not match its view (" + Num(*size) + ")");
     const RegionInfo& r = m.regions[t.region_id];
     if (t.byte_offset > r.size || t.byte_size > r.size - t.byte_offset)
-      return DataLossError(where + " '" + t.name + "': runs past the end of region " + Num(t.region_id));
+      return DataLossError(where + " '" + t.name + "': runs past the end of region " +
+                           Num(t.region_id));
   }
 
   names.clear();
@@ -551,7 +573,8 @@ Status ValidateManifest(const Manifest& m, uint64_t manifest_offset) {
       return DataLossError("metadata " + Num(i) + ": key length out of range");
     if (v.size() > kMaxMetadataValueLen)
       return ResourceExhaustedError("metadata " + Num(i) + ": value exceeds 1 MiB");
-    if (!names.insert(k).second) return DataLossError("metadata " + Num(i) + ": duplicate key '" + k + "'");
+    if (!names.insert(k).second)
+      return DataLossError("metadata " + Num(i) + ": duplicate key '" + k + "'");
   }
   return OkStatus();
 }

@@ -27,7 +27,8 @@ StatusOr<std::unique_ptr<ImageReader>> ImageReader::Open(const std::string& path
   if (got >= 8 && std::string_view(header.data(), 8) != std::string_view(format::kHeaderMagic, 8))
     return InvalidArgumentError(where + " is not a stasis image (bad header magic)");
   if (size < format::kHeaderSize + format::kFooterSize)
-    return OutOfRangeError(where + " is truncated: " + Num(size) + " bytes, an image has at least " +
+    return OutOfRangeError(where + " is truncated: " + Num(size) +
+                           " bytes, an image has at least " +
                            Num(format::kHeaderSize + format::kFooterSize));
   STASIS_RETURN_IF_ERROR(format::DecodeHeader(header).WithContext(where));
 
@@ -109,8 +110,8 @@ Status ImageReader::CheckPadding(std::vector<Status>* errors) const {
       STASIS_RETURN_IF_ERROR(file_->ReadExact(off, n, buf.data(), "padding"));
       for (size_t i = 0; i < n; ++i) {
         if (buf[i] != 0) {
-          errors->push_back(DataLossError("padding byte at file offset " + Num(off + i) +
-                                          " is not zero"));
+          errors->push_back(
+              DataLossError("padding byte at file offset " + Num(off + i) + " is not zero"));
           return OkStatus();
         }
       }

@@ -56,8 +56,8 @@ class ImageReader {
   // Reads chunk `index` and decodes it into `dst` (raw_size bytes). The stored bytes'
   // checksum is always verified; the raw bytes' too when `verify_raw`. `stored_buf` is
   // scratch reused across calls. Mismatches are kDataLoss naming the chunk.
-  Status ReadChunk(size_t index, void* dst, ChunkDecoder* decoder,
-                   std::vector<uint8_t>* stored_buf, bool verify_raw = true) const;
+  Status ReadChunk(size_t index, void* dst, ChunkDecoder* decoder, std::vector<uint8_t>* stored_buf,
+                   bool verify_raw = true) const;
 
   // Reads a section's payload, checksum verified. kNotFound for an unknown name.
   StatusOr<std::string> ReadSection(std::string_view name) const;

@@ -1,5 +1,6 @@
 #include "snapshot/image_writer.h"
 
+#include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -9,8 +10,6 @@
 #include <deque>
 #include <mutex>
 #include <vector>
-
-#include <spdlog/spdlog.h>
 
 #include "common/hash.h"
 #include "common/thread_pool.h"
@@ -219,7 +218,8 @@ StatusOr<std::unique_ptr<ImageWriter>> ImageWriter::Create(const std::string& pa
                                                            const WriterOptions& options) {
   if (options.chunk_size < kMinChunkSize || options.chunk_size > format::kMaxChunkRawSize)
     return InvalidArgumentError("chunk size must be between 4 KiB and 64 MiB");
-  if (options.chunk_size % 4 != 0) return InvalidArgumentError("chunk size must be a multiple of 4");
+  if (options.chunk_size % 4 != 0)
+    return InvalidArgumentError("chunk size must be a multiple of 4");
   if (options.zstd_level < -7 || options.zstd_level > 22)
     return InvalidArgumentError("zstd level must be between -7 and 22");
   auto impl = std::make_unique<Impl>();
@@ -251,8 +251,8 @@ StatusOr<uint32_t> ImageWriter::AddRegion(const format::RegionInfo& region) {
   return static_cast<uint32_t>(impl_->manifest.regions.size() - 1);
 }
 
-Status ImageWriter::AddRegionData(uint32_t region, uint64_t dst_offset, const void* data,
-                                  size_t n, int element_size) {
+Status ImageWriter::AddRegionData(uint32_t region, uint64_t dst_offset, const void* data, size_t n,
+                                  int element_size) {
   Impl& w = *impl_;
   STASIS_RETURN_IF_ERROR(w.status);
   if (region >= w.manifest.regions.size())
@@ -347,7 +347,8 @@ Status ImageWriter::Finish() {
   if (s.ok()) {
     if (!w.manifest.FindMetadata("creator"))
       w.manifest.metadata.emplace_back("creator", "stasis " STASIS_VERSION_STRING);
-    if (!w.manifest.FindMetadata("created")) w.manifest.metadata.emplace_back("created", NowRfc3339());
+    if (!w.manifest.FindMetadata("created"))
+      w.manifest.metadata.emplace_back("created", NowRfc3339());
   }
   uint64_t manifest_offset = 0;
   if (s.ok()) {

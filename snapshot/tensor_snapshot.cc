@@ -32,7 +32,8 @@ Status AddHostTensors(const std::vector<HostTensor>& tensors, ImageWriter* write
       return InvalidArgumentError("tensor name length out of range: '" + t.name + "'");
     if (t.shape.size() > format::kMaxRank)
       return InvalidArgumentError("tensor '" + t.name + "' has rank above 32");
-    std::vector<int64_t> strides = t.strides.empty() ? format::ContiguousStrides(t.shape) : t.strides;
+    std::vector<int64_t> strides =
+        t.strides.empty() ? format::ContiguousStrides(t.shape) : t.strides;
     auto size = format::ViewByteSize(t.dtype, t.shape, strides);
     if (!size.ok()) return size.status().WithContext("tensor '" + t.name + "'");
     if (t.byte_offset > t.storage_bytes || *size > t.storage_bytes - t.byte_offset)
@@ -46,7 +47,8 @@ Status AddHostTensors(const std::vector<HostTensor>& tensors, ImageWriter* write
   std::vector<size_t> order(tensors.size());
   std::iota(order.begin(), order.end(), 0);
   std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-    return reinterpret_cast<uintptr_t>(tensors[a].storage) < reinterpret_cast<uintptr_t>(tensors[b].storage);
+    return reinterpret_cast<uintptr_t>(tensors[a].storage) <
+           reinterpret_cast<uintptr_t>(tensors[b].storage);
   });
   std::vector<Block> blocks;
   std::vector<size_t> block_of(tensors.size());
@@ -97,7 +99,8 @@ Status AddHostTensors(const std::vector<HostTensor>& tensors, ImageWriter* write
     info.shape = t.shape;
     info.strides = t.strides.empty() ? format::ContiguousStrides(t.shape) : t.strides;
     info.region_id = region_id;
-    info.byte_offset = b.region_offset + (reinterpret_cast<uintptr_t>(t.storage) - b.begin) + t.byte_offset;
+    info.byte_offset =
+        b.region_offset + (reinterpret_cast<uintptr_t>(t.storage) - b.begin) + t.byte_offset;
     info.byte_size = sizes[i];
     STASIS_RETURN_IF_ERROR(writer->AddTensor(std::move(info)));
   }

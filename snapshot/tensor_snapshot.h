@@ -22,7 +22,7 @@ struct HostTensor {
   std::string name;
   DType dtype = DType::kF32;
   std::vector<int64_t> shape;
-  std::vector<int64_t> strides;  // in elements; empty means contiguous
+  std::vector<int64_t> strides;   // in elements; empty means contiguous
   const void* storage = nullptr;  // start of the storage the tensor views
   uint64_t storage_bytes = 0;     // size of that storage
   uint64_t byte_offset = 0;       // where element 0 lies in the storage

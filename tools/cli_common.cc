@@ -9,16 +9,22 @@ namespace stasis::cli {
 
 int ExitCodeFor(const Status& s) {
   switch (s.code()) {
-    case StatusCode::kOk: return kExitOk;
+    case StatusCode::kOk:
+      return kExitOk;
     case StatusCode::kInvalidArgument:
     case StatusCode::kNotFound:
     case StatusCode::kAlreadyExists:
-    case StatusCode::kFailedPrecondition: return kExitInvalidInput;
+    case StatusCode::kFailedPrecondition:
+      return kExitInvalidInput;
     case StatusCode::kDataLoss:
-    case StatusCode::kOutOfRange: return kExitCorrupt;
-    case StatusCode::kUnimplemented: return kExitUnsupported;
-    case StatusCode::kInternal: return kExitInternal;
-    default: return kExitIo;
+    case StatusCode::kOutOfRange:
+      return kExitCorrupt;
+    case StatusCode::kUnimplemented:
+      return kExitUnsupported;
+    case StatusCode::kInternal:
+      return kExitInternal;
+    default:
+      return kExitIo;
   }
 }
 
@@ -32,20 +38,28 @@ StatusOr<uint64_t> ParseSize(std::string_view text) {
   uint64_t v = 0;
   while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i]))) {
     uint64_t d = static_cast<uint64_t>(text[i] - '0');
-    if (v > (UINT64_MAX - d) / 10) return InvalidArgumentError("size overflows: " + std::string(text));
+    if (v > (UINT64_MAX - d) / 10)
+      return InvalidArgumentError("size overflows: " + std::string(text));
     v = v * 10 + d;
     ++i;
   }
   if (i == 0) return InvalidArgumentError("not a size: '" + std::string(text) + "'");
   std::string unit;
-  for (; i < text.size(); ++i) unit += static_cast<char>(std::tolower(static_cast<unsigned char>(text[i])));
+  for (; i < text.size(); ++i)
+    unit += static_cast<char>(std::tolower(static_cast<unsigned char>(text[i])));
   int shift = 0;
-  if (unit.empty() || unit == "b") shift = 0;
-  else if (unit == "k" || unit == "kb" || unit == "kib") shift = 10;
-  else if (unit == "m" || unit == "mb" || unit == "mib") shift = 20;
-  else if (unit == "g" || unit == "gb" || unit == "gib") shift = 30;
-  else return InvalidArgumentError("unknown size unit in '" + std::string(text) + "'");
-  if (shift > 0 && v > (UINT64_MAX >> shift)) return InvalidArgumentError("size overflows: " + std::string(text));
+  if (unit.empty() || unit == "b")
+    shift = 0;
+  else if (unit == "k" || unit == "kb" || unit == "kib")
+    shift = 10;
+  else if (unit == "m" || unit == "mb" || unit == "mib")
+    shift = 20;
+  else if (unit == "g" || unit == "gb" || unit == "gib")
+    shift = 30;
+  else
+    return InvalidArgumentError("unknown size unit in '" + std::string(text) + "'");
+  if (shift > 0 && v > (UINT64_MAX >> shift))
+    return InvalidArgumentError("size overflows: " + std::string(text));
   return v << shift;
 }
 

@@ -1,13 +1,12 @@
 // The `stasis` command line: snapshot, inspect, verify, export.
 // Statuses become exit codes and messages here and nowhere else (tools/cli_common.h).
 #include <CLI/CLI.hpp>
-#include <nlohmann/json.hpp>
-
 #include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <iostream>
 #include <map>
+#include <nlohmann/json.hpp>
 
 #include "common/file_system.h"
 #include "restore/host_loader.h"
@@ -32,7 +31,9 @@ std::string ShapeString(const std::vector<int64_t>& v) {
   return s + "]";
 }
 
-bool IsContiguous(const format::TensorInfo& t) { return t.strides == format::ContiguousStrides(t.shape); }
+bool IsContiguous(const format::TensorInfo& t) {
+  return t.strides == format::ContiguousStrides(t.shape);
+}
 
 // Copies a strided view into contiguous row-major order.
 void GatherStrided(const uint8_t* base, const format::TensorInfo& t, size_t elem, uint8_t* out) {
@@ -60,10 +61,14 @@ struct SnapshotArgs {
 
 int RunSnapshot(const SnapshotArgs& a) {
   WriterOptions opt;
-  if (a.codec == "auto") opt.codec = CodecChoice::kAuto;
-  else if (a.codec == "zstd") opt.codec = CodecChoice::kZstd;
-  else if (a.codec == "raw") opt.codec = CodecChoice::kRaw;
-  else return ReportError(InvalidArgumentError("--codec must be auto, raw or zstd"));
+  if (a.codec == "auto")
+    opt.codec = CodecChoice::kAuto;
+  else if (a.codec == "zstd")
+    opt.codec = CodecChoice::kZstd;
+  else if (a.codec == "raw")
+    opt.codec = CodecChoice::kRaw;
+  else
+    return ReportError(InvalidArgumentError("--codec must be auto, raw or zstd"));
   auto chunk = ParseSize(a.chunk_size);
   if (!chunk.ok()) return ReportError(chunk.status());
   opt.chunk_size = *chunk;
@@ -93,7 +98,9 @@ int RunSnapshot(const SnapshotArgs& a) {
   if (!s.ok()) return ReportError(s);
   double secs = Seconds(start);
   const WriterStats& st = (*writer)->stats();
-  double ratio = st.stored_bytes ? static_cast<double>(st.raw_bytes) / static_cast<double>(st.stored_bytes) : 1.0;
+  double ratio = st.stored_bytes
+                     ? static_cast<double>(st.raw_bytes) / static_cast<double>(st.stored_bytes)
+                     : 1.0;
   if (a.json) {
     Json j;
     j["image"] = a.output;
@@ -101,17 +108,21 @@ int RunSnapshot(const SnapshotArgs& a) {
     j["stored_bytes"] = st.stored_bytes;
     j["file_size"] = st.file_size;
     j["ratio"] = ratio;
-    j["chunks"] = {{"raw", st.chunks_by_codec[0]}, {"zstd", st.chunks_by_codec[1]}, {"grouped", st.chunks_by_codec[2]}};
+    j["chunks"] = {{"raw", st.chunks_by_codec[0]},
+                   {"zstd", st.chunks_by_codec[1]},
+                   {"grouped", st.chunks_by_codec[2]}};
     j["seconds"] = secs;
     j["raw_gb_per_s"] = secs > 0 ? static_cast<double>(st.raw_bytes) / secs / 1e9 : 0.0;
     std::cout << j.dump(2) << "\n";
   } else {
-    std::printf("wrote %s: %s of tensor data in %s (ratio %.3f; chunks raw %llu, zstd %llu, grouped %llu) in %.2f s, %.2f GB/s\n",
-                a.output.c_str(), HumanBytes(st.raw_bytes).c_str(), HumanBytes(st.file_size).c_str(), ratio,
-                static_cast<unsigned long long>(st.chunks_by_codec[0]),
-                static_cast<unsigned long long>(st.chunks_by_codec[1]),
-                static_cast<unsigned long long>(st.chunks_by_codec[2]), secs,
-                secs > 0 ? static_cast<double>(st.raw_bytes) / secs / 1e9 : 0.0);
+    std::printf(
+        "wrote %s: %s of tensor data in %s (ratio %.3f; chunks raw %llu, zstd %llu, grouped %llu) "
+        "in %.2f s, %.2f GB/s\n",
+        a.output.c_str(), HumanBytes(st.raw_bytes).c_str(), HumanBytes(st.file_size).c_str(), ratio,
+        static_cast<unsigned long long>(st.chunks_by_codec[0]),
+        static_cast<unsigned long long>(st.chunks_by_codec[1]),
+        static_cast<unsigned long long>(st.chunks_by_codec[2]), secs,
+        secs > 0 ? static_cast<double>(st.raw_bytes) / secs / 1e9 : 0.0);
   }
   return kExitOk;
 }
@@ -144,17 +155,20 @@ int RunInspect(const std::string& path, bool json) {
     j["ratio"] = ratio;
     Json codecs = Json::object();
     for (int k = 0; k < 3; ++k)
-      codecs[codec_names[k]] = {{"chunks", by_codec[k]}, {"raw_bytes", raw_by_codec[k]}, {"stored_bytes", stored_by_codec[k]}};
+      codecs[codec_names[k]] = {{"chunks", by_codec[k]},
+                                {"raw_bytes", raw_by_codec[k]},
+                                {"stored_bytes", stored_by_codec[k]}};
     j["codecs"] = codecs;
     j["regions"] = Json::array();
     for (size_t i = 0; i < m.regions.size(); ++i) {
       const auto& r = m.regions[i];
-      j["regions"].push_back({{"id", i},
-                              {"device", r.device_kind == format::DeviceKind::kCpu ? "cpu" : "cuda"},
-                              {"ordinal", r.device_ordinal},
-                              {"size", r.size},
-                              {"alignment", r.alignment},
-                              {"va_hint", r.va_hint}});
+      j["regions"].push_back(
+          {{"id", i},
+           {"device", r.device_kind == format::DeviceKind::kCpu ? "cpu" : "cuda"},
+           {"ordinal", r.device_ordinal},
+           {"size", r.size},
+           {"alignment", r.alignment},
+           {"va_hint", r.va_hint}});
     }
     j["tensors"] = Json::array();
     for (const auto& t : m.tensors) {
@@ -175,28 +189,33 @@ int RunInspect(const std::string& path, bool json) {
   }
   std::printf("image     %s (format v%u, %s)\n", path.c_str(), format::kFormatVersion,
               HumanBytes((*reader)->footer().file_size).c_str());
-  std::printf("data      %s raw, %s stored, ratio %.3f\n", HumanBytes(raw).c_str(), HumanBytes(stored).c_str(), ratio);
+  std::printf("data      %s raw, %s stored, ratio %.3f\n", HumanBytes(raw).c_str(),
+              HumanBytes(stored).c_str(), ratio);
   for (int k = 0; k < 3; ++k) {
     if (by_codec[k] == 0) continue;
-    std::printf("  %-8s %llu chunks, %s -> %s\n", codec_names[k], static_cast<unsigned long long>(by_codec[k]),
-                HumanBytes(raw_by_codec[k]).c_str(), HumanBytes(stored_by_codec[k]).c_str());
+    std::printf("  %-8s %llu chunks, %s -> %s\n", codec_names[k],
+                static_cast<unsigned long long>(by_codec[k]), HumanBytes(raw_by_codec[k]).c_str(),
+                HumanBytes(stored_by_codec[k]).c_str());
   }
   std::printf("regions   %zu\n", m.regions.size());
   for (size_t i = 0; i < m.regions.size(); ++i) {
     const auto& r = m.regions[i];
-    std::printf("  #%zu %s%s %s align %llu va_hint 0x%llx\n", i,
-                r.device_kind == format::DeviceKind::kCpu ? "cpu" : "cuda:",
-                r.device_kind == format::DeviceKind::kCpu ? "" : std::to_string(r.device_ordinal).c_str(),
-                HumanBytes(r.size).c_str(), static_cast<unsigned long long>(r.alignment),
-                static_cast<unsigned long long>(r.va_hint));
+    std::printf(
+        "  #%zu %s%s %s align %llu va_hint 0x%llx\n", i,
+        r.device_kind == format::DeviceKind::kCpu ? "cpu" : "cuda:",
+        r.device_kind == format::DeviceKind::kCpu ? "" : std::to_string(r.device_ordinal).c_str(),
+        HumanBytes(r.size).c_str(), static_cast<unsigned long long>(r.alignment),
+        static_cast<unsigned long long>(r.va_hint));
   }
   std::printf("tensors   %zu\n", m.tensors.size());
   for (const auto& t : m.tensors) {
-    std::printf("  %-48s %-6s %-20s region %u +%llu\n", t.name.c_str(), std::string(DTypeName(t.dtype)).c_str(),
-                ShapeString(t.shape).c_str(), t.region_id, static_cast<unsigned long long>(t.byte_offset));
+    std::printf("  %-48s %-6s %-20s region %u +%llu\n", t.name.c_str(),
+                std::string(DTypeName(t.dtype)).c_str(), ShapeString(t.shape).c_str(), t.region_id,
+                static_cast<unsigned long long>(t.byte_offset));
   }
   std::printf("sections  %zu\n", m.sections.size());
-  for (const auto& s : m.sections) std::printf("  %s %s\n", s.name.c_str(), HumanBytes(s.size).c_str());
+  for (const auto& s : m.sections)
+    std::printf("  %s %s\n", s.name.c_str(), HumanBytes(s.size).c_str());
   std::printf("metadata  %zu\n", m.metadata.size());
   for (const auto& [k, v] : m.metadata) {
     std::string shown = v.size() > 120 ? v.substr(0, 117) + "..." : v;
@@ -246,16 +265,18 @@ int RunVerify(const std::string& path, int threads, bool json) {
                 static_cast<unsigned long long>(report->sections_checked),
                 HumanBytes((*reader)->footer().file_size).c_str(), secs);
   } else {
-    for (const auto& e : report->errors) std::fprintf(stderr, "stasis: %s: %s\n", path.c_str(), e.ToString().c_str());
-    std::fprintf(stderr, "stasis: %s: CORRUPTED (%zu problem%s)\n", path.c_str(), report->errors.size(),
-                 report->errors.size() == 1 ? "" : "s");
+    for (const auto& e : report->errors)
+      std::fprintf(stderr, "stasis: %s: %s\n", path.c_str(), e.ToString().c_str());
+    std::fprintf(stderr, "stasis: %s: CORRUPTED (%zu problem%s)\n", path.c_str(),
+                 report->errors.size(), report->errors.size() == 1 ? "" : "s");
   }
   return report->ok() ? kExitOk : kExitCorrupt;
 }
 
 // ---- export ---------------------------------------------------------------------------
 
-int RunExport(const std::string& path, const std::string& output, int threads, bool force, bool json) {
+int RunExport(const std::string& path, const std::string& output, int threads, bool force,
+              bool json) {
   auto start = Clock::now();
   auto reader = ImageReader::Open(path);
   if (!reader.ok()) return ReportError(reader.status());
@@ -293,7 +314,8 @@ int RunExport(const std::string& path, const std::string& output, int threads, b
     if (!parsed.is_object())
       return ReportError(DataLossError("metadata 'safetensors.metadata' is not a JSON object"));
     for (auto& [k, v] : parsed.items()) {
-      if (!v.is_string()) return ReportError(DataLossError("metadata 'safetensors.metadata' holds a non-string"));
+      if (!v.is_string())
+        return ReportError(DataLossError("metadata 'safetensors.metadata' holds a non-string"));
       metadata.emplace_back(k, v.get<std::string>());
     }
   }
@@ -301,11 +323,15 @@ int RunExport(const std::string& path, const std::string& output, int threads, b
   if (!s.ok()) return ReportError(s);
   double secs = Seconds(start);
   if (json) {
-    Json j = {{"image", path}, {"output", output}, {"tensors", m.tensors.size()}, {"raw_bytes", total}, {"seconds", secs}};
+    Json j = {{"image", path},
+              {"output", output},
+              {"tensors", m.tensors.size()},
+              {"raw_bytes", total},
+              {"seconds", secs}};
     std::cout << j.dump(2) << "\n";
   } else {
-    std::printf("exported %zu tensors (%s) to %s in %.2f s\n", m.tensors.size(), HumanBytes(total).c_str(),
-                output.c_str(), secs);
+    std::printf("exported %zu tensors (%s) to %s in %.2f s\n", m.tensors.size(),
+                HumanBytes(total).c_str(), output.c_str(), secs);
   }
   return kExitOk;
 }
@@ -320,10 +346,13 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
 
   SnapshotArgs snap;
-  auto* snapshot = app.add_subcommand("snapshot", "Snapshot a safetensors model (file or index.json) into an image");
-  snapshot->add_option("model", snap.input, "model.safetensors or model.safetensors.index.json")->required();
+  auto* snapshot = app.add_subcommand(
+      "snapshot", "Snapshot a safetensors model (file or index.json) into an image");
+  snapshot->add_option("model", snap.input, "model.safetensors or model.safetensors.index.json")
+      ->required();
   snapshot->add_option("-o,--output", snap.output, "image to write")->required();
-  snapshot->add_option("--codec", snap.codec, "auto|raw|zstd")->check(CLI::IsMember({"auto", "raw", "zstd"}));
+  snapshot->add_option("--codec", snap.codec, "auto|raw|zstd")
+      ->check(CLI::IsMember({"auto", "raw", "zstd"}));
   snapshot->add_option("--level", snap.level, "zstd level (default 1)");
   snapshot->add_option("--chunk-size", snap.chunk_size, "raw bytes per chunk (default 4MiB)");
   snapshot->add_option("--threads", snap.threads, "compression threads (default: all cores)");
@@ -334,16 +363,19 @@ int main(int argc, char** argv) {
   std::string image, output;
   bool json = false, force = false;
   int threads = 0;
-  auto* inspect = app.add_subcommand("inspect", "Show an image's regions, tensors, sections, metadata and codec mix");
+  auto* inspect = app.add_subcommand(
+      "inspect", "Show an image's regions, tensors, sections, metadata and codec mix");
   inspect->add_option("image", image)->required();
   inspect->add_flag("--json", json);
 
-  auto* verify = app.add_subcommand("verify", "Check every byte of an image; exit 0 only if intact");
+  auto* verify =
+      app.add_subcommand("verify", "Check every byte of an image; exit 0 only if intact");
   verify->add_option("image", image)->required();
   verify->add_option("--threads", threads);
   verify->add_flag("--json", json);
 
-  auto* exp = app.add_subcommand("export", "Read an image back to host memory and write safetensors");
+  auto* exp =
+      app.add_subcommand("export", "Read an image back to host memory and write safetensors");
   exp->add_option("image", image)->required();
   exp->add_option("-o,--output", output)->required();
   exp->add_option("--threads", threads);

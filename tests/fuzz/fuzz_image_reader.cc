@@ -40,7 +40,9 @@ class BufferFileSystem final : public FileSystem {
   StatusOr<std::unique_ptr<WritableFile>> CreateExclusive(const std::string&) override {
     return UnimplementedError("read-only");
   }
-  Status Rename(const std::string&, const std::string&) override { return UnimplementedError("read-only"); }
+  Status Rename(const std::string&, const std::string&) override {
+    return UnimplementedError("read-only");
+  }
   Status Remove(const std::string&) override { return UnimplementedError("read-only"); }
   Status SyncParentDir(const std::string&) override { return OkStatus(); }
   bool Exists(const std::string&) override { return true; }

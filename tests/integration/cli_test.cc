@@ -62,10 +62,12 @@ std::string WriteEveryDtype(const TempDir& dir) {
   for (uint8_t id = 1; id <= kMaxDTypeId; ++id) {
     DType t = *DTypeFromId(id);
     int bits = DTypeBits(t);
-    std::vector<int64_t> shape = bits == 4 ? std::vector<int64_t>{4, 6} : bits == 6 ? std::vector<int64_t>{8, 3}
-                                                                                    : std::vector<int64_t>{33, 17};
+    std::vector<int64_t> shape = bits == 4   ? std::vector<int64_t>{4, 6}
+                                 : bits == 6 ? std::vector<int64_t>{8, 3}
+                                             : std::vector<int64_t>{33, 17};
     keep.push_back(testing::RandomBytes(shape[0] * shape[1] * bits / 8, TestSeed() + id));
-    tensors.push_back({"t_" + std::string(DTypeName(t)), t, shape, keep.back().data(), keep.back().size()});
+    tensors.push_back(
+        {"t_" + std::string(DTypeName(t)), t, shape, keep.back().data(), keep.back().size()});
   }
   keep.push_back(testing::RandomBytes(8, 9));
   tensors.push_back({"scalar", DType::kF64, {}, keep.back().data(), 8});
@@ -73,7 +75,8 @@ std::string WriteEveryDtype(const TempDir& dir) {
   keep.push_back(testing::NormalBF16Bytes(300000, TestSeed()));  // big enough to compress
   tensors.push_back({"big.bf16", DType::kBF16, {600, 500}, keep.back().data(), keep.back().size()});
   std::string path = dir.File("every.safetensors");
-  EXPECT_OK(WriteSafetensors(DefaultFileSystem(), path, tensors, {{"format", "pt"}, {"note", "x"}}, false));
+  EXPECT_OK(WriteSafetensors(DefaultFileSystem(), path, tensors, {{"format", "pt"}, {"note", "x"}},
+                             false));
   return path;
 }
 
@@ -93,7 +96,9 @@ TEST_P(CliRoundTripTest, SafetensorsToImageToSafetensorsIsByteIdentical) {
   TempDir dir;
   std::string src = WriteEveryDtype(dir);
   std::string img = dir.File("every.stasis");
-  Result s = Run(kStasis + " snapshot " + src + " -o " + img + " --codec " + GetParam() + " --chunk-size 64k --json", dir);
+  Result s = Run(kStasis + " snapshot " + src + " -o " + img + " --codec " + GetParam() +
+                     " --chunk-size 64k --json",
+                 dir);
   ASSERT_EQ(s.exit_code, 0) << s.err;
   auto report = nlohmann::json::parse(s.out);
   EXPECT_GT(report["raw_bytes"].get<uint64_t>(), 600000u);
@@ -113,7 +118,8 @@ TEST_P(CliRoundTripTest, SafetensorsToImageToSafetensorsIsByteIdentical) {
   EXPECT_TRUE(a == b) << "export must give back every tensor byte for byte";
   auto h = ReadSafetensorsHeader(DefaultFileSystem(), out);
   ASSERT_OK(h.status());
-  EXPECT_EQ(h->metadata, (std::vector<std::pair<std::string, std::string>>{{"format", "pt"}, {"note", "x"}}));
+  EXPECT_EQ(h->metadata,
+            (std::vector<std::pair<std::string, std::string>>{{"format", "pt"}, {"note", "x"}}));
 }
 
 INSTANTIATE_TEST_SUITE_P(Codecs, CliRoundTripTest, ::testing::Values("auto", "zstd", "raw"));
@@ -152,7 +158,8 @@ TEST(CliTest, GeneratedModelShardedRoundTripAndInspect) {
 TEST(CliTest, ErrorsGetClearMessagesAndExitCodes) {
   TempDir dir;
   testing::WriteFile(dir.File("junk.safetensors"), "this is not a model");
-  Result r = Run(kStasis + " snapshot " + dir.File("junk.safetensors") + " -o " + dir.File("x.stasis"), dir);
+  Result r = Run(
+      kStasis + " snapshot " + dir.File("junk.safetensors") + " -o " + dir.File("x.stasis"), dir);
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_THAT(r.err, HasSubstr("INVALID_ARGUMENT"));
   EXPECT_FALSE(DefaultFileSystem()->Exists(dir.File("x.stasis")));

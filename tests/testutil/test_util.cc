@@ -32,7 +32,8 @@ TempDir::~TempDir() {
 
 std::vector<std::string> TempDir::List() const {
   std::vector<std::string> out;
-  for (const auto& e : std::filesystem::directory_iterator(path_)) out.push_back(e.path().filename());
+  for (const auto& e : std::filesystem::directory_iterator(path_))
+    out.push_back(e.path().filename());
   std::sort(out.begin(), out.end());
   return out;
 }

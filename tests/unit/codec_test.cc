@@ -121,7 +121,8 @@ TEST(CodecTest, CorruptPayloadsAreDataLoss) {
 
   auto bad_size = r.stored;
   bad_size[0] ^= 0x40;  // plane 0 stored size
-  EXPECT_THAT(dec.Decode(c, 5, bad_size.data(), out.data()), StatusIs(StatusCode::kDataLoss, HasSubstr("chunk 5")));
+  EXPECT_THAT(dec.Decode(c, 5, bad_size.data(), out.data()),
+              StatusIs(StatusCode::kDataLoss, HasSubstr("chunk 5")));
 
   // A flipped byte inside a zstd frame either fails to decode or decodes to other bytes;
   // it never crashes or writes out of bounds (the checksum catches the rest).
@@ -135,7 +136,8 @@ TEST(CodecTest, CorruptPayloadsAreDataLoss) {
   }
 
   c.element_size = 3;
-  EXPECT_THAT(dec.Decode(c, 2, r.stored.data(), out.data()), StatusIs(StatusCode::kDataLoss, HasSubstr("geometry")));
+  EXPECT_THAT(dec.Decode(c, 2, r.stored.data(), out.data()),
+              StatusIs(StatusCode::kDataLoss, HasSubstr("geometry")));
 }
 
 TEST(CodecTest, ZstdContentSizeMismatchIsDataLoss) {

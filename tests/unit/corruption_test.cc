@@ -121,8 +121,10 @@ TEST_F(CorruptionTest, GoodImageIsIntact) { EXPECT_OK(OpenAndVerify(good_)); }
 TEST_F(CorruptionTest, BadMagic) {
   std::string s = good_;
   s[1] = 'X';
-  EXPECT_THAT(OpenBytes(s).status(), StatusIs(StatusCode::kInvalidArgument, HasSubstr("not a stasis image")));
-  EXPECT_THAT(OpenBytes("{\"hello\": 1}").status(), StatusIs(StatusCode::kInvalidArgument, HasSubstr("not a stasis image")));
+  EXPECT_THAT(OpenBytes(s).status(),
+              StatusIs(StatusCode::kInvalidArgument, HasSubstr("not a stasis image")));
+  EXPECT_THAT(OpenBytes("{\"hello\": 1}").status(),
+              StatusIs(StatusCode::kInvalidArgument, HasSubstr("not a stasis image")));
   s = good_;
   s[s.size() - 1] = 0;
   EXPECT_THAT(OpenBytes(s).status(), StatusIs(StatusCode::kOutOfRange, HasSubstr("no footer")));
@@ -131,32 +133,48 @@ TEST_F(CorruptionTest, BadMagic) {
 TEST_F(CorruptionTest, FutureVersion) {
   std::string s = good_;
   PutU32(&s, 8, 2);
-  EXPECT_THAT(OpenBytes(FixHeader(s)).status(), StatusIs(StatusCode::kUnimplemented, HasSubstr("version 2")));
+  EXPECT_THAT(OpenBytes(FixHeader(s)).status(),
+              StatusIs(StatusCode::kUnimplemented, HasSubstr("version 2")));
   s = good_;
   PutU32(&s, s.size() - format::kFooterSize + 32, 7);
-  EXPECT_THAT(OpenBytes(FixFooter(s)).status(), StatusIs(StatusCode::kUnimplemented, HasSubstr("version 7")));
+  EXPECT_THAT(OpenBytes(FixFooter(s)).status(),
+              StatusIs(StatusCode::kUnimplemented, HasSubstr("version 7")));
   s = good_;
   PutU32(&s, 8, 0);
-  EXPECT_THAT(OpenBytes(FixHeader(s)).status(), StatusIs(StatusCode::kUnimplemented, HasSubstr("version 0")));
+  EXPECT_THAT(OpenBytes(FixHeader(s)).status(),
+              StatusIs(StatusCode::kUnimplemented, HasSubstr("version 0")));
 }
 
 TEST_F(CorruptionTest, UnknownFlagsAndDirtyHeaderPadding) {
   std::string s = good_;
   s[16] = 1;
-  EXPECT_THAT(OpenBytes(FixHeader(s)).status(), StatusIs(StatusCode::kDataLoss, HasSubstr("flags")));
+  EXPECT_THAT(OpenBytes(FixHeader(s)).status(),
+              StatusIs(StatusCode::kDataLoss, HasSubstr("flags")));
   s = good_;
   s[100] = 1;
   EXPECT_THAT(OpenBytes(s).status(), StatusIs(StatusCode::kDataLoss, HasSubstr("padding")));
   s = good_;
   PutU32(&s, s.size() - format::kFooterSize + 36, 1);
-  EXPECT_THAT(OpenBytes(FixFooter(s)).status(), StatusIs(StatusCode::kDataLoss, HasSubstr("flags")));
+  EXPECT_THAT(OpenBytes(FixFooter(s)).status(),
+              StatusIs(StatusCode::kDataLoss, HasSubstr("flags")));
 }
 
 TEST_F(CorruptionTest, TruncationAtEveryStructureBoundary) {
-  std::vector<size_t> cuts = {0, 1, 7, 8, 100, 4095, 4096, 4097, footer_.manifest_offset,
-                              footer_.manifest_offset + 1, footer_.manifest_offset + 31,
+  std::vector<size_t> cuts = {0,
+                              1,
+                              7,
+                              8,
+                              100,
+                              4095,
+                              4096,
+                              4097,
+                              footer_.manifest_offset,
+                              footer_.manifest_offset + 1,
+                              footer_.manifest_offset + 31,
                               footer_.manifest_offset + footer_.manifest_size,
-                              good_.size() - format::kFooterSize + 1, good_.size() - 8, good_.size() - 1};
+                              good_.size() - format::kFooterSize + 1,
+                              good_.size() - 8,
+                              good_.size() - 1};
   for (const auto& c : manifest_.chunks) {
     cuts.push_back(c.file_offset);
     cuts.push_back(c.file_offset + c.stored_size / 2);
@@ -165,12 +183,14 @@ TEST_F(CorruptionTest, TruncationAtEveryStructureBoundary) {
   for (const auto& sec : manifest_.sections) cuts.push_back(sec.file_offset + sec.size);
   for (size_t cut : cuts) {
     SCOPED_TRACE("truncated to " + std::to_string(cut));
-    EXPECT_THAT(OpenBytes(good_.substr(0, cut)).status(), StatusIs(StatusCode::kOutOfRange, HasSubstr("truncated")));
+    EXPECT_THAT(OpenBytes(good_.substr(0, cut)).status(),
+                StatusIs(StatusCode::kOutOfRange, HasSubstr("truncated")));
   }
 }
 
 TEST_F(CorruptionTest, TrailingBytes) {
-  EXPECT_THAT(OpenBytes(good_ + "x").status(), StatusIs(StatusCode::kOutOfRange, HasSubstr("trailing")));
+  EXPECT_THAT(OpenBytes(good_ + "x").status(),
+              StatusIs(StatusCode::kOutOfRange, HasSubstr("trailing")));
 }
 
 TEST_F(CorruptionTest, FlippedByteInEachStructure) {
@@ -179,25 +199,30 @@ TEST_F(CorruptionTest, FlippedByteInEachStructure) {
     s[off] ^= 0x20;
     return s;
   };
-  EXPECT_THAT(OpenBytes(flip(20)).status(), StatusIs(StatusCode::kDataLoss, HasSubstr("header checksum")));
+  EXPECT_THAT(OpenBytes(flip(20)).status(),
+              StatusIs(StatusCode::kDataLoss, HasSubstr("header checksum")));
   EXPECT_THAT(OpenBytes(flip(footer_.manifest_offset + 40)).status(),
               StatusIs(StatusCode::kDataLoss, HasSubstr("manifest checksum")));
-  EXPECT_THAT(OpenBytes(flip(good_.size() - 20)).status(), StatusIs(StatusCode::kDataLoss, HasSubstr("footer checksum")));
+  EXPECT_THAT(OpenBytes(flip(good_.size() - 20)).status(),
+              StatusIs(StatusCode::kDataLoss, HasSubstr("footer checksum")));
   for (size_t i = 0; i < manifest_.chunks.size(); ++i) {
     const auto& c = manifest_.chunks[i];
     std::string s = flip(c.file_offset + c.stored_size / 2);
-    EXPECT_THAT(OpenAndVerify(s), StatusIs(StatusCode::kDataLoss, HasSubstr("chunk " + std::to_string(i) + ": checksum")));
+    EXPECT_THAT(OpenAndVerify(s), StatusIs(StatusCode::kDataLoss,
+                                           HasSubstr("chunk " + std::to_string(i) + ": checksum")));
     auto r = OpenBytes(s);
     ASSERT_OK(r.status());
     EXPECT_THAT(LoadImageToHost(**r, HostLoadOptions{}).status(),
                 StatusIs(StatusCode::kDataLoss, HasSubstr("chunk " + std::to_string(i))));
   }
   const auto& sec = manifest_.sections[0];
-  EXPECT_THAT(OpenAndVerify(flip(sec.file_offset + 3)), StatusIs(StatusCode::kDataLoss, HasSubstr("section 'skeleton'")));
+  EXPECT_THAT(OpenAndVerify(flip(sec.file_offset + 3)),
+              StatusIs(StatusCode::kDataLoss, HasSubstr("section 'skeleton'")));
   // Padding between the first chunk and the next block.
   const auto& c0 = manifest_.chunks[0];
   ASSERT_NE(c0.stored_size % 4096, 0u);
-  EXPECT_THAT(OpenAndVerify(flip(c0.file_offset + c0.stored_size)), StatusIs(StatusCode::kDataLoss, HasSubstr("padding")));
+  EXPECT_THAT(OpenAndVerify(flip(c0.file_offset + c0.stored_size)),
+              StatusIs(StatusCode::kDataLoss, HasSubstr("padding")));
 }
 
 TEST_F(CorruptionTest, VerifyDetectsEverySingleByteChange) {
@@ -232,7 +257,8 @@ TEST_F(CorruptionTest, DecodedChecksumCatchesPayloadFixedUp) {
   format::Footer f = footer_;
   f.manifest_xxh3 = Xxh3(enc.data(), enc.size());
   mutated += enc + format::EncodeFooter(f);
-  EXPECT_THAT(OpenAndVerify(mutated), StatusIs(StatusCode::kDataLoss, HasSubstr("chunk " + std::to_string(i))));
+  EXPECT_THAT(OpenAndVerify(mutated),
+              StatusIs(StatusCode::kDataLoss, HasSubstr("chunk " + std::to_string(i))));
 }
 
 TEST_F(CorruptionTest, SemanticChecksBehindTheChecksum) {
@@ -248,36 +274,65 @@ TEST_F(CorruptionTest, SemanticChecksBehindTheChecksum) {
        StatusCode::kDataLoss, "overlaps chunk"},
       {"chunk past region", [](auto& m) { m.chunks[0].dst_offset = m.regions[0].size - 1; },
        StatusCode::kDataLoss, "past the end of region"},
-      {"chunk region out of range", [](auto& m) { m.chunks[0].region_id = 9; }, StatusCode::kDataLoss, "region id 9"},
-      {"misaligned chunk", [](auto& m) { m.chunks[0].file_offset += 512; }, StatusCode::kDataLoss, "block boundary"},
-      {"chunk inside header", [](auto& m) { m.chunks[0].file_offset = 0; }, StatusCode::kDataLoss, "block boundary"},
-      {"chunk past manifest", [mo](auto& m) { m.chunks[0].file_offset = mo; }, StatusCode::kDataLoss, "past the manifest"},
-      {"blocks overlap", [](auto& m) { m.chunks[1].file_offset = m.chunks[0].file_offset; }, StatusCode::kDataLoss, "overlap"},
-      {"unknown codec", [](auto& m) { m.chunks[0].codec = static_cast<format::Codec>(7); }, StatusCode::kDataLoss, "unknown codec 7"},
-      {"bad element size", [this](auto& m) { m.chunks[ChunkOfCodec(format::Codec::kGrouped)].element_size = 3; },
+      {"chunk region out of range", [](auto& m) { m.chunks[0].region_id = 9; },
+       StatusCode::kDataLoss, "region id 9"},
+      {"misaligned chunk", [](auto& m) { m.chunks[0].file_offset += 512; }, StatusCode::kDataLoss,
+       "block boundary"},
+      {"chunk inside header", [](auto& m) { m.chunks[0].file_offset = 0; }, StatusCode::kDataLoss,
+       "block boundary"},
+      {"chunk past manifest", [mo](auto& m) { m.chunks[0].file_offset = mo; },
+       StatusCode::kDataLoss, "past the manifest"},
+      {"blocks overlap", [](auto& m) { m.chunks[1].file_offset = m.chunks[0].file_offset; },
+       StatusCode::kDataLoss, "overlap"},
+      {"unknown codec", [](auto& m) { m.chunks[0].codec = static_cast<format::Codec>(7); },
+       StatusCode::kDataLoss, "unknown codec 7"},
+      {"bad element size",
+       [this](auto& m) { m.chunks[ChunkOfCodec(format::Codec::kGrouped)].element_size = 3; },
        StatusCode::kDataLoss, "element size 3"},
-      {"raw chunk sizes differ", [this](auto& m) { m.chunks[ChunkOfCodec(format::Codec::kRaw)].stored_size -= 1; },
+      {"raw chunk sizes differ",
+       [this](auto& m) { m.chunks[ChunkOfCodec(format::Codec::kRaw)].stored_size -= 1; },
        StatusCode::kDataLoss, "inconsistent raw chunk"},
-      {"zero raw size", [](auto& m) { m.chunks[0].raw_size = 0; }, StatusCode::kDataLoss, "raw size 0"},
-      {"huge raw size", [](auto& m) { m.chunks[0].raw_size = 1ull << 40; }, StatusCode::kDataLoss, "out of range"},
-      {"tensor past region", [](auto& m) { m.tensors[0].byte_offset = 100; }, StatusCode::kDataLoss, "past the end of region"},
-      {"tensor size mismatch", [](auto& m) { m.tensors[0].byte_size = 11999; }, StatusCode::kDataLoss, "does not match its view"},
-      {"negative dim", [](auto& m) { m.tensors[0].shape[0] = -1; }, StatusCode::kDataLoss, "negative dimension"},
-      {"duplicate tensor", [](auto& m) { m.tensors[1].name = m.tensors[0].name; }, StatusCode::kDataLoss, "duplicate name 'w'"},
-      {"unknown dtype", [](auto& m) { m.tensors[0].dtype = static_cast<DType>(99); }, StatusCode::kDataLoss, "unknown dtype id 99"},
-      {"dtype zero", [](auto& m) { m.tensors[0].dtype = static_cast<DType>(0); }, StatusCode::kDataLoss, "unknown dtype id 0"},
-      {"rank 33", [](auto& m) { m.tensors[0].shape.assign(33, 1); m.tensors[0].strides.assign(33, 1); },
+      {"zero raw size", [](auto& m) { m.chunks[0].raw_size = 0; }, StatusCode::kDataLoss,
+       "raw size 0"},
+      {"huge raw size", [](auto& m) { m.chunks[0].raw_size = 1ull << 40; }, StatusCode::kDataLoss,
+       "out of range"},
+      {"tensor past region", [](auto& m) { m.tensors[0].byte_offset = 100; }, StatusCode::kDataLoss,
+       "past the end of region"},
+      {"tensor size mismatch", [](auto& m) { m.tensors[0].byte_size = 11999; },
+       StatusCode::kDataLoss, "does not match its view"},
+      {"negative dim", [](auto& m) { m.tensors[0].shape[0] = -1; }, StatusCode::kDataLoss,
+       "negative dimension"},
+      {"duplicate tensor", [](auto& m) { m.tensors[1].name = m.tensors[0].name; },
+       StatusCode::kDataLoss, "duplicate name 'w'"},
+      {"unknown dtype", [](auto& m) { m.tensors[0].dtype = static_cast<DType>(99); },
+       StatusCode::kDataLoss, "unknown dtype id 99"},
+      {"dtype zero", [](auto& m) { m.tensors[0].dtype = static_cast<DType>(0); },
+       StatusCode::kDataLoss, "unknown dtype id 0"},
+      {"rank 33",
+       [](auto& m) {
+         m.tensors[0].shape.assign(33, 1);
+         m.tensors[0].strides.assign(33, 1);
+       },
        StatusCode::kDataLoss, "rank 33"},
-      {"tensor region out of range", [](auto& m) { m.tensors[0].region_id = 5; }, StatusCode::kDataLoss, "region id 5"},
-      {"alignment not a power of two", [](auto& m) { m.regions[0].alignment = 3000; }, StatusCode::kDataLoss, "alignment 3000"},
-      {"unaligned va hint", [](auto& m) { m.regions[1].va_hint = 0x10001; }, StatusCode::kDataLoss, "va_hint"},
-      {"cpu region with ordinal", [](auto& m) { m.regions[0].device_ordinal = 2; }, StatusCode::kDataLoss, "device ordinal"},
-      {"unknown device kind", [](auto& m) { m.regions[0].device_kind = static_cast<format::DeviceKind>(5); },
+      {"tensor region out of range", [](auto& m) { m.tensors[0].region_id = 5; },
+       StatusCode::kDataLoss, "region id 5"},
+      {"alignment not a power of two", [](auto& m) { m.regions[0].alignment = 3000; },
+       StatusCode::kDataLoss, "alignment 3000"},
+      {"unaligned va hint", [](auto& m) { m.regions[1].va_hint = 0x10001; }, StatusCode::kDataLoss,
+       "va_hint"},
+      {"cpu region with ordinal", [](auto& m) { m.regions[0].device_ordinal = 2; },
+       StatusCode::kDataLoss, "device ordinal"},
+      {"unknown device kind",
+       [](auto& m) { m.regions[0].device_kind = static_cast<format::DeviceKind>(5); },
        StatusCode::kDataLoss, "unknown device kind 5"},
-      {"huge region", [](auto& m) { m.regions[0].size = 1ull << 50; }, StatusCode::kResourceExhausted, "2^48"},
-      {"duplicate section", [](auto& m) { m.sections.push_back(m.sections[0]); }, StatusCode::kDataLoss, "duplicate name 'skeleton'"},
-      {"empty section with offset", [](auto& m) { m.sections[0].size = 0; }, StatusCode::kDataLoss, "empty section"},
-      {"duplicate metadata", [](auto& m) { m.metadata.push_back(m.metadata[0]); }, StatusCode::kDataLoss, "duplicate key"},
+      {"huge region", [](auto& m) { m.regions[0].size = 1ull << 50; },
+       StatusCode::kResourceExhausted, "2^48"},
+      {"duplicate section", [](auto& m) { m.sections.push_back(m.sections[0]); },
+       StatusCode::kDataLoss, "duplicate name 'skeleton'"},
+      {"empty section with offset", [](auto& m) { m.sections[0].size = 0; }, StatusCode::kDataLoss,
+       "empty section"},
+      {"duplicate metadata", [](auto& m) { m.metadata.push_back(m.metadata[0]); },
+       StatusCode::kDataLoss, "duplicate key"},
       {"huge metadata value", [](auto& m) { m.metadata[0].second.assign((1u << 20) + 1, 'x'); },
        StatusCode::kResourceExhausted, "exceeds 1 MiB"},
   };
@@ -308,20 +363,25 @@ TEST_F(CorruptionTest, OversizedCountsAreRejectedBeforeAllocating) {
   };
   for (const auto& c : cases) {
     std::string m = enc;
-    if (c.width == 4) PutU32(&m, c.offset, static_cast<uint32_t>(c.value));
-    else PutU64(&m, c.offset, c.value);
+    if (c.width == 4)
+      PutU32(&m, c.offset, static_cast<uint32_t>(c.value));
+    else
+      PutU64(&m, c.offset, c.value);
     SCOPED_TRACE(c.message);
     EXPECT_THAT(OpenBytes(WithManifest(m)).status(), StatusIs(c.code, HasSubstr(c.message)));
   }
   // Name lengths: a tensor name length that runs past the manifest.
   std::string m = enc;
-  size_t tensor0 = format::kManifestHeaderSize + manifest_.regions.size() * format::kRegionRecordSize +
+  size_t tensor0 = format::kManifestHeaderSize +
+                   manifest_.regions.size() * format::kRegionRecordSize +
                    manifest_.chunks.size() * format::kChunkRecordSize;
   m[tensor0] = static_cast<char>(0xff);
   m[tensor0 + 1] = static_cast<char>(0x0f);  // 4095 bytes
-  EXPECT_THAT(OpenBytes(WithManifest(m)).status(), StatusIs(StatusCode::kDataLoss, HasSubstr("name and dims")));
+  EXPECT_THAT(OpenBytes(WithManifest(m)).status(),
+              StatusIs(StatusCode::kDataLoss, HasSubstr("name and dims")));
   // Trailing bytes after the last record.
-  EXPECT_THAT(OpenBytes(WithManifest(enc + "zz")).status(), StatusIs(StatusCode::kDataLoss, HasSubstr("unexpected bytes")));
+  EXPECT_THAT(OpenBytes(WithManifest(enc + "zz")).status(),
+              StatusIs(StatusCode::kDataLoss, HasSubstr("unexpected bytes")));
 }
 
 TEST_F(CorruptionTest, FooterFieldsOutOfRange) {
@@ -356,7 +416,8 @@ TEST_F(CorruptionTest, ReadFaultsAreReportedNotFatal) {
       EXPECT_OK(s);
       break;
     }
-    EXPECT_THAT(s, StatusIs(StatusCode::kUnavailable, HasSubstr("injected read failure"))) << "read " << k;
+    EXPECT_THAT(s, StatusIs(StatusCode::kUnavailable, HasSubstr("injected read failure")))
+        << "read " << k;
   }
   // Short reads everywhere: the reader loops and gets the same bytes.
   fs.ResetCounters();

@@ -50,7 +50,8 @@ TEST(FormatTest, ManifestRoundTrip) {
   EXPECT_EQ(*d->FindMetadata("k"), "v");
   EXPECT_EQ(EncodeManifest(*d), enc);
   // The manifest offset bounds the blocks.
-  EXPECT_THAT(DecodeManifest(enc, 16384).status(), StatusIs(StatusCode::kDataLoss, HasSubstr("past the manifest")));
+  EXPECT_THAT(DecodeManifest(enc, 16384).status(),
+              StatusIs(StatusCode::kDataLoss, HasSubstr("past the manifest")));
 }
 
 TEST(FormatTest, ViewByteSize) {
@@ -64,10 +65,12 @@ TEST(FormatTest, ViewByteSize) {
   EXPECT_EQ(*ViewByteSize(DType::kF6E2M3, {4}, {1}), 3u);
   EXPECT_THAT(ViewByteSize(DType::kF4, {3, 2}, {1, 3}).status(),
               StatusIs(StatusCode::kInvalidArgument, HasSubstr("contiguous")));
-  EXPECT_THAT(ViewByteSize(DType::kF32, {2}, {-1}).status(), StatusIs(StatusCode::kInvalidArgument, HasSubstr("negative stride")));
+  EXPECT_THAT(ViewByteSize(DType::kF32, {2}, {-1}).status(),
+              StatusIs(StatusCode::kInvalidArgument, HasSubstr("negative stride")));
   EXPECT_THAT(ViewByteSize(DType::kF32, {1 << 30, 1 << 30, 1 << 30}, {1, 1, 1}).status(),
               StatusIs(StatusCode::kResourceExhausted, HasSubstr("overflows")));
-  EXPECT_THAT(ElementCount({int64_t{1} << 31, int64_t{1} << 31, 0}).status(), StatusIs(StatusCode::kResourceExhausted, HasSubstr("2^62")));
+  EXPECT_THAT(ElementCount({int64_t{1} << 31, int64_t{1} << 31, 0}).status(),
+              StatusIs(StatusCode::kResourceExhausted, HasSubstr("2^62")));
 }
 
 TEST(FormatTest, DTypeTableMatchesTheSpec) {

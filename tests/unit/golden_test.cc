@@ -7,8 +7,8 @@
 // the valid file changed).
 #include <cstdlib>
 #include <cstring>
-#include <functional>
 #include <fstream>
+#include <functional>
 #include <sstream>
 
 #include "common/hash.h"
@@ -54,8 +54,8 @@ std::string WriteGolden(const std::string& path) {
   opt.chunk_size = 4096;
   opt.threads = 2;
   opt.overwrite = true;
-  Status s = SnapshotHostTensors(in.tensors, {{"creator", "stasis golden"}, {"created", "2026-11-28T00:00:00Z"}},
-                                 path, opt);
+  Status s = SnapshotHostTensors(
+      in.tensors, {{"creator", "stasis golden"}, {"created", "2026-11-28T00:00:00Z"}}, path, opt);
   EXPECT_OK(s);
   return testing::ReadFile(path);
 }
@@ -66,8 +66,9 @@ TEST(GoldenTest, WriterReproducesTheValidGoldenImage) {
   if (Updating()) testing::WriteFile(kGolden + "/valid/small.stasis", fresh);
   std::string golden = testing::ReadFile(kGolden + "/valid/small.stasis");
   ASSERT_FALSE(golden.empty()) << "missing golden file; run with STASIS_UPDATE_GOLDEN=1";
-  EXPECT_TRUE(fresh == golden) << "the writer's output changed: review it (an encoder change is fine, "
-                                  "a format change needs a new version), then regenerate";
+  EXPECT_TRUE(fresh == golden)
+      << "the writer's output changed: review it (an encoder change is fine, "
+         "a format change needs a new version), then regenerate";
 }
 
 TEST(GoldenTest, ValidGoldenImageRestores) {
@@ -105,13 +106,19 @@ std::vector<InvalidCase> InvalidCases() {
   };
   return {
       {"bad_magic.stasis", StatusCode::kInvalidArgument, "not a stasis image",
-       [](std::string s) { s[0] = 'P'; return s; }},
+       [](std::string s) {
+         s[0] = 'P';
+         return s;
+       }},
       {"version_2.stasis", StatusCode::kUnimplemented, "version 2",
        [=](std::string s) { return fix_header(put32(s, 8, 2)); }},
       {"truncated.stasis", StatusCode::kOutOfRange, "truncated",
        [](std::string s) { return s.substr(0, s.size() - 100); }},
       {"manifest_flip.stasis", StatusCode::kDataLoss, "manifest checksum",
-       [](std::string s) { s[s.size() - 80] ^= 1; return s; }},
+       [](std::string s) {
+         s[s.size() - 80] ^= 1;
+         return s;
+       }},
   };
 }
 

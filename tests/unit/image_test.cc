@@ -30,8 +30,9 @@ std::vector<OwnedTensor> EveryDtype(uint64_t seed) {
     DType t = *DTypeFromId(id);
     int bits = DTypeBits(t);
     // Sub-byte dtypes need a count that fills whole bytes: 4 bits * 2k, 6 bits * 4k.
-    std::vector<int64_t> shape = bits == 4 ? std::vector<int64_t>{6, 10} : bits == 6 ? std::vector<int64_t>{3, 8}
-                                                                                      : std::vector<int64_t>{7, 13};
+    std::vector<int64_t> shape = bits == 4   ? std::vector<int64_t>{6, 10}
+                                 : bits == 6 ? std::vector<int64_t>{3, 8}
+                                             : std::vector<int64_t>{7, 13};
     uint64_t count = static_cast<uint64_t>(shape[0] * shape[1]);
     OwnedTensor o;
     o.bytes = RandomBytes(count * bits / 8, seed + id);
@@ -85,7 +86,8 @@ TEST_P(ImageRoundTripTest, EveryDtypeIsByteIdentical) {
     EXPECT_EQ(t->dtype, o.view.dtype);
     EXPECT_EQ(t->shape, o.view.shape);
     ASSERT_EQ(t->byte_size, o.bytes.size()) << o.view.name;
-    EXPECT_EQ(0, std::memcmp((*image)->TensorData(*t), o.bytes.data(), o.bytes.size())) << o.view.name;
+    EXPECT_EQ(0, std::memcmp((*image)->TensorData(*t), o.bytes.data(), o.bytes.size()))
+        << o.view.name;
   }
   auto report = (*reader)->Verify(VerifyOptions{});
   ASSERT_OK(report.status());
@@ -93,7 +95,8 @@ TEST_P(ImageRoundTripTest, EveryDtypeIsByteIdentical) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Codecs, ImageRoundTripTest,
-                         ::testing::Values(CodecChoice::kAuto, CodecChoice::kZstd, CodecChoice::kRaw));
+                         ::testing::Values(CodecChoice::kAuto, CodecChoice::kZstd,
+                                           CodecChoice::kRaw));
 
 TEST(ImageTest, AliasedStoragesAreStoredOnce) {
   TempDir dir;
@@ -121,7 +124,8 @@ TEST(ImageTest, AliasedStoragesAreStoredOnce) {
   EXPECT_EQ(m.FindTensor("row")->byte_offset, m.FindTensor("wte.weight")->byte_offset + 5 * 32 * 4);
   auto image = LoadImageToHost(**reader, HostLoadOptions{});
   ASSERT_OK(image.status());
-  EXPECT_EQ(0, std::memcmp((*image)->TensorData(*m.FindTensor("lm_head.weight")), weights.data(), weights.size()));
+  EXPECT_EQ(0, std::memcmp((*image)->TensorData(*m.FindTensor("lm_head.weight")), weights.data(),
+                           weights.size()));
 }
 
 TEST(ImageTest, SectionsAndManyRegions) {
@@ -171,9 +175,11 @@ TEST(ImageTest, WriterRejectsBadInputAndPublishesNothing) {
     ASSERT_OK(w.status());
     ASSERT_EQ(*(*w)->AddRegion({100, 1, 0, format::DeviceKind::kCpu, -1}), 0u);
     uint8_t bytes[200] = {};
-    EXPECT_THAT((*w)->AddRegionData(0, 50, bytes, 60, 0), StatusIs(StatusCode::kInvalidArgument, HasSubstr("past the end")));
+    EXPECT_THAT((*w)->AddRegionData(0, 50, bytes, 60, 0),
+                StatusIs(StatusCode::kInvalidArgument, HasSubstr("past the end")));
     // Sticky: the writer stays failed.
-    EXPECT_THAT((*w)->AddRegionData(0, 0, bytes, 10, 0), StatusIs(StatusCode::kInvalidArgument, HasSubstr("past the end")));
+    EXPECT_THAT((*w)->AddRegionData(0, 0, bytes, 10, 0),
+                StatusIs(StatusCode::kInvalidArgument, HasSubstr("past the end")));
     EXPECT_FALSE((*w)->Finish().ok());
   }
   {
@@ -181,7 +187,8 @@ TEST(ImageTest, WriterRejectsBadInputAndPublishesNothing) {
     ASSERT_OK(w.status());
     ASSERT_EQ(*(*w)->AddRegion({100, 1, 0, format::DeviceKind::kCpu, -1}), 0u);
     ASSERT_OK((*w)->AddTensor({"x", DType::kF32, {30}, {1}, 0, 0, 120}));  // past the region
-    EXPECT_THAT((*w)->Finish(), StatusIs(StatusCode::kDataLoss, HasSubstr("runs past the end of region")));
+    EXPECT_THAT((*w)->Finish(),
+                StatusIs(StatusCode::kDataLoss, HasSubstr("runs past the end of region")));
   }
   EXPECT_TRUE(dir.List().empty());
   EXPECT_THAT(ImageWriter::Create(dir.File("img"), WriterOptions{.chunk_size = 100}).status(),
@@ -199,7 +206,8 @@ TEST(ImageTest, RefusesToReplaceWithoutOverwrite) {
   auto w = ImageWriter::Create(dir.File("img"), opt);
   ASSERT_OK(w.status());
   (*w)->Abandon();
-  EXPECT_EQ(testing::ReadFile(dir.File("img")), "precious") << "abandon must not touch the destination";
+  EXPECT_EQ(testing::ReadFile(dir.File("img")), "precious")
+      << "abandon must not touch the destination";
   EXPECT_THAT(dir.List(), ElementsAre("img"));
 }
 

@@ -58,7 +58,8 @@ TEST(StatusTest, ErrnoMapping) {
   EXPECT_EQ(ErrnoToStatus(ENOSPC, "write").code(), StatusCode::kResourceExhausted);
   EXPECT_EQ(ErrnoToStatus(EIO, "read").code(), StatusCode::kUnavailable);
   EXPECT_EQ(ErrnoToStatus(EACCES, "open").code(), StatusCode::kPermissionDenied);
-  EXPECT_THAT(ErrnoToStatus(ENOENT, "open 'a'"), StatusIs(StatusCode::kNotFound, HasSubstr("open 'a': ")));
+  EXPECT_THAT(ErrnoToStatus(ENOENT, "open 'a'"),
+              StatusIs(StatusCode::kNotFound, HasSubstr("open 'a': ")));
 }
 
 }  // namespace

@@ -48,13 +48,16 @@ TEST_F(WriterFaultTest, EveryWriteFailureLeavesNothing) {
 
   for (WriteFault fault : {WriteFault::kEio, WriteFault::kNoSpace, WriteFault::kShortWrite}) {
     for (uint64_t k = 1; k <= writes; ++k) {
-      SCOPED_TRACE("fault " + std::to_string(static_cast<int>(fault)) + " at write " + std::to_string(k));
+      SCOPED_TRACE("fault " + std::to_string(static_cast<int>(fault)) + " at write " +
+                   std::to_string(k));
       fs.ResetCounters();
       fs.set_plan(FaultPlan{.fail_append_at = k, .append_fault = fault});
       Status s = Snapshot(&fs);
       EXPECT_FALSE(s.ok());
-      if (fault == WriteFault::kEio) EXPECT_THAT(s, StatusIs(StatusCode::kUnavailable, HasSubstr("injected")));
-      else EXPECT_THAT(s, StatusIs(StatusCode::kResourceExhausted, HasSubstr("injected")));
+      if (fault == WriteFault::kEio)
+        EXPECT_THAT(s, StatusIs(StatusCode::kUnavailable, HasSubstr("injected")));
+      else
+        EXPECT_THAT(s, StatusIs(StatusCode::kResourceExhausted, HasSubstr("injected")));
       EXPECT_THAT(dir_.List(), IsEmpty());
       EXPECT_THAT(fs.LiveCreatedFiles(), IsEmpty());
     }
