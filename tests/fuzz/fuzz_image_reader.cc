@@ -6,56 +6,14 @@
 #include <cstring>
 #include <string>
 
-#include "common/file_system.h"
+#include "common/mem_file_system.h"
 #include "restore/host_loader.h"
 #include "snapshot/image_reader.h"
 
-namespace {
-
-using namespace stasis;
-
-class BufferFile final : public RandomAccessFile {
- public:
-  BufferFile(const uint8_t* data, size_t size) : data_(data), size_(size) {}
-  StatusOr<size_t> ReadAt(uint64_t offset, size_t n, void* dst) const override {
-    if (offset >= size_) return size_t{0};
-    size_t got = std::min<uint64_t>(n, size_ - offset);
-    std::memcpy(dst, data_ + offset, got);
-    return got;
-  }
-  uint64_t Size() const override { return size_; }
-
- private:
-  const uint8_t* data_;
-  size_t size_;
-};
-
-// Serves one in-memory file under any name; writing is not supported.
-class BufferFileSystem final : public FileSystem {
- public:
-  BufferFileSystem(const uint8_t* data, size_t size) : data_(data), size_(size) {}
-  StatusOr<std::unique_ptr<RandomAccessFile>> OpenRandomAccess(const std::string&) override {
-    return std::unique_ptr<RandomAccessFile>(new BufferFile(data_, size_));
-  }
-  StatusOr<std::unique_ptr<WritableFile>> CreateExclusive(const std::string&) override {
-    return UnimplementedError("read-only");
-  }
-  Status Rename(const std::string&, const std::string&) override {
-    return UnimplementedError("read-only");
-  }
-  Status Remove(const std::string&) override { return UnimplementedError("read-only"); }
-  Status SyncParentDir(const std::string&) override { return OkStatus(); }
-  bool Exists(const std::string&) override { return true; }
-
- private:
-  const uint8_t* data_;
-  size_t size_;
-};
-
-}  // namespace
-
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  BufferFileSystem fs(data, size);
+  using namespace stasis;
+  MemFileSystem fs;
+  fs.SetFile("fuzz.stasis", std::string(reinterpret_cast<const char*>(data), size));
   auto reader = ImageReader::Open("fuzz.stasis", &fs);
   if (!reader.ok()) return 0;
   const format::Manifest& m = (*reader)->manifest();

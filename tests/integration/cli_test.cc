@@ -21,7 +21,7 @@ struct Result {
   std::string out, err;
 };
 
-Result Run(const std::string& args, const TempDir& dir) {
+Result RunCmd(const std::string& args, const TempDir& dir) {
   std::string err_file = dir.File("stderr.txt");
   std::string cmd = args + " 2>" + err_file;
   Result r;
@@ -82,12 +82,12 @@ std::string WriteEveryDtype(const TempDir& dir) {
 
 TEST(CliTest, VersionAndUsage) {
   TempDir dir;
-  Result v = Run(kStasis + " --version", dir);
+  Result v = RunCmd(kStasis + " --version", dir);
   EXPECT_EQ(v.exit_code, 0);
   EXPECT_THAT(v.out, HasSubstr("stasis "));
-  EXPECT_EQ(Run(kStasis + " snapshot", dir).exit_code, 1);
-  EXPECT_EQ(Run(kStasis + " frobnicate", dir).exit_code, 1);
-  EXPECT_EQ(Run(kStasis + " snapshot x -o y --codec lz4", dir).exit_code, 1);
+  EXPECT_EQ(RunCmd(kStasis + " snapshot", dir).exit_code, 1);
+  EXPECT_EQ(RunCmd(kStasis + " frobnicate", dir).exit_code, 1);
+  EXPECT_EQ(RunCmd(kStasis + " snapshot x -o y --codec lz4", dir).exit_code, 1);
 }
 
 class CliRoundTripTest : public ::testing::TestWithParam<std::string> {};
@@ -96,9 +96,9 @@ TEST_P(CliRoundTripTest, SafetensorsToImageToSafetensorsIsByteIdentical) {
   TempDir dir;
   std::string src = WriteEveryDtype(dir);
   std::string img = dir.File("every.stasis");
-  Result s = Run(kStasis + " snapshot " + src + " -o " + img + " --codec " + GetParam() +
-                     " --chunk-size 64k --json",
-                 dir);
+  Result s = RunCmd(kStasis + " snapshot " + src + " -o " + img + " --codec " + GetParam() +
+                        " --chunk-size 64k --json",
+                    dir);
   ASSERT_EQ(s.exit_code, 0) << s.err;
   auto report = nlohmann::json::parse(s.out);
   EXPECT_GT(report["raw_bytes"].get<uint64_t>(), 600000u);
@@ -107,11 +107,11 @@ TEST_P(CliRoundTripTest, SafetensorsToImageToSafetensorsIsByteIdentical) {
   } else {
     EXPECT_GT(report["ratio"].get<double>(), 1.05) << "the bf16 tensor must compress";
   }
-  Result v = Run(kStasis + " verify " + img, dir);
+  Result v = RunCmd(kStasis + " verify " + img, dir);
   EXPECT_EQ(v.exit_code, 0) << v.err;
   EXPECT_THAT(v.out, HasSubstr("intact"));
   std::string out = dir.File("out.safetensors");
-  Result e = Run(kStasis + " export " + img + " -o " + out, dir);
+  Result e = RunCmd(kStasis + " export " + img + " -o " + out, dir);
   ASSERT_EQ(e.exit_code, 0) << e.err;
   auto a = TensorsOf(src), b = TensorsOf(out);
   ASSERT_EQ(a.size(), 25u);
@@ -126,23 +126,23 @@ INSTANTIATE_TEST_SUITE_P(Codecs, CliRoundTripTest, ::testing::Values("auto", "zs
 
 TEST(CliTest, GeneratedModelShardedRoundTripAndInspect) {
   TempDir dir;
-  Result g = Run(kGen + " --preset tiny --dtype bf16 --seed 7 --shards 3 -o " + dir.path(), dir);
+  Result g = RunCmd(kGen + " --preset tiny --dtype bf16 --seed 7 --shards 3 -o " + dir.path(), dir);
   ASSERT_EQ(g.exit_code, 0) << g.err;
   std::string index = dir.File("model.safetensors.index.json");
   ASSERT_TRUE(DefaultFileSystem()->Exists(index)) << g.out;
   std::string img = dir.File("tiny.stasis");
-  Result s = Run(kStasis + " snapshot " + index + " -o " + img + " -q", dir);
+  Result s = RunCmd(kStasis + " snapshot " + index + " -o " + img + " -q", dir);
   ASSERT_EQ(s.exit_code, 0) << s.err;
-  Result i = Run(kStasis + " inspect " + img + " --json", dir);
+  Result i = RunCmd(kStasis + " inspect " + img + " --json", dir);
   ASSERT_EQ(i.exit_code, 0) << i.err;
   auto j = nlohmann::json::parse(i.out);
   EXPECT_EQ(j["metadata"]["source.format"], "safetensors");
   EXPECT_GT(j["tensors"].size(), 10u);
   EXPECT_EQ(j["regions"].size(), 1u);
-  Result text = Run(kStasis + " inspect " + img, dir);
+  Result text = RunCmd(kStasis + " inspect " + img, dir);
   EXPECT_THAT(text.out, HasSubstr("wte.weight"));
   std::string out = dir.File("back.safetensors");
-  ASSERT_EQ(Run(kStasis + " export " + img + " -o " + out, dir).exit_code, 0);
+  ASSERT_EQ(RunCmd(kStasis + " export " + img + " -o " + out, dir).exit_code, 0);
   // Compare against the union of the shards.
   std::map<std::string, std::pair<std::string, std::string>> shards;
   for (const auto& name : dir.List()) {
@@ -158,42 +158,43 @@ TEST(CliTest, GeneratedModelShardedRoundTripAndInspect) {
 TEST(CliTest, ErrorsGetClearMessagesAndExitCodes) {
   TempDir dir;
   testing::WriteFile(dir.File("junk.safetensors"), "this is not a model");
-  Result r = Run(
+  Result r = RunCmd(
       kStasis + " snapshot " + dir.File("junk.safetensors") + " -o " + dir.File("x.stasis"), dir);
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_THAT(r.err, HasSubstr("INVALID_ARGUMENT"));
   EXPECT_FALSE(DefaultFileSystem()->Exists(dir.File("x.stasis")));
 
-  r = Run(kStasis + " inspect " + dir.File("missing.stasis"), dir);
+  r = RunCmd(kStasis + " inspect " + dir.File("missing.stasis"), dir);
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_THAT(r.err, HasSubstr("NOT_FOUND"));
 
-  r = Run(kStasis + " verify " + dir.File("junk.safetensors"), dir);
+  r = RunCmd(kStasis + " verify " + dir.File("junk.safetensors"), dir);
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_THAT(r.err, HasSubstr("not a stasis image"));
 
   // Corrupt one byte of a chunk: verify names the chunk and exits 3; export refuses.
   std::string src = WriteEveryDtype(dir);
   std::string img = dir.File("every.stasis");
-  ASSERT_EQ(Run(kStasis + " snapshot " + src + " -o " + img, dir).exit_code, 0);
+  ASSERT_EQ(RunCmd(kStasis + " snapshot " + src + " -o " + img, dir).exit_code, 0);
   std::string bytes = testing::ReadFile(img);
   bytes[4096 + 100] ^= 0x10;
   testing::WriteFile(dir.File("bad.stasis"), bytes);
-  r = Run(kStasis + " verify " + dir.File("bad.stasis"), dir);
+  r = RunCmd(kStasis + " verify " + dir.File("bad.stasis"), dir);
   EXPECT_EQ(r.exit_code, 3);
   EXPECT_THAT(r.err, HasSubstr("chunk 0: checksum mismatch"));
-  r = Run(kStasis + " verify --json " + dir.File("bad.stasis"), dir);
+  r = RunCmd(kStasis + " verify --json " + dir.File("bad.stasis"), dir);
   EXPECT_EQ(r.exit_code, 3);
   EXPECT_FALSE(nlohmann::json::parse(r.out)["intact"].get<bool>());
-  r = Run(kStasis + " export " + dir.File("bad.stasis") + " -o " + dir.File("o.safetensors"), dir);
+  r = RunCmd(kStasis + " export " + dir.File("bad.stasis") + " -o " + dir.File("o.safetensors"),
+             dir);
   EXPECT_EQ(r.exit_code, 3);
   EXPECT_FALSE(DefaultFileSystem()->Exists(dir.File("o.safetensors")));
 
   // Existing outputs are kept unless --force.
-  r = Run(kStasis + " snapshot " + src + " -o " + img, dir);
+  r = RunCmd(kStasis + " snapshot " + src + " -o " + img, dir);
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_THAT(r.err, HasSubstr("--force"));
-  EXPECT_EQ(Run(kStasis + " snapshot " + src + " -o " + img + " --force", dir).exit_code, 0);
+  EXPECT_EQ(RunCmd(kStasis + " snapshot " + src + " -o " + img + " --force", dir).exit_code, 0);
 }
 
 }  // namespace
