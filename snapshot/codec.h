@@ -33,9 +33,10 @@ inline constexpr double kMinSavings = 0.05;
 
 // Splits `n` bytes of E-byte elements into E planes (rotating each element left by one
 // bit first), writing plane k at out + k*(n/E). REQUIRES: n % E == 0, E in {2, 4}.
-void GroupBytes(const uint8_t* in, size_t n, int element_size, uint8_t* out);
+void GroupBytes(const uint8_t* __restrict in, size_t n, int element_size, uint8_t* __restrict out);
 // Inverse of GroupBytes, reading plane k from planes[k].
-void UngroupBytes(const uint8_t* const* planes, size_t n, int element_size, uint8_t* out);
+void UngroupBytes(const uint8_t* const* planes, size_t n, int element_size,
+                  uint8_t* __restrict out);
 
 class ChunkEncoder {
  public:

@@ -1,4 +1,4 @@
-// The `stasis` command line: snapshot, inspect, verify, export.
+// The `stasis` command line: snapshot, inspect, verify, restore, export.
 // Statuses become exit codes and messages here and nowhere else (tools/cli_common.h).
 #include <CLI/CLI.hpp>
 #include <chrono>
@@ -9,7 +9,10 @@
 #include <nlohmann/json.hpp>
 
 #include "common/file_system.h"
-#include "restore/host_loader.h"
+#include "restore/restored_model.h"
+#ifdef STASIS_HAVE_CUDA
+#include "restore/cuda/cuda_backend.h"
+#endif
 #include "snapshot/image_reader.h"
 #include "snapshot/image_writer.h"
 #include "snapshot/safetensors.h"
@@ -273,36 +276,151 @@ int RunVerify(const std::string& path, int threads, bool json) {
   return report->ok() ? kExitOk : kExitCorrupt;
 }
 
-// ---- export ---------------------------------------------------------------------------
+// ---- restore / export: both run the restore engine --------------------------------
 
-int RunExport(const std::string& path, const std::string& output, int threads, bool force,
-              bool json) {
+struct RestoreArgs {
+  std::string image, device = "cpu", io = "auto", direct = "auto";
+  int threads = 0, queue_depth = 32;
+  uint64_t staging_mb = 256;
+  bool no_verify = false, json = false;
+};
+
+StatusOr<RestoreOptions> ToRestoreOptions(const RestoreArgs& a) {
+  RestoreOptions o;
+  STASIS_ASSIGN_OR_RETURN(o.device, ParseDeviceSpec(a.device));
+  if (a.io == "auto")
+    o.io = IoBackend::kAuto;
+  else if (a.io == "uring")
+    o.io = IoBackend::kUring;
+  else if (a.io == "pread")
+    o.io = IoBackend::kPread;
+  else
+    return InvalidArgumentError("--io must be auto, uring or pread");
+  if (a.direct == "auto")
+    o.direct = ReadEngineOptions::Direct::kAuto;
+  else if (a.direct == "on")
+    o.direct = ReadEngineOptions::Direct::kOn;
+  else if (a.direct == "off")
+    o.direct = ReadEngineOptions::Direct::kOff;
+  else
+    return InvalidArgumentError("--direct must be auto, on or off");
+  if (a.queue_depth < 1 || a.queue_depth > 4096)
+    return InvalidArgumentError("--queue-depth must be 1..4096");
+  if (a.staging_mb < 1 || a.staging_mb > (64u << 10))
+    return InvalidArgumentError("--staging-mb must be 1..65536");
+  o.threads = a.threads;
+  o.queue_depth = a.queue_depth;
+  o.staging_bytes = a.staging_mb << 20;
+  o.verify = !a.no_verify;
+  if (o.device.kind == format::DeviceKind::kCuda) {
+#ifdef STASIS_HAVE_CUDA
+    o.backend_factory = [](const DeviceSpec& d) { return OpenCudaBackend(d.ordinal); };
+#else
+    return UnimplementedError(
+        "this stasis was built without CUDA (STASIS_WITH_CUDA=OFF or no toolkit)");
+#endif
+  }
+  return o;
+}
+
+Json ReportJson(const RestoreReport& r) {
+  const RestorePhases& p = r.phases;
+  Json j;
+  j["image"] = r.image;
+  j["device"] = DeviceSpecString(r.device);
+  j["seconds"] = p.total;
+  j["raw_bytes"] = r.raw_bytes;
+  j["stored_bytes"] = r.stored_bytes;
+  j["raw_gb_per_s"] = r.raw_gb_per_s();
+  j["stored_gb_per_s"] = p.total > 0 ? r.stored_bytes / p.total / 1e9 : 0.0;
+  j["phases"] = {{"open", p.open},
+                 {"plan", p.plan},
+                 {"map", p.map},
+                 {"pipeline_wall", p.pipeline_wall},
+                 {"read", p.read},
+                 {"verify", p.verify},
+                 {"decompress", p.decompress},
+                 {"copy", p.copy}};
+  j["io"] = {{"backend", std::string(IoBackendName(r.io.backend))},
+             {"reason", r.io.reason},
+             {"direct", r.io.direct},
+             {"direct_reason", r.io.direct_reason},
+             {"alignment", r.io.alignment},
+             {"ring_flags", r.io.ring_flags},
+             {"buffers_registered", r.io.buffers_registered},
+             {"file_registered", r.io.file_registered}};
+  j["workers"] = r.workers;
+  j["chunks"] = r.chunks;
+  j["chunks_read_in_place"] = r.chunks_read_in_place;
+  j["staging_bytes"] = r.staging_bytes;
+  j["verified_raw"] = r.verified_raw;
+  j["regions"] = r.regions;
+  j["regions_with_hint"] = r.regions_with_hint;
+  j["regions_at_hint"] = r.regions_at_hint;
+  j["addresses_preserved"] = r.regions_at_hint == r.regions_with_hint;
+  return j;
+}
+
+void PrintReport(const RestoreReport& r) {
+  const RestorePhases& p = r.phases;
+  std::printf("restored %s to %s: %s (%s stored) in %.3f s, %.2f GB/s\n", r.image.c_str(),
+              DeviceSpecString(r.device).c_str(), HumanBytes(r.raw_bytes).c_str(),
+              HumanBytes(r.stored_bytes).c_str(), p.total, r.raw_gb_per_s());
+  std::printf(
+      "  phases (s): open %.3f  plan %.4f  map %.3f  pipeline %.3f  [cpu-s: read %.3f  verify %.3f "
+      " "
+      "decompress %.3f  copy %.3f]\n",
+      p.open, p.plan, p.map, p.pipeline_wall, p.read, p.verify, p.decompress, p.copy);
+  std::string direct = r.io.direct ? "O_DIRECT" : "buffered";
+  if (!r.io.direct_reason.empty()) direct += " (" + r.io.direct_reason + ")";
+  std::string ring = r.io.ring_flags.empty() ? "" : ", ring flags " + r.io.ring_flags;
+  std::printf("  io: %s (%s), %s, alignment %u%s%s%s\n",
+              std::string(IoBackendName(r.io.backend)).c_str(), r.io.reason.c_str(), direct.c_str(),
+              r.io.alignment, ring.c_str(), r.io.buffers_registered ? ", buffers registered" : "",
+              r.io.file_registered ? ", file registered" : "");
+  std::printf("  %d workers, %s staging, %llu of %llu chunks read in place, checksums: %s\n",
+              r.workers, HumanBytes(r.staging_bytes).c_str(),
+              static_cast<unsigned long long>(r.chunks_read_in_place),
+              static_cast<unsigned long long>(r.chunks),
+              r.verified_raw ? "stored + decoded" : "stored only (--no-verify)");
+  std::printf("  addresses: %zu of %zu regions at their recorded address (%zu recorded one)\n",
+              r.regions_at_hint, r.regions, r.regions_with_hint);
+}
+
+int RunRestore(const RestoreArgs& a) {
+  auto options = ToRestoreOptions(a);
+  if (!options.ok()) return ReportError(options.status());
+  auto model = RestoredModel::Restore(a.image, *options);
+  if (!model.ok()) return ReportError(model.status());
+  if (a.json) {
+    std::cout << ReportJson((*model)->report()).dump(2) << "\n";
+  } else {
+    PrintReport((*model)->report());
+  }
+  return kExitOk;
+}
+
+int RunExport(const RestoreArgs& a, const std::string& output, bool force) {
   auto start = Clock::now();
-  auto reader = ImageReader::Open(path);
-  if (!reader.ok()) return ReportError(reader.status());
-  const format::Manifest& m = (*reader)->manifest();
   if (!force && DefaultFileSystem()->Exists(output))
     return ReportError(AlreadyExistsError("'" + output + "' exists (use --force to replace it)"));
-  uint64_t total = 0;
-  for (const auto& c : m.chunks) total += c.raw_size;
-  ProgressBar bar("export", total, !json);
-  HostLoadOptions opt;
-  opt.threads = threads;
-  opt.progress = [&bar](uint64_t done) { bar.Update(done); };
-  auto image = LoadImageToHost(**reader, opt);
-  bar.Done();
-  if (!image.ok()) return ReportError(image.status());
+  auto options = ToRestoreOptions(a);
+  if (!options.ok()) return ReportError(options.status());
+  auto model = RestoredModel::Restore(a.image, *options);
+  if (!model.ok()) return ReportError(model.status());
+  const format::Manifest& m = (*model)->manifest();
 
   std::vector<SafetensorsTensorOut> out;
   std::vector<std::vector<uint8_t>> gathered;  // contiguous copies of strided views
   gathered.reserve(m.tensors.size());
   for (const auto& t : m.tensors) {
-    SafetensorsTensorOut o{t.name, t.dtype, t.shape, (*image)->TensorData(t), t.byte_size};
+    const uint8_t* data = reinterpret_cast<const uint8_t*>((*model)->FindTensor(t.name)->address);
+    SafetensorsTensorOut o{t.name, t.dtype, t.shape, data, t.byte_size};
     if (!IsContiguous(t)) {
       size_t elem = static_cast<size_t>(DTypeBits(t.dtype) / 8);
       uint64_t count = *format::ElementCount(t.shape);
       gathered.emplace_back(count * elem);
-      GatherStrided((*image)->TensorData(t), t, elem, gathered.back().data());
+      GatherStrided(data, t, elem, gathered.back().data());
       o.data = gathered.back().data();
       o.size = gathered.back().size();
     }
@@ -322,18 +440,30 @@ int RunExport(const std::string& path, const std::string& output, int threads, b
   Status s = WriteSafetensors(DefaultFileSystem(), output, out, metadata, force);
   if (!s.ok()) return ReportError(s);
   double secs = Seconds(start);
-  if (json) {
-    Json j = {{"image", path},
-              {"output", output},
-              {"tensors", m.tensors.size()},
-              {"raw_bytes", total},
-              {"seconds", secs}};
+  const RestoreReport& r = (*model)->report();
+  if (a.json) {
+    Json j = {{"image", a.image},         {"output", output}, {"tensors", m.tensors.size()},
+              {"raw_bytes", r.raw_bytes}, {"seconds", secs},  {"restore", ReportJson(r)}};
     std::cout << j.dump(2) << "\n";
   } else {
-    std::printf("exported %zu tensors (%s) to %s in %.2f s\n", m.tensors.size(),
-                HumanBytes(total).c_str(), output.c_str(), secs);
+    std::printf("exported %zu tensors (%s) to %s in %.2f s (restore %.3f s via %s)\n",
+                m.tensors.size(), HumanBytes(r.raw_bytes).c_str(), output.c_str(), secs,
+                r.phases.total, std::string(IoBackendName(r.io.backend)).c_str());
   }
   return kExitOk;
+}
+
+void AddRestoreFlags(CLI::App* cmd, RestoreArgs* a) {
+  cmd->add_option("--io", a->io, "reader: auto|uring|pread")
+      ->check(CLI::IsMember({"auto", "uring", "pread"}));
+  cmd->add_option("--direct", a->direct, "O_DIRECT: auto (when the file is not cached)|on|off")
+      ->check(CLI::IsMember({"auto", "on", "off"}));
+  cmd->add_option("--threads", a->threads, "pipeline workers (default: all cores)");
+  cmd->add_option("--queue-depth", a->queue_depth, "reads in flight per worker (default 32)");
+  cmd->add_option("--staging-mb", a->staging_mb, "staging memory bound in MiB (default 256)");
+  cmd->add_flag("--no-verify", a->no_verify,
+                "skip checksums of decoded bytes (stored bytes are always checked)");
+  cmd->add_flag("--json", a->json, "print a JSON report");
 }
 
 }  // namespace
@@ -374,13 +504,19 @@ int main(int argc, char** argv) {
   verify->add_option("--threads", threads);
   verify->add_flag("--json", json);
 
-  auto* exp =
-      app.add_subcommand("export", "Read an image back to host memory and write safetensors");
-  exp->add_option("image", image)->required();
+  RestoreArgs restore_args;
+  auto* restore =
+      app.add_subcommand("restore", "Restore an image onto a device and report each phase");
+  restore->add_option("image", restore_args.image)->required();
+  restore->add_option("--device", restore_args.device, "cpu|cuda[:N] (default cpu)");
+  AddRestoreFlags(restore, &restore_args);
+
+  RestoreArgs export_args;
+  auto* exp = app.add_subcommand("export", "Restore an image to host memory and write safetensors");
+  exp->add_option("image", export_args.image)->required();
   exp->add_option("-o,--output", output)->required();
-  exp->add_option("--threads", threads);
   exp->add_flag("--force", force, "replace an existing output file");
-  exp->add_flag("--json", json);
+  AddRestoreFlags(exp, &export_args);
 
   try {
     app.parse(argc, argv);
@@ -391,6 +527,7 @@ int main(int argc, char** argv) {
   if (*snapshot) return RunSnapshot(snap);
   if (*inspect) return RunInspect(image, json);
   if (*verify) return RunVerify(image, threads, json);
-  if (*exp) return RunExport(image, output, threads, force, json);
+  if (*restore) return RunRestore(restore_args);
+  if (*exp) return RunExport(export_args, output, force);
   return kExitUsage;
 }

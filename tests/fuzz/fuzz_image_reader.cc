@@ -7,7 +7,7 @@
 #include <string>
 
 #include "common/mem_file_system.h"
-#include "restore/host_loader.h"
+#include "restore/restored_model.h"
 #include "snapshot/image_reader.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -29,7 +29,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   bool chunk_error = false;
   for (const auto& e : report->errors)
     if (std::string(e.message()).find("chunk ") != std::string::npos) chunk_error = true;
-  auto image = LoadImageToHost(**reader, HostLoadOptions{.threads = 1});
+  RestoreOptions options;
+  options.fs = &fs;
+  options.threads = 1;
+  options.staging_bytes = 256u << 20;
+  auto image = RestoredModel::Restore("fuzz.stasis", options);
   if (image.ok() == chunk_error) std::abort();  // load and verify must agree on chunks
   return 0;
 }

@@ -9,9 +9,9 @@
 #include "common/fault_injection_file_system.h"
 #include "common/hash.h"
 #include "common/mem_file_system.h"
-#include "restore/host_loader.h"
 #include "snapshot/image_reader.h"
 #include "snapshot/tensor_snapshot.h"
+#include "tests/testutil/restore_util.h"
 #include "tests/testutil/test_util.h"
 
 namespace stasis {
@@ -213,7 +213,7 @@ TEST_F(CorruptionTest, FlippedByteInEachStructure) {
                                            HasSubstr("chunk " + std::to_string(i) + ": checksum")));
     auto r = OpenBytes(s);
     ASSERT_OK(r.status());
-    EXPECT_THAT(LoadImageToHost(**r, HostLoadOptions{}).status(),
+    EXPECT_THAT(testing::RestoreToHost(dir_.File("bad")).status(),
                 StatusIs(StatusCode::kDataLoss, HasSubstr("chunk " + std::to_string(i))));
   }
   const auto& sec = manifest_.sections[0];
@@ -413,7 +413,7 @@ TEST_F(CorruptionTest, ReadFaultsAreReportedNotFatal) {
     fs.set_plan(FaultPlan{.fail_read_at = k});
     auto r = ImageReader::Open(dir_.File("good"), &fs);
     Status s = r.status();
-    if (r.ok()) s = LoadImageToHost(**r, HostLoadOptions{.threads = 1}).status();
+    if (r.ok()) s = testing::RestoreToHost(dir_.File("good"), &fs, 1).status();
     if (fs.read_calls() < k) {
       EXPECT_OK(s);
       break;
@@ -426,10 +426,10 @@ TEST_F(CorruptionTest, ReadFaultsAreReportedNotFatal) {
   fs.set_plan(FaultPlan{.max_read_bytes = 777});
   auto r = ImageReader::Open(dir_.File("good"), &fs);
   ASSERT_OK(r.status());
-  auto image = LoadImageToHost(**r, HostLoadOptions{});
+  auto image = testing::RestoreToHost(dir_.File("good"), &fs);
   ASSERT_OK(image.status());
-  EXPECT_EQ(0, std::memcmp((*image)->region(0), bf16_.data(), bf16_.size()));
-  EXPECT_EQ(0, std::memcmp((*image)->region(1), noise_.data(), noise_.size()));
+  EXPECT_EQ(0, std::memcmp(testing::RegionBytes(**image, 0), bf16_.data(), bf16_.size()));
+  EXPECT_EQ(0, std::memcmp(testing::RegionBytes(**image, 1), noise_.data(), noise_.size()));
 }
 
 }  // namespace

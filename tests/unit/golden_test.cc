@@ -12,9 +12,9 @@
 #include <sstream>
 
 #include "common/hash.h"
-#include "restore/host_loader.h"
 #include "snapshot/image_reader.h"
 #include "snapshot/tensor_snapshot.h"
+#include "tests/testutil/restore_util.h"
 #include "tests/testutil/test_util.h"
 
 namespace stasis {
@@ -77,13 +77,14 @@ TEST(GoldenTest, ValidGoldenImageRestores) {
   auto report = (*reader)->Verify(VerifyOptions{});
   ASSERT_OK(report.status());
   EXPECT_TRUE(report->ok());
-  auto image = LoadImageToHost(**reader, HostLoadOptions{});
+  auto image = testing::RestoreToHost(kGolden + "/valid/small.stasis");
   ASSERT_OK(image.status());
   GoldenInput in = MakeInput();
   const auto& m = (*reader)->manifest();
   const auto* mlp = m.FindTensor("mlp.weight");
   ASSERT_NE(mlp, nullptr);
-  EXPECT_EQ(0, std::memcmp((*image)->TensorData(*mlp), in.bf16.data(), in.bf16.size()));
+  EXPECT_EQ(
+      0, std::memcmp(testing::TensorBytes(**image, "mlp.weight"), in.bf16.data(), in.bf16.size()));
   EXPECT_EQ(m.FindTensor("embed.weight")->byte_offset, m.FindTensor("head.weight")->byte_offset);
 }
 

@@ -1,0 +1,273 @@
+#include "restore/pread_read_engine.h"
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <system_error>
+#include <thread>
+
+namespace stasis {
+namespace internal {
+
+ReadTarget::ReadTarget(int fd, std::string path, uint64_t size, bool direct, uint32_t alignment)
+    : fd_(fd), path_(std::move(path)), size_(size), direct_(direct), alignment_(alignment) {}
+
+ReadTarget::~ReadTarget() { ::close(fd_); }
+
+Status CheckReadOp(const ReadOp& op, const ReadTarget& target, size_t in_flight, size_t depth,
+                   const std::vector<std::pair<void*, size_t>>& fixed_buffers) {
+  if (in_flight >= depth)
+    return FailedPreconditionError("read queue is full (depth " + std::to_string(depth) + ")");
+  if (op.length == 0) return OkStatus();
+  if (op.dst == nullptr) return InvalidArgumentError("read into a null buffer");
+  if (op.offset + op.length < op.offset)
+    return InvalidArgumentError("read range overflows: offset " + std::to_string(op.offset) +
+                                " + length " + std::to_string(op.length));
+  const uint64_t a = target.alignment();
+  const auto addr = reinterpret_cast<uintptr_t>(op.dst);
+  if (target.direct() && (op.offset % a != 0 || op.length % a != 0 || addr % a != 0)) {
+    return InvalidArgumentError("direct I/O read of " + std::to_string(op.length) +
+                                " bytes at offset " + std::to_string(op.offset) +
+                                ": offset, length and buffer address must be multiples of " +
+                                std::to_string(a));
+  }
+  if (op.fixed_buffer >= 0) {
+    if (static_cast<size_t>(op.fixed_buffer) >= fixed_buffers.size())
+      return InvalidArgumentError("fixed buffer " + std::to_string(op.fixed_buffer) +
+                                  " does not exist (" + std::to_string(fixed_buffers.size()) +
+                                  " registered)");
+    const auto& [base, size] = fixed_buffers[op.fixed_buffer];
+    const auto lo = reinterpret_cast<uintptr_t>(base);
+    if (addr < lo || addr - lo > size || op.length > size - (addr - lo))
+      return InvalidArgumentError("read of " + std::to_string(op.length) +
+                                  " bytes does not lie inside fixed buffer " +
+                                  std::to_string(op.fixed_buffer));
+  }
+  return OkStatus();
+}
+
+void ReadProgress::Start(const ReadOp& op) {
+  op_ = op;
+  done_ = 0;
+  pos_ = 0;
+  retries_ = 0;
+  status_ = OkStatus();
+}
+
+bool ReadProgress::Finish(Status s) {
+  status_ = std::move(s);
+  return true;
+}
+
+std::string ReadProgress::Describe(const ReadTarget& target) const {
+  return std::to_string(op_.length) + " bytes at offset " + std::to_string(op_.offset) + " of '" +
+         target.path() + "'";
+}
+
+bool ReadProgress::Apply(int64_t result, const ReadTarget& target) {
+  const uint64_t asked = length();
+  if (result == -EAGAIN || result == -EINTR) {
+    // Retried at once: for regular files both are transient (a signal, a momentarily
+    // exhausted resource); the bound turns a livelock into an error.
+    if (++retries_ > kMaxIoRetries) {
+      return Finish(UnavailableError(std::string(result == -EAGAIN ? "EAGAIN" : "EINTR") +
+                                     " storm: " + std::to_string(kMaxIoRetries) +
+                                     " consecutive retries reading " + Describe(target)));
+    }
+    return false;
+  }
+  if (result < 0) {
+    return Finish(ErrnoToStatus(static_cast<int>(-result), "read " + Describe(target)));
+  }
+  if (static_cast<uint64_t>(result) > asked) {
+    return Finish(InternalError("read returned " + std::to_string(result) + " bytes, " +
+                                std::to_string(asked) + " were asked for, reading " +
+                                Describe(target)));
+  }
+  auto truncated = [&] {
+    return OutOfRangeError("truncated: read " + std::to_string(done_) + " of " +
+                           std::to_string(op_.length) + " bytes at offset " +
+                           std::to_string(op_.offset) + " of '" + target.path() + "' (" +
+                           std::to_string(target.size()) + " bytes)");
+  };
+  if (result == 0) return Finish(truncated());
+
+  const uint64_t end = pos_ + static_cast<uint64_t>(result);
+  const bool progressed = end > done_;
+  done_ = std::max(done_, end);
+  if (done_ == op_.length) return Finish(OkStatus());
+  if (op_.offset + done_ >= target.size()) {
+    // End of file. A direct read may end past it by less than one block: the caller
+    // rounded the file's tail up to the alignment (read_engine.h).
+    const uint64_t past = op_.offset + op_.length - target.size();
+    if (target.direct() && op_.offset + done_ == target.size() && past < target.alignment()) {
+      std::memset(static_cast<uint8_t*>(op_.dst) + done_, 0, op_.length - done_);
+      return Finish(OkStatus());
+    }
+    return Finish(truncated());
+  }
+  // Short read: continue with the rest, from the aligned position below for direct I/O.
+  pos_ = target.direct() ? done_ - done_ % target.alignment() : done_;
+  if (progressed) {
+    retries_ = 0;
+  } else if (++retries_ > kMaxIoRetries) {
+    return Finish(UnavailableError("no progress: " + std::to_string(kMaxIoRetries) +
+                                   " consecutive short reads without new data reading " +
+                                   Describe(target)));
+  }
+  return false;
+}
+
+}  // namespace internal
+
+namespace {
+
+using internal::FaultHook;
+using internal::ReadProgress;
+using internal::ReadTarget;
+
+// Runs one read to completion on the calling thread.
+Status PreadFully(const ReadOp& op, const ReadTarget& target, const FaultHook& hook) {
+  ReadProgress p;
+  p.Start(op);
+  for (;;) {
+    const ssize_t n = ::pread(target.fd(), p.dst(), p.length(), static_cast<off_t>(p.offset()));
+    int64_t result = n < 0 ? -static_cast<int64_t>(errno) : static_cast<int64_t>(n);
+    if (hook) result = hook(p.offset(), p.length(), result);
+    if (p.Apply(result, target)) return p.status();
+    if (result == -EAGAIN) std::this_thread::yield();
+  }
+}
+
+class PreadReadQueue final : public ReadQueue {
+ public:
+  PreadReadQueue(std::shared_ptr<const ReadTarget> target, std::shared_ptr<const FaultHook> hook,
+                 size_t depth, std::vector<std::pair<void*, size_t>> fixed_buffers)
+      : target_(std::move(target)),
+        hook_(std::move(hook)),
+        depth_(depth),
+        max_threads_(std::min<size_t>(depth, internal::kMaxPreadThreadsPerQueue)),
+        fixed_buffers_(std::move(fixed_buffers)) {}
+
+  ~PreadReadQueue() override {
+    {
+      // Reads not yet started are dropped; the ones running finish before the join, so no
+      // worker writes caller memory after this returns.
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+      pending_.clear();
+    }
+    work_cv_.notify_all();
+    for (std::thread& t : workers_) t.join();
+  }
+
+  Status Submit(const ReadOp& op) override {
+    STASIS_RETURN_IF_ERROR(internal::CheckReadOp(op, *target_, in_flight_, depth_, fixed_buffers_));
+    std::unique_lock<std::mutex> lock(mu_);
+    if (op.length == 0) {
+      done_.push_back({op.user_data, OkStatus()});
+      ++in_flight_;
+      return OkStatus();
+    }
+    if (pending_.size() >= idle_ && workers_.size() < max_threads_) {
+      // Thread creation can fail (EAGAIN under RLIMIT_NPROC); with at least one worker the
+      // read simply waits for it.
+      try {
+        workers_.emplace_back([this] { WorkerLoop(); });
+      } catch (const std::system_error& e) {
+        if (workers_.empty())
+          return ResourceExhaustedError(std::string("cannot start a pread worker: ") + e.what());
+      }
+    }
+    pending_.push_back(op);
+    ++in_flight_;
+    lock.unlock();
+    work_cv_.notify_one();
+    return OkStatus();
+  }
+
+  Status Wait(size_t min_completions, std::vector<ReadCompletion>* out) override {
+    const size_t target = std::min(min_completions, in_flight_);
+    std::unique_lock<std::mutex> lock(mu_);
+    done_cv_.wait(lock, [&] { return done_.size() >= target; });
+    in_flight_ -= done_.size();
+    for (ReadCompletion& c : done_) out->push_back(std::move(c));
+    done_.clear();
+    return OkStatus();
+  }
+
+  size_t in_flight() const override { return in_flight_; }
+  size_t depth() const override { return depth_; }
+
+ private:
+  void WorkerLoop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      ++idle_;
+      work_cv_.wait(lock, [&] { return stopping_ || !pending_.empty(); });
+      --idle_;
+      if (stopping_) return;
+      ReadOp op = pending_.front();
+      pending_.pop_front();
+      lock.unlock();
+      Status s = PreadFully(op, *target_, *hook_);
+      lock.lock();
+      done_.push_back({op.user_data, std::move(s)});
+      done_cv_.notify_one();
+    }
+  }
+
+  const std::shared_ptr<const ReadTarget> target_;
+  const std::shared_ptr<const FaultHook> hook_;
+  const size_t depth_;
+  const size_t max_threads_;
+  const std::vector<std::pair<void*, size_t>> fixed_buffers_;
+  size_t in_flight_ = 0;  // owner thread only
+
+  std::mutex mu_;
+  std::condition_variable work_cv_;   // pending_ or stopping_ changed
+  std::condition_variable done_cv_;   // done_ grew
+  std::deque<ReadOp> pending_;        // guarded by mu_
+  std::vector<ReadCompletion> done_;  // guarded by mu_
+  size_t idle_ = 0;                   // workers waiting for work; guarded by mu_
+  bool stopping_ = false;             // guarded by mu_
+  std::vector<std::thread> workers_;  // changed by the owner thread only, under mu_
+};
+
+class PreadReadEngine final : public ReadEngine {
+ public:
+  PreadReadEngine(std::shared_ptr<const ReadTarget> target, const ReadEngineOptions& options,
+                  ReadEngineReport report)
+      : target_(std::move(target)),
+        hook_(std::make_shared<const FaultHook>(options.fault_hook)),
+        depth_(static_cast<size_t>(options.queue_depth)),
+        fixed_buffers_(options.fixed_buffers),
+        report_(std::move(report)) {}
+
+  StatusOr<std::unique_ptr<ReadQueue>> NewQueue() override {
+    return std::unique_ptr<ReadQueue>(new PreadReadQueue(target_, hook_, depth_, fixed_buffers_));
+  }
+  const ReadEngineReport& report() const override { return report_; }
+  uint64_t file_size() const override { return target_->size(); }
+
+ private:
+  const std::shared_ptr<const ReadTarget> target_;
+  const std::shared_ptr<const FaultHook> hook_;
+  const size_t depth_;
+  const std::vector<std::pair<void*, size_t>> fixed_buffers_;
+  const ReadEngineReport report_;
+};
+
+}  // namespace
+
+std::unique_ptr<ReadEngine> NewPreadReadEngine(std::shared_ptr<const internal::ReadTarget> target,
+                                               const ReadEngineOptions& options,
+                                               ReadEngineReport report) {
+  return std::make_unique<PreadReadEngine>(std::move(target), options, std::move(report));
+}
+
+}  // namespace stasis

@@ -1,0 +1,116 @@
+// File: restore/pread_read_engine.h
+//
+// The pread engine, and the pieces every ReadEngine implementation shares: the opened
+// file (ReadTarget), Submit's argument checks (CheckReadOp) and the state machine that
+// turns raw I/O results into the semantics of restore/read_engine.h (ReadProgress). Both
+// the pread pool and the io_uring engine drive ReadProgress, so short reads, EINTR,
+// EAGAIN storms and EOF behave identically whichever backend runs.
+//
+// The pread engine: each queue owns a small pool of worker threads, min(depth,
+// kMaxPreadThreadsPerQueue), started lazily as reads arrive. A worker runs one read to
+// completion with pread loops and posts it to the queue's completion list (mutex +
+// condvar). Per-queue rather than engine-wide threads keep destruction simple (a queue
+// joins exactly its own workers) and keep one worker's 8 MiB reads from delaying another
+// worker's queue.
+//
+// Thread safety: ReadTarget and the engine are immutable after construction. A
+// ReadProgress is used by one thread at a time. Queues: see restore/read_engine.h.
+#ifndef STASIS_RESTORE_PREAD_READ_ENGINE_H_
+#define STASIS_RESTORE_PREAD_READ_ENGINE_H_
+
+#include <algorithm>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common/status.h"
+#include "restore/read_engine.h"
+
+namespace stasis {
+namespace internal {
+
+// Consecutive EAGAIN/EINTR results (or short reads without progress) tolerated for one
+// read; the next one fails it with kUnavailable. Equal to kMaxReadRetries of
+// restore/file_read_engine.h (the seam engine); see the report about merging the two.
+inline constexpr int kMaxIoRetries = 1000;
+// Largest single I/O call: pread caps one call at 2 GiB - 4 KiB and an SQE's length is 32
+// bits, so longer reads are issued as several calls. A power of two, hence a multiple of
+// every direct I/O alignment.
+inline constexpr uint64_t kMaxIoBytes = uint64_t{1} << 30;
+inline constexpr int kMaxPreadThreadsPerQueue = 8;
+
+using FaultHook = std::function<int64_t(uint64_t offset, uint64_t length, int64_t result)>;
+
+// The file an engine reads, opened once by OpenReadEngine. Owns the descriptor; engines
+// and their queues share it (a queue may outlive its engine).
+class ReadTarget {
+ public:
+  // Takes ownership of `fd`. `alignment` is 1 unless `direct`.
+  ReadTarget(int fd, std::string path, uint64_t size, bool direct, uint32_t alignment);
+  ~ReadTarget();
+  ReadTarget(const ReadTarget&) = delete;
+  ReadTarget& operator=(const ReadTarget&) = delete;
+
+  int fd() const { return fd_; }
+  const std::string& path() const { return path_; }
+  uint64_t size() const { return size_; }
+  bool direct() const { return direct_; }
+  uint32_t alignment() const { return alignment_; }
+
+ private:
+  const int fd_;
+  const std::string path_;
+  const uint64_t size_;
+  const bool direct_;
+  const uint32_t alignment_;
+};
+
+// The checks every Submit makes before queueing anything (see ReadQueue::Submit).
+Status CheckReadOp(const ReadOp& op, const ReadTarget& target, size_t in_flight, size_t depth,
+                   const std::vector<std::pair<void*, size_t>>& fixed_buffers);
+
+// One read's progress through its I/O calls. Start() it, issue a call for
+// offset()/dst()/length(), feed the (fault-hooked) result to Apply(), and repeat until
+// Apply() returns true; status() is then the read's outcome.
+//
+// With direct I/O a short read may end off the alignment grid (only at end-of-file on a
+// real kernel, anywhere under a fault hook); the next call then restarts at the aligned
+// position below, re-reading a few bytes, so that every call stays aligned.
+class ReadProgress {
+ public:
+  void Start(const ReadOp& op);
+
+  uint64_t offset() const { return op_.offset + pos_; }
+  uint8_t* dst() const { return static_cast<uint8_t*>(op_.dst) + pos_; }
+  uint64_t length() const { return std::min(op_.length - pos_, kMaxIoBytes); }
+  const ReadOp& op() const { return op_; }
+
+  // `result`: bytes read by the call, or -errno.
+  bool Apply(int64_t result, const ReadTarget& target);
+  const Status& status() const { return status_; }
+
+ private:
+  bool Finish(Status s);
+  std::string Describe(const ReadTarget& target) const;
+
+  ReadOp op_;
+  uint64_t done_ = 0;  // bytes of op_ known to be in dst, from its start
+  uint64_t pos_ = 0;   // where the next call starts, relative to op_.offset
+  int retries_ = 0;    // consecutive calls without progress
+  Status status_;
+};
+
+}  // namespace internal
+
+// The pread engine over `target`. `report` is what OpenReadEngine decided (direct I/O,
+// alignment, why pread); it is returned by report() as is.
+std::unique_ptr<ReadEngine> NewPreadReadEngine(std::shared_ptr<const internal::ReadTarget> target,
+                                               const ReadEngineOptions& options,
+                                               ReadEngineReport report);
+
+}  // namespace stasis
+
+#endif  // STASIS_RESTORE_PREAD_READ_ENGINE_H_

@@ -1,0 +1,126 @@
+// File: restore/restored_model.h
+//
+// RestoredModel: the result of restoring an image onto a device. It owns the device
+// backend, the mapped regions and the tensor table (name → address, dtype, shape,
+// strides, device). Restore() runs the pipeline: open → plan → map → read → verify →
+// decompress → copy, with every phase timed in the report.
+//
+// Lifetime: tensor addresses are valid while the RestoredModel lives and is loaded;
+// Unload() releases the device memory but keeps every address reserved, and Reload()
+// restores the bytes again at the same addresses, so pointers handed out stay valid
+// across an unload/reload cycle (only their contents are undefined while unloaded).
+//
+// Thread safety: const accessors may be called concurrently. Unload/Reload must not run
+// concurrently with each other or with readers of tensor memory (the runtime serialises
+// them).
+#ifndef STASIS_RESTORE_RESTORED_MODEL_H_
+#define STASIS_RESTORE_RESTORED_MODEL_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/file_system.h"
+#include "common/status.h"
+#include "restore/device_backend.h"
+#include "restore/read_engine.h"
+#include "snapshot/format.h"
+
+namespace stasis {
+
+struct RestoreOptions {
+  DeviceSpec device;  // default cpu
+  IoBackend io = IoBackend::kAuto;
+  ReadEngineOptions::Direct direct = ReadEngineOptions::Direct::kAuto;
+  int threads = 0;  // workers; <= 0: one per hardware thread
+  int queue_depth = 32;
+  uint64_t staging_bytes = 256ull << 20;  // bound on staging memory, whatever the model size
+  bool verify = true;                     // false: skip the raw-bytes checksums (reported)
+  // Test seams. `fs`: read through the FileSystem seam (pread semantics, no io_uring/direct),
+  // e.g. a fault-injecting or in-memory file system. `backend_factory`: the device backend
+  // (e.g. the CUDA backend over a fake driver). `fault_hook`: see ReadEngineOptions.
+  FileSystem* fs = nullptr;
+  std::function<StatusOr<std::unique_ptr<DeviceBackend>>(const DeviceSpec&)> backend_factory;
+  std::function<int64_t(uint64_t, uint64_t, int64_t)> fault_hook;
+};
+
+// Seconds per phase. read/verify/decompress/copy are summed over workers (CPU-seconds
+// spent in each; they overlap in wall time); the others are wall time.
+struct RestorePhases {
+  double open = 0, plan = 0, map = 0, read = 0, verify = 0, decompress = 0, copy = 0;
+  double pipeline_wall = 0;  // wall time of the read→copy pipeline
+  double total = 0;          // wall time of Restore()/Reload()
+};
+
+struct RestoreReport {
+  std::string image;
+  DeviceSpec device;
+  RestorePhases phases;
+  uint64_t stored_bytes = 0;
+  uint64_t raw_bytes = 0;
+  uint64_t chunks = 0;
+  int workers = 0;
+  uint64_t staging_bytes = 0;
+  bool verified_raw = true;
+  ReadEngineReport io;
+  size_t regions = 0;
+  size_t regions_at_hint = 0;    // regions mapped at their recorded address
+  size_t regions_with_hint = 0;  // regions that recorded an address at all
+  uint64_t chunks_read_in_place = 0;
+  // Raw bytes restored per second of total wall time.
+  double raw_gb_per_s() const { return phases.total > 0 ? raw_bytes / phases.total / 1e9 : 0; }
+};
+
+struct RestoredTensor {
+  std::string name;
+  DType dtype = DType::kU8;
+  std::vector<int64_t> shape;
+  std::vector<int64_t> strides;  // elements
+  uint64_t address = 0;          // device address of element 0 (a host pointer on cpu)
+  uint64_t byte_size = 0;
+  uint32_t region = 0;
+  DeviceSpec device;
+};
+
+class RestoredModel {
+ public:
+  // Restores `image` onto `options.device`. On failure everything mapped is released.
+  static StatusOr<std::unique_ptr<RestoredModel>> Restore(const std::string& image,
+                                                          const RestoreOptions& options);
+  ~RestoredModel();
+  RestoredModel(const RestoredModel&) = delete;
+  RestoredModel& operator=(const RestoredModel&) = delete;
+
+  const format::Manifest& manifest() const;
+  const std::vector<RestoredTensor>& tensors() const { return tensors_; }
+  const RestoredTensor* FindTensor(std::string_view name) const;
+  const std::vector<MappedRegion>& regions() const { return regions_; }
+  const RestoreReport& report() const { return report_; }
+  DeviceBackend& backend() { return *backend_; }
+  bool loaded() const { return loaded_; }
+  // Device bytes held (0 while unloaded).
+  uint64_t device_bytes() const;
+
+  // Releases device memory, keeping addresses. Idempotent.
+  Status Unload();
+  // Restores the image again into the same addresses; the report is replaced.
+  Status Reload();
+
+ private:
+  struct State;
+  RestoredModel() = default;
+  Status RunPipeline();
+
+  std::unique_ptr<State> state_;
+  std::unique_ptr<DeviceBackend> backend_;
+  std::vector<MappedRegion> regions_;
+  std::vector<RestoredTensor> tensors_;
+  RestoreReport report_;
+  bool loaded_ = false;
+};
+
+}  // namespace stasis
+
+#endif  // STASIS_RESTORE_RESTORED_MODEL_H_

@@ -1,0 +1,333 @@
+// The restore pipeline on the host backend: byte-identical restores through every route,
+// reader and codec, and every failure path returning a clear Status without leaks.
+#include <dirent.h>
+#include <sys/mman.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <functional>
+
+#include "common/fault_injection_file_system.h"
+#include "restore/restored_model.h"
+#include "snapshot/image_writer.h"
+#include "snapshot/tensor_snapshot.h"
+#include "tests/testutil/test_util.h"
+
+namespace stasis {
+namespace {
+
+using ::testing::HasSubstr;
+using testing::NormalBF16Bytes;
+using testing::NormalF32Bytes;
+using testing::RandomBytes;
+using testing::TempDir;
+using testing::TestSeed;
+
+size_t CountEntries(const char* dir) {
+  size_t n = 0;
+  if (DIR* d = ::opendir(dir)) {
+    while (::readdir(d)) ++n;
+    ::closedir(d);
+  }
+  return n;
+}
+// Open fds and threads: what a failed restore must not leak. (Mappings are counted by
+// the backend wrapper below: /proc/self/maps lines merge and split as the C library and
+// the kernel please, so counting them is not a reliable leak check.)
+struct Resources {
+  size_t fds = CountEntries("/proc/self/fd");
+  size_t threads = CountEntries("/proc/self/task");
+};
+
+// A backend that fails at its k-th call of MapRegion or AllocateStaging.
+class FailingBackend final : public DeviceBackend {
+ public:
+  FailingBackend(std::unique_ptr<DeviceBackend> base, int fail_at, int* calls)
+      : base_(std::move(base)), fail_at_(fail_at), calls_(calls) {}
+  DeviceSpec device() const override { return base_->device(); }
+  StatusOr<MappedRegion> MapRegion(const format::RegionInfo& r) override {
+    if (++*calls_ == fail_at_) return ResourceExhaustedError("injected: out of device memory");
+    auto m = base_->MapRegion(r);
+    if (m.ok()) mapped_.push_back(*m);
+    return m;
+  }
+  Status UnmapRegion(const MappedRegion& r) override {
+    ++unmapped_;
+    return base_->UnmapRegion(r);
+  }
+  ~FailingBackend() override {
+    EXPECT_EQ(unmapped_, mapped_.size()) << "every mapped region is unmapped";
+    EXPECT_EQ(staging_, 0) << "staging memory is freed";
+  }
+  Status Unload(const MappedRegion& r) override { return base_->Unload(r); }
+  Status Reload(const MappedRegion& r) override { return base_->Reload(r); }
+  StatusOr<uint8_t*> AllocateStaging(size_t n) override {
+    if (++*calls_ == fail_at_) return ResourceExhaustedError("injected: no pinned memory");
+    auto p = base_->AllocateStaging(n);
+    staging_ += p.ok();
+    return p;
+  }
+  void FreeStaging(uint8_t* p) override {
+    --staging_;
+    base_->FreeStaging(p);
+  }
+  Status Copy(uint64_t d, const void* s, size_t n, int slot) override {
+    return base_->Copy(d, s, n, slot);
+  }
+  Status WaitCopies(int slot) override { return base_->WaitCopies(slot); }
+  Status Synchronize() override { return base_->Synchronize(); }
+
+ private:
+  std::unique_ptr<DeviceBackend> base_;
+  int fail_at_;
+  int* calls_;
+  std::vector<MappedRegion> mapped_;
+  size_t unmapped_ = 0;
+  int staging_ = 0;
+};
+
+// Host backend that checks, when destroyed, that everything it mapped was released.
+std::function<StatusOr<std::unique_ptr<DeviceBackend>>(const DeviceSpec&)> CheckedHostBackend() {
+  return [](const DeviceSpec&) -> StatusOr<std::unique_ptr<DeviceBackend>> {
+    static int calls = 0;
+    return std::unique_ptr<DeviceBackend>(new FailingBackend(NewHostBackend(), -1, &calls));
+  };
+}
+
+class RestoreTest : public ::testing::TestWithParam<CodecChoice> {
+ protected:
+  void SetUp() override {
+    f32_ = NormalF32Bytes(300000, TestSeed());
+    bf16_ = NormalBF16Bytes(500000, TestSeed() + 1);
+    noise_ = RandomBytes(70001, TestSeed() + 2);
+    tensors_ = {
+        {"f32", DType::kF32, {300, 1000}, {}, f32_.data(), f32_.size(), 0},
+        {"f32.t", DType::kF32, {1000, 300}, {1, 1000}, f32_.data(), f32_.size(), 0},
+        {"bf16", DType::kBF16, {500000}, {}, bf16_.data(), bf16_.size(), 0},
+        {"noise", DType::kU8, {70001}, {}, noise_.data(), noise_.size(), 0},
+        {"tail", DType::kI8, {7}, {}, noise_.data(), noise_.size(), 100},
+    };
+    WriterOptions opt;
+    opt.codec = GetParam();
+    opt.chunk_size = 64 << 10;  // many chunks: many routes and workers
+    ASSERT_OK(SnapshotHostTensors(tensors_, {}, image(), opt));
+  }
+  std::string image() const { return dir_.File("model.stasis"); }
+
+  void ExpectIdentical(const RestoredModel& model) {
+    for (const auto& t : tensors_) {
+      const RestoredTensor* r = model.FindTensor(t.name);
+      ASSERT_NE(r, nullptr) << t.name;
+      ASSERT_EQ(r->device.kind, format::DeviceKind::kCpu);
+      const uint8_t* got = reinterpret_cast<const uint8_t*>(r->address);
+      const uint8_t* want = static_cast<const uint8_t*>(t.storage) + t.byte_offset;
+      ASSERT_EQ(0, std::memcmp(got, want, r->byte_size)) << t.name;
+    }
+  }
+
+  TempDir dir_;
+  std::vector<uint8_t> f32_, bf16_, noise_;
+  std::vector<HostTensor> tensors_;
+};
+
+TEST_P(RestoreTest, ByteIdenticalForEveryWorkerCountAndStagingSize) {
+  for (int threads : {1, 2, 5}) {
+    for (uint64_t staging : {1ull << 20, 256ull << 20}) {
+      RestoreOptions o;
+      o.threads = threads;
+      o.staging_bytes = staging;
+      o.fs = DefaultFileSystem();
+      auto model = RestoredModel::Restore(image(), o);
+      ASSERT_OK(model.status()) << threads << " threads, " << staging << " staging";
+      ExpectIdentical(**model);
+      const RestoreReport& r = (*model)->report();
+      EXPECT_LE(r.staging_bytes, staging);
+      EXPECT_LE(r.raw_bytes, (*model)->manifest().regions[0].size);  // alignment gaps stay zero
+      EXPECT_GE(r.raw_bytes, f32_.size() + bf16_.size() + noise_.size());
+      EXPECT_TRUE(r.verified_raw);
+    }
+  }
+}
+
+TEST_P(RestoreTest, ShortReadsAndEagainStormsStillRestore) {
+  RestoreOptions o;
+  o.fs = DefaultFileSystem();
+  o.threads = 2;
+  std::atomic<int> calls{0};
+  o.fault_hook = [&](uint64_t, uint64_t length, int64_t result) -> int64_t {
+    int k = calls++;
+    if (k % 7 == 3) return -EAGAIN;
+    if (k % 11 == 5) return -EINTR;
+    return result > 3 ? result / 3 : result;  // a short read every time
+  };
+  auto model = RestoredModel::Restore(image(), o);
+  ASSERT_OK(model.status());
+  ExpectIdentical(**model);
+}
+
+TEST_P(RestoreTest, FailuresAreClearAndLeakNothing) {
+  {
+    // Warm up the C library's caches of thread stacks and arenas (see Resources).
+    RestoreOptions o;
+    o.fs = DefaultFileSystem();
+    o.threads = 2;
+    ASSERT_OK(RestoredModel::Restore(image(), o).status());
+  }
+  Resources before;
+  {
+    // EIO at the k-th read.
+    for (int k : {0, 1, 5, 20}) {
+      RestoreOptions o;
+      o.fs = DefaultFileSystem();
+      o.threads = 2;
+      o.backend_factory = CheckedHostBackend();
+      std::atomic<int> calls{0};
+      o.fault_hook = [&](uint64_t, uint64_t, int64_t result) -> int64_t {
+        return calls++ == k ? -EIO : result;
+      };
+      EXPECT_THAT(RestoredModel::Restore(image(), o).status(),
+                  StatusIs(StatusCode::kUnavailable, HasSubstr("chunk")))
+          << "EIO at read " << k;
+    }
+    // An endless EAGAIN storm.
+    RestoreOptions o;
+    o.fs = DefaultFileSystem();
+    o.backend_factory = CheckedHostBackend();
+    o.fault_hook = [](uint64_t, uint64_t, int64_t) -> int64_t { return -EAGAIN; };
+    EXPECT_THAT(RestoredModel::Restore(image(), o).status(),
+                StatusIs(StatusCode::kUnavailable, HasSubstr("EAGAIN storm")));
+    // EOF: the file seen as shorter than it is.
+    o.fault_hook = [](uint64_t off, uint64_t, int64_t result) -> int64_t {
+      return off > 300000 ? 0 : result;
+    };
+    EXPECT_THAT(RestoredModel::Restore(image(), o).status(),
+                StatusIs(StatusCode::kOutOfRange, HasSubstr("truncated")));
+    // EIO through the file-system seam itself.
+    FaultInjectionFileSystem fs(DefaultFileSystem());
+    fs.set_plan(FaultPlan{.fail_read_at = 6});
+    o = RestoreOptions{};
+    o.fs = &fs;
+    o.threads = 1;
+    EXPECT_THAT(RestoredModel::Restore(image(), o).status(),
+                StatusIs(StatusCode::kUnavailable, HasSubstr("injected")));
+  }
+  Resources after;
+  EXPECT_EQ(after.fds, before.fds);
+  EXPECT_EQ(after.threads, before.threads);
+}
+
+TEST_P(RestoreTest, ChecksumMismatchIsDataLossNamingTheChunk) {
+  std::string bytes = testing::ReadFile(image());
+  bytes[4096 + 10] ^= 0x40;  // inside chunk 0's payload
+  testing::WriteFile(image(), bytes);
+  RestoreOptions o;
+  o.fs = DefaultFileSystem();
+  EXPECT_THAT(RestoredModel::Restore(image(), o).status(),
+              StatusIs(StatusCode::kDataLoss, HasSubstr("chunk 0: checksum")));
+}
+
+TEST_P(RestoreTest, UnloadAndReloadKeepAddresses) {
+  RestoreOptions o;
+  o.fs = DefaultFileSystem();
+  auto model = RestoredModel::Restore(image(), o);
+  ASSERT_OK(model.status());
+  std::vector<uint64_t> addresses;
+  for (const auto& t : (*model)->tensors()) addresses.push_back(t.address);
+  EXPECT_GT((*model)->device_bytes(), 0u);
+  ASSERT_OK((*model)->Unload());
+  EXPECT_FALSE((*model)->loaded());
+  EXPECT_EQ((*model)->device_bytes(), 0u);
+  ASSERT_OK((*model)->Unload());  // idempotent
+  ASSERT_OK((*model)->Reload());
+  EXPECT_TRUE((*model)->loaded());
+  for (size_t i = 0; i < addresses.size(); ++i)
+    EXPECT_EQ((*model)->tensors()[i].address, addresses[i]);
+  ExpectIdentical(**model);
+}
+
+INSTANTIATE_TEST_SUITE_P(Codecs, RestoreTest,
+                         ::testing::Values(CodecChoice::kAuto, CodecChoice::kZstd,
+                                           CodecChoice::kRaw));
+
+TEST(RestoreFailureTest, DeviceAllocationFailingAtEveryStep) {
+  TempDir dir;
+  auto a = RandomBytes(100000, 1), b = NormalBF16Bytes(100000, 2);
+  WriterOptions wo;
+  wo.chunk_size = 16 << 10;
+  auto w = ImageWriter::Create(dir.File("img"), wo);
+  ASSERT_OK(w.status());
+  for (int r = 0; r < 3; ++r)
+    ASSERT_OK((*w)->AddRegion({200000, 4096, 0, format::DeviceKind::kCpu, -1}).status());
+  ASSERT_OK((*w)->AddRegionData(0, 0, a.data(), a.size(), 0));
+  ASSERT_OK((*w)->AddRegionData(2, 0, b.data(), b.size(), 2));
+  ASSERT_OK((*w)->Finish());
+  // Warm up: thread stacks and malloc arenas are cached by the C library and would look
+  // like leaked mappings otherwise.
+  RestoreOptions warm;
+  warm.fs = DefaultFileSystem();
+  ASSERT_OK(RestoredModel::Restore(dir.File("img"), warm).status());
+  Resources before;
+  for (int k = 1;; ++k) {
+    int calls = 0;
+    RestoreOptions o;
+    o.fs = DefaultFileSystem();
+    o.backend_factory = [&](const DeviceSpec&) -> StatusOr<std::unique_ptr<DeviceBackend>> {
+      return std::unique_ptr<DeviceBackend>(new FailingBackend(NewHostBackend(), k, &calls));
+    };
+    auto model = RestoredModel::Restore(dir.File("img"), o);
+    if (model.ok()) {
+      EXPECT_GT(k, 3) << "three regions and the staging must all have been allocated";
+      break;
+    }
+    EXPECT_THAT(model.status(), StatusIs(StatusCode::kResourceExhausted, HasSubstr("injected")))
+        << "step " << k;
+  }
+  Resources after;
+  EXPECT_EQ(after.fds, before.fds);
+  EXPECT_EQ(after.threads, before.threads);
+}
+
+TEST(HostBackendTest, HintHonouredWhenFreeRelocatedWhenTaken) {
+  auto backend = NewHostBackend();
+  format::RegionInfo r{1 << 20, 4096, 0, format::DeviceKind::kCpu, -1};
+  auto first = backend->MapRegion(r);
+  ASSERT_OK(first.status());
+  EXPECT_FALSE(first->at_hint);
+  const uint64_t addr = first->address;
+  // Taken: relocated, not an error.
+  r.va_hint = addr;
+  auto second = backend->MapRegion(r);
+  ASSERT_OK(second.status());
+  EXPECT_FALSE(second->at_hint);
+  EXPECT_NE(second->address, addr);
+  ASSERT_OK(backend->UnmapRegion(*second));
+  // Free again: honoured.
+  ASSERT_OK(backend->UnmapRegion(*first));
+  auto third = backend->MapRegion(r);
+  ASSERT_OK(third.status());
+  EXPECT_TRUE(third->at_hint);
+  EXPECT_EQ(third->address, addr);
+  ASSERT_OK(backend->UnmapRegion(*third));
+  // Large alignments are honoured when relocating.
+  r.va_hint = 0;
+  r.alignment = 2 << 20;
+  auto aligned = backend->MapRegion(r);
+  ASSERT_OK(aligned.status());
+  EXPECT_EQ(aligned->address % (2 << 20), 0u);
+  ASSERT_OK(backend->UnmapRegion(*aligned));
+}
+
+TEST(DeviceSpecTest, Parse) {
+  EXPECT_EQ(ParseDeviceSpec("cpu")->kind, format::DeviceKind::kCpu);
+  EXPECT_EQ(ParseDeviceSpec("cuda")->ordinal, 0);
+  EXPECT_EQ(ParseDeviceSpec("cuda:3")->ordinal, 3);
+  EXPECT_THAT(ParseDeviceSpec("tpu").status(),
+              StatusIs(StatusCode::kInvalidArgument, HasSubstr("cuda:N")));
+  EXPECT_THAT(ParseDeviceSpec("cuda:x").status(),
+              StatusIs(StatusCode::kInvalidArgument, HasSubstr("bad device")));
+  EXPECT_EQ(DeviceSpecString(*ParseDeviceSpec("cuda:1")), "cuda:1");
+}
+
+}  // namespace
+}  // namespace stasis
