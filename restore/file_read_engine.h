@@ -15,9 +15,6 @@
 
 namespace stasis {
 
-// Consecutive EAGAIN/EINTR results tolerated for one read before it fails (kUnavailable).
-inline constexpr int kMaxReadRetries = 1000;
-
 StatusOr<std::unique_ptr<ReadEngine>> NewFileSystemReadEngine(
     FileSystem* fs, const std::string& path, int queue_depth,
     std::function<int64_t(uint64_t, uint64_t, int64_t)> fault_hook = nullptr);

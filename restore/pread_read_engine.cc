@@ -16,7 +16,9 @@ namespace internal {
 ReadTarget::ReadTarget(int fd, std::string path, uint64_t size, bool direct, uint32_t alignment)
     : fd_(fd), path_(std::move(path)), size_(size), direct_(direct), alignment_(alignment) {}
 
-ReadTarget::~ReadTarget() { ::close(fd_); }
+ReadTarget::~ReadTarget() {
+  if (fd_ >= 0) ::close(fd_);
+}
 
 Status CheckReadOp(const ReadOp& op, const ReadTarget& target, size_t in_flight, size_t depth,
                    const std::vector<std::pair<void*, size_t>>& fixed_buffers) {
@@ -73,9 +75,9 @@ bool ReadProgress::Apply(int64_t result, const ReadTarget& target) {
   if (result == -EAGAIN || result == -EINTR) {
     // Retried at once: for regular files both are transient (a signal, a momentarily
     // exhausted resource); the bound turns a livelock into an error.
-    if (++retries_ > kMaxIoRetries) {
+    if (++retries_ > kMaxReadRetries) {
       return Finish(UnavailableError(std::string(result == -EAGAIN ? "EAGAIN" : "EINTR") +
-                                     " storm: " + std::to_string(kMaxIoRetries) +
+                                     " storm: " + std::to_string(kMaxReadRetries) +
                                      " consecutive retries reading " + Describe(target)));
     }
     return false;
@@ -114,8 +116,8 @@ bool ReadProgress::Apply(int64_t result, const ReadTarget& target) {
   pos_ = target.direct() ? done_ - done_ % target.alignment() : done_;
   if (progressed) {
     retries_ = 0;
-  } else if (++retries_ > kMaxIoRetries) {
-    return Finish(UnavailableError("no progress: " + std::to_string(kMaxIoRetries) +
+  } else if (++retries_ > kMaxReadRetries) {
+    return Finish(UnavailableError("no progress: " + std::to_string(kMaxReadRetries) +
                                    " consecutive short reads without new data reading " +
                                    Describe(target)));
   }

@@ -32,10 +32,6 @@
 namespace stasis {
 namespace internal {
 
-// Consecutive EAGAIN/EINTR results (or short reads without progress) tolerated for one
-// read; the next one fails it with kUnavailable. Equal to kMaxReadRetries of
-// restore/file_read_engine.h (the seam engine); see the report about merging the two.
-inline constexpr int kMaxIoRetries = 1000;
 // Largest single I/O call: pread caps one call at 2 GiB - 4 KiB and an SQE's length is 32
 // bits, so longer reads are issued as several calls. A power of two, hence a multiple of
 // every direct I/O alignment.
@@ -48,7 +44,8 @@ using FaultHook = std::function<int64_t(uint64_t offset, uint64_t length, int64_
 // and their queues share it (a queue may outlive its engine).
 class ReadTarget {
  public:
-  // Takes ownership of `fd`. `alignment` is 1 unless `direct`.
+  // Takes ownership of `fd` (-1 for a target read through the FileSystem seam, which
+  // has no descriptor). `alignment` is 1 unless `direct`.
   ReadTarget(int fd, std::string path, uint64_t size, bool direct, uint32_t alignment);
   ~ReadTarget();
   ReadTarget(const ReadTarget&) = delete;

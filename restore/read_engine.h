@@ -37,6 +37,10 @@
 
 namespace stasis {
 
+// Consecutive EAGAIN/EINTR results (or short reads without progress) tolerated for one
+// read; the next one fails it with kUnavailable ("EAGAIN storm"). Shared by every engine.
+inline constexpr int kMaxReadRetries = 1000;
+
 enum class IoBackend { kAuto, kUring, kPread };
 // "auto", "uring", "pread".
 std::string_view IoBackendName(IoBackend b);

@@ -165,7 +165,7 @@ class UringReadQueue final : public ReadQueue {
       if (ret < 0 && ret != -EINTR) {
         // EAGAIN/EBUSY: the kernel is short of resources or the CQ is full; reaping
         // frees both. Anything else, or a storm of these, is a broken ring.
-        if ((ret != -EAGAIN && ret != -EBUSY) || ++errors > internal::kMaxIoRetries)
+        if ((ret != -EAGAIN && ret != -EBUSY) || ++errors > kMaxReadRetries)
           return UringError(-ret, "io_uring_enter");
         std::this_thread::yield();
       } else if (ret >= 0) {
@@ -307,7 +307,7 @@ class UringReadQueue final : public ReadQueue {
     while (in_kernel_ > 0) {
       const int ret = io_uring_submit_and_wait(&ring_, 1);
       if (ret < 0 && ret != -EINTR) {
-        if ((ret != -EAGAIN && ret != -EBUSY) || ++errors > internal::kMaxIoRetries) return false;
+        if ((ret != -EAGAIN && ret != -EBUSY) || ++errors > kMaxReadRetries) return false;
         std::this_thread::yield();
       }
       Reap();

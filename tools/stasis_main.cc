@@ -288,14 +288,7 @@ struct RestoreArgs {
 StatusOr<RestoreOptions> ToRestoreOptions(const RestoreArgs& a) {
   RestoreOptions o;
   STASIS_ASSIGN_OR_RETURN(o.device, ParseDeviceSpec(a.device));
-  if (a.io == "auto")
-    o.io = IoBackend::kAuto;
-  else if (a.io == "uring")
-    o.io = IoBackend::kUring;
-  else if (a.io == "pread")
-    o.io = IoBackend::kPread;
-  else
-    return InvalidArgumentError("--io must be auto, uring or pread");
+  STASIS_ASSIGN_OR_RETURN(o.io, ParseIoBackend(a.io));
   if (a.direct == "auto")
     o.direct = ReadEngineOptions::Direct::kAuto;
   else if (a.direct == "on")
