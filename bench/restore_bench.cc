@@ -97,8 +97,10 @@ void WriteImage(const std::string& path, stasis::CodecChoice codec, uint64_t byt
 
 // The baseline: `threads` threads pread 8 MiB pieces of the file into one buffer, dealt
 // out round-robin. `direct` opens with O_DIRECT. The buffer is fresh memory every run, as
-// it is for a restore (a loader must put the bytes somewhere new).
-double ReadFileThreads(const std::string& path, int threads, bool direct) {
+// it is for a restore (a loader must put the bytes somewhere new); `huge_pages` advises
+// it MADV_HUGEPAGE, as stasis does by default, so the baseline is not slowed by 4 KiB
+// page faults that stasis avoids.
+double ReadFileThreads(const std::string& path, int threads, bool direct, bool huge_pages = false) {
   const uint64_t size = FileSize(path);
   const uint64_t piece = 8 << 20;
   auto start = Clock::now();
@@ -107,6 +109,7 @@ double ReadFileThreads(const std::string& path, int threads, bool direct) {
   void* buf =
       ::mmap(nullptr, size + piece, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (buf == MAP_FAILED) Die("mmap");
+  if (huge_pages) ::madvise(buf, size + piece, MADV_HUGEPAGE);
   std::atomic<uint64_t> next{0};
   std::vector<std::thread> pool;
   for (int t = 0; t < threads; ++t) {
@@ -179,11 +182,12 @@ int main(int argc, char** argv) {
   {
     ReadFileThreads(raw_img, threads, false);  // warm the cache
     ReadFileThreads(bf16_img, threads, false);
-    std::vector<double> base, raw, comp;
+    std::vector<double> base, base_thp, raw, comp;
     stasis::RestoreReport last_raw, last_comp;
     for (int r = 0; r < runs; ++r) {
       std::vector<std::function<void()>> steps = {
           [&] { base.push_back(ReadFileThreads(raw_img, threads, false)); },
+          [&] { base_thp.push_back(ReadFileThreads(raw_img, threads, false, true)); },
           [&] {
             last_raw = Restore(raw_img, opt);
             raw.push_back(last_raw.phases.total);
@@ -196,21 +200,26 @@ int main(int argc, char** argv) {
       for (size_t k = 0; k < steps.size(); ++k) steps[(k + r) % steps.size()]();
     }
     const double gb = static_cast<double>(bytes) / 1e9;
-    double base_gbs = FileSize(raw_img) / 1e9 / Median(base), raw_gbs = gb / Median(raw),
-           comp_gbs = gb / Median(comp);
+    const double plain_gbs = FileSize(raw_img) / 1e9 / Median(base);
+    const double thp_gbs = FileSize(raw_img) / 1e9 / Median(base_thp);
+    const double base_gbs = std::max(plain_gbs, thp_gbs);  // the better baseline is the one to beat
+    const double raw_gbs = gb / Median(raw), comp_gbs = gb / Median(comp);
     std::printf("\npage cache hot\n");
-    std::printf("  %-44s %8.2f GB/s\n", "baseline: multi-threaded pread of raw image", base_gbs);
+    std::printf("  %-44s %8.2f GB/s\n", "baseline: multi-threaded pread of raw image", plain_gbs);
+    std::printf("  %-44s %8.2f GB/s\n", "baseline: same, into huge pages (tuned)", thp_gbs);
     std::printf("  %-44s %8.2f GB/s  ratio %.3f (target >= 0.9)  [%s, %s]\n",
                 "stasis restore, raw image", raw_gbs, raw_gbs / base_gbs,
                 std::string(stasis::IoBackendName(last_raw.io.backend)).c_str(),
                 last_raw.io.direct ? "O_DIRECT" : "buffered");
     std::printf("  %-44s %8.2f GB/s  (logical bytes)\n", "stasis restore, compressed bf16 image",
                 comp_gbs);
-    out["hot"] = {{"baseline_pread_gb_per_s", base_gbs},
+    out["hot"] = {{"baseline_pread_gb_per_s", plain_gbs},
+                  {"baseline_pread_huge_pages_gb_per_s", thp_gbs},
                   {"stasis_raw_gb_per_s", raw_gbs},
                   {"ratio", raw_gbs / base_gbs},
                   {"stasis_compressed_logical_gb_per_s", comp_gbs},
                   {"baseline_seconds", base},
+                  {"baseline_huge_pages_seconds", base_thp},
                   {"stasis_raw_seconds", raw},
                   {"stasis_compressed_seconds", comp},
                   {"io", std::string(stasis::IoBackendName(last_raw.io.backend))}};
@@ -222,11 +231,15 @@ int main(int argc, char** argv) {
         "\npage cache cold: SKIPPED (cannot write /proc/sys/vm/drop_caches: run as root)\n");
     out["cold"] = "skipped: cannot drop caches";
   } else {
-    std::vector<double> direct_raw, comp, raw;
+    // The O_DIRECT baseline at two parallelisms: the cores, and 4x that (more reads in
+    // flight is what a virtio or NVMe device wants); the better one is the baseline.
+    std::vector<double> direct_raw, direct_raw_deep, comp, raw;
     stasis::RestoreReport last_comp;
     for (int r = 0; r < runs; ++r) {
       DropCaches();
       direct_raw.push_back(ReadFileThreads(raw_img, threads, true));
+      DropCaches();
+      direct_raw_deep.push_back(ReadFileThreads(raw_img, 4 * threads, true));
       DropCaches();
       last_comp = Restore(bf16_img, opt);
       comp.push_back(last_comp.phases.total);
@@ -234,22 +247,28 @@ int main(int argc, char** argv) {
       raw.push_back(Restore(raw_img, opt).phases.total);
     }
     const double gb = static_cast<double>(bytes) / 1e9;
-    double direct_gbs = gb / Median(direct_raw), comp_gbs = gb / Median(comp),
-           raw_gbs = gb / Median(raw);
+    const double direct_shallow = gb / Median(direct_raw),
+                 direct_deep = gb / Median(direct_raw_deep);
+    const double direct_gbs = std::max(direct_shallow, direct_deep);
+    const double comp_gbs = gb / Median(comp), raw_gbs = gb / Median(raw);
     std::printf("\npage cache cold (caches dropped before each run)\n");
-    std::printf("  %-44s %8.2f GB/s\n", "baseline: O_DIRECT read of uncompressed bytes",
-                direct_gbs);
+    std::printf("  %-44s %8.2f GB/s\n", "baseline: O_DIRECT read, uncompressed, N threads",
+                direct_shallow);
+    std::printf("  %-44s %8.2f GB/s\n", "baseline: O_DIRECT read, uncompressed, 4N threads",
+                direct_deep);
     std::printf("  %-44s %8.2f GB/s  ratio %.3f (target >= 1.25)  [%s, %s]\n",
                 "stasis restore, compressed bf16 (logical)", comp_gbs, comp_gbs / direct_gbs,
                 std::string(stasis::IoBackendName(last_comp.io.backend)).c_str(),
                 last_comp.io.direct ? "O_DIRECT" : "buffered");
     std::printf("  %-44s %8.2f GB/s  ratio %.3f\n", "stasis restore, raw image", raw_gbs,
                 raw_gbs / direct_gbs);
-    out["cold"] = {{"baseline_odirect_gb_per_s", direct_gbs},
+    out["cold"] = {{"baseline_odirect_gb_per_s", direct_shallow},
+                   {"baseline_odirect_deep_gb_per_s", direct_deep},
                    {"stasis_compressed_logical_gb_per_s", comp_gbs},
                    {"ratio", comp_gbs / direct_gbs},
                    {"stasis_raw_gb_per_s", raw_gbs},
                    {"baseline_seconds", direct_raw},
+                   {"baseline_deep_seconds", direct_raw_deep},
                    {"stasis_compressed_seconds", comp},
                    {"stasis_raw_seconds", raw}};
   }

@@ -78,7 +78,11 @@ class DeviceBackend {
 };
 
 // The host backend: anonymous private mappings, MAP_FIXED_NOREPLACE at the hint.
-std::unique_ptr<DeviceBackend> NewHostBackend();
+// `huge_pages`: regions of 2 MiB and more are advised MADV_HUGEPAGE. Restoring into huge
+// pages is up to 3x faster from a hot page cache (one fault per 2 MiB), but when the
+// kernel must compact memory to find them a restore can stall (measured: 0.12 s typical,
+// 1.1 s worst on a 1 GiB image); turn it off where tail latency matters more.
+std::unique_ptr<DeviceBackend> NewHostBackend(bool huge_pages = true);
 
 }  // namespace stasis
 

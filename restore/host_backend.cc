@@ -22,6 +22,7 @@ uint64_t AlignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
 class HostBackend final : public DeviceBackend {
  public:
+  explicit HostBackend(bool huge_pages) : huge_pages_(huge_pages) {}
   DeviceSpec device() const override { return DeviceSpec{}; }
 
   StatusOr<MappedRegion> MapRegion(const format::RegionInfo& region) override {
@@ -30,8 +31,8 @@ class HostBackend final : public DeviceBackend {
     if (region.size == 0) return out;
     // Large regions start on a huge-page boundary and ask for transparent huge pages:
     // restoring touches every page once, and 2 MiB faults cost 512x fewer traps.
-    const uint64_t align =
-        std::max<uint64_t>(region.alignment, region.size >= kHugePage ? kHugePage : kPage);
+    const uint64_t align = std::max<uint64_t>(
+        region.alignment, huge_pages_ && region.size >= kHugePage ? kHugePage : kPage);
     out.reserved = AlignUp(region.size, kPage);
     const int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
     if (region.va_hint != 0) {
@@ -59,7 +60,7 @@ class HostBackend final : public DeviceBackend {
       out.address = aligned;
     }
     out.host_view = reinterpret_cast<uint8_t*>(out.address);
-    if (region.size >= kHugePage) {
+    if (huge_pages_ && region.size >= kHugePage) {
       // Advice only: a kernel without THP (or with it off) just ignores it.
       ::madvise(out.host_view, out.reserved, MADV_HUGEPAGE);
     }
@@ -116,13 +117,16 @@ class HostBackend final : public DeviceBackend {
   }
 
  private:
+  const bool huge_pages_;
   std::mutex mu_;
   std::vector<std::pair<uint8_t*, size_t>> staging_;
 };
 
 }  // namespace
 
-std::unique_ptr<DeviceBackend> NewHostBackend() { return std::make_unique<HostBackend>(); }
+std::unique_ptr<DeviceBackend> NewHostBackend(bool huge_pages) {
+  return std::make_unique<HostBackend>(huge_pages);
+}
 
 StatusOr<DeviceSpec> ParseDeviceSpec(std::string_view text) {
   if (text == "cpu") return DeviceSpec{format::DeviceKind::kCpu, -1};

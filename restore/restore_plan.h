@@ -22,7 +22,7 @@ struct PlanOptions {
   uint32_t alignment = 1;                 // read alignment (offset, length, memory); power of 2
   // Slots per worker at most: enough to keep reads in flight while one chunk is decoded;
   // more only costs memory (and pinning time on CUDA).
-  int max_slots_per_worker = 8;
+  int max_slots_per_worker = 16;
   // True when the destination memory is CPU-writable (host backend): raw chunks are then
   // read straight into place and compressed ones decompressed straight into place.
   bool destination_host_visible = true;

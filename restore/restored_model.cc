@@ -309,7 +309,7 @@ StatusOr<std::unique_ptr<RestoredModel>> RestoredModel::Restore(const std::strin
   if (options.backend_factory) {
     STASIS_ASSIGN_OR_RETURN(model->backend_, options.backend_factory(options.device));
   } else if (options.device.kind == format::DeviceKind::kCpu) {
-    model->backend_ = NewHostBackend();
+    model->backend_ = NewHostBackend(options.huge_pages);
   } else {
     return UnimplementedError("no backend for device " + DeviceSpecString(options.device) +
                               " (pass RestoreOptions::backend_factory)");

@@ -37,6 +37,7 @@ struct RestoreOptions {
   int threads = 0;  // workers; <= 0: one per hardware thread
   int queue_depth = 32;
   uint64_t staging_bytes = 256ull << 20;  // bound on staging memory, whatever the model size
+  bool huge_pages = true;                 // host backend: see NewHostBackend
   bool verify = true;                     // false: skip the raw-bytes checksums (reported)
   // Test seams. `fs`: read through the FileSystem seam (pread semantics, no io_uring/direct),
   // e.g. a fault-injecting or in-memory file system. `backend_factory`: the device backend

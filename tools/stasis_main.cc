@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/file_system.h"
+#include "common/logging.h"
 #include "restore/restored_model.h"
 #ifdef STASIS_HAVE_CUDA
 #include "restore/cuda/cuda_backend.h"
@@ -283,6 +284,7 @@ struct RestoreArgs {
   int threads = 0, queue_depth = 32;
   uint64_t staging_mb = 256;
   bool no_verify = false, json = false;
+  std::string huge_pages = "on";
 };
 
 StatusOr<RestoreOptions> ToRestoreOptions(const RestoreArgs& a) {
@@ -305,6 +307,7 @@ StatusOr<RestoreOptions> ToRestoreOptions(const RestoreArgs& a) {
   o.queue_depth = a.queue_depth;
   o.staging_bytes = a.staging_mb << 20;
   o.verify = !a.no_verify;
+  o.huge_pages = a.huge_pages == "on";
   if (o.device.kind == format::DeviceKind::kCuda) {
 #ifdef STASIS_HAVE_CUDA
     o.backend_factory = [](const DeviceSpec& d) { return OpenCudaBackend(d.ordinal); };
@@ -454,6 +457,10 @@ void AddRestoreFlags(CLI::App* cmd, RestoreArgs* a) {
   cmd->add_option("--threads", a->threads, "pipeline workers (default: all cores)");
   cmd->add_option("--queue-depth", a->queue_depth, "reads in flight per worker (default 32)");
   cmd->add_option("--staging-mb", a->staging_mb, "staging memory bound in MiB (default 256)");
+  cmd->add_option(
+         "--huge-pages", a->huge_pages,
+         "host restores into transparent huge pages: on (fastest) | off (no compaction stalls)")
+      ->check(CLI::IsMember({"on", "off"}));
   cmd->add_flag("--no-verify", a->no_verify,
                 "skip checksums of decoded bytes (stored bytes are always checked)");
   cmd->add_flag("--json", a->json, "print a JSON report");
@@ -467,6 +474,8 @@ int main(int argc, char** argv) {
   CLI::App app{"stasis: snapshot model tensors into a checksummed image and restore them fast"};
   app.set_version_flag("--version", "stasis " STASIS_VERSION_STRING);
   app.require_subcommand(1);
+  bool verbose = false;
+  app.add_flag("-v,--verbose", verbose, "log what the engine decides (to stderr)");
 
   SnapshotArgs snap;
   auto* snapshot = app.add_subcommand(
@@ -517,6 +526,8 @@ int main(int argc, char** argv) {
     int rc = app.exit(e);
     return rc == 0 ? kExitOk : kExitUsage;
   }
+  // Logs go to stderr, never stdout: --json output must stay parseable.
+  stasis::InitLogging(stasis::LogFormat::kText, verbose ? "info" : "warn");
   if (*snapshot) return RunSnapshot(snap);
   if (*inspect) return RunInspect(image, json);
   if (*verify) return RunVerify(image, threads, json);
