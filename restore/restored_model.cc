@@ -352,9 +352,12 @@ Status RestoredModel::RunPipeline() {
   const format::Manifest& m = st.reader->manifest();
   auto t = Clock::now();
   PlanOptions po;
-  po.workers = static_cast<int>(
-      std::max(1, st.options.threads > 0 ? st.options.threads
-                                         : static_cast<int>(std::thread::hardware_concurrency())));
+  // Default workers: one per core; twice that for direct (cold) reads, so that one
+  // worker's decode overlaps another's wait on the device (measured on a 1 GiB bf16 image,
+  // 2 cores, cold: 1.64-1.98 GB/s with 2 workers, 1.98-2.51 with 4).
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  po.workers =
+      st.options.threads > 0 ? st.options.threads : cores * (st.engine->report().direct ? 2 : 1);
   po.staging_bytes = st.options.staging_bytes;
   po.alignment = std::max<uint32_t>(1, st.engine->report().alignment);
   po.destination_host_visible =
