@@ -29,24 +29,17 @@
 #include <thread>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "restore/read_engine.h"
 
 namespace {
 
+using stasis::bench::FileSize;
+using stasis::bench::Median;
+
 using Clock = std::chrono::steady_clock;
 using stasis::IoBackend;
 using stasis::ReadEngineOptions;
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  size_t n = v.size();
-  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
-uint64_t FileSize(const std::string& path) {
-  struct stat st;
-  return ::stat(path.c_str(), &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
-}
 
 // Writes `bytes` of xorshift noise (incompressible, like weights for a disk that
 // compresses) in 8 MiB writes.

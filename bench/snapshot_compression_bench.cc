@@ -23,22 +23,15 @@
 #include <thread>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "snapshot/image_writer.h"
 
 namespace {
 
+using stasis::bench::FileSize;
+using stasis::bench::Median;
+
 using Clock = std::chrono::steady_clock;
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  size_t n = v.size();
-  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
-uint64_t FileSize(const std::string& path) {
-  struct stat st;
-  return ::stat(path.c_str(), &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
-}
 
 // Seeded N(0, 0.02) weights, generated in parallel from per-block seeds so the bytes do not
 // depend on the thread count.

@@ -70,6 +70,7 @@ class FileSystemReadEngine final : public ReadEngine {
     return std::unique_ptr<ReadQueue>(
         new FileSystemReadQueue(file_.get(), &target_, static_cast<size_t>(depth_), &hook_));
   }
+  void SetFixedBuffers(std::vector<std::pair<void*, size_t>>) override {}  // nothing to register
   const ReadEngineReport& report() const override { return report_; }
   uint64_t file_size() const override { return file_->Size(); }
 

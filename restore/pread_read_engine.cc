@@ -251,7 +251,12 @@ class PreadReadEngine final : public ReadEngine {
         report_(std::move(report)) {}
 
   StatusOr<std::unique_ptr<ReadQueue>> NewQueue() override {
+    std::lock_guard<std::mutex> lock(mu_);
     return std::unique_ptr<ReadQueue>(new PreadReadQueue(target_, hook_, depth_, fixed_buffers_));
+  }
+  void SetFixedBuffers(std::vector<std::pair<void*, size_t>> buffers) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    fixed_buffers_ = std::move(buffers);  // pread only checks reads against them
   }
   const ReadEngineReport& report() const override { return report_; }
   uint64_t file_size() const override { return target_->size(); }
@@ -260,7 +265,8 @@ class PreadReadEngine final : public ReadEngine {
   const std::shared_ptr<const ReadTarget> target_;
   const std::shared_ptr<const FaultHook> hook_;
   const size_t depth_;
-  const std::vector<std::pair<void*, size_t>> fixed_buffers_;
+  std::mutex mu_;
+  std::vector<std::pair<void*, size_t>> fixed_buffers_;
   const ReadEngineReport report_;
 };
 

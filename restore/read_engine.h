@@ -117,6 +117,11 @@ class ReadEngine {
  public:
   virtual ~ReadEngine() = default;
   virtual StatusOr<std::unique_ptr<ReadQueue>> NewQueue() = 0;
+  // Replaces ReadEngineOptions::fixed_buffers for queues created afterwards (the restore
+  // pipeline allocates its staging memory after the engine is open, since the plan needs
+  // the engine's alignment). Registration stays best effort: report().buffers_registered
+  // says whether the last queue got them.
+  virtual void SetFixedBuffers(std::vector<std::pair<void*, size_t>> buffers) = 0;
   virtual const ReadEngineReport& report() const = 0;
   virtual uint64_t file_size() const = 0;
 };

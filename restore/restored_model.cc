@@ -132,15 +132,16 @@ class PipelineWorker {
         const uint64_t tail = engine_->report().alignment;
         STASIS_RETURN_IF_ERROR(
             queue_->Submit({t.read_offset + t.in_place_bytes, std::max<uint64_t>(tail, 1),
-                            Slot(p.read_slot), tag, -1}));
+                            Slot(p.read_slot), tag, 0}));
         ++p.ops;
       }
       if (p.ops == 0) return Complete(ti);  // cannot happen: stored_size > 0
       return OkStatus();
     }
     STASIS_ASSIGN_OR_RETURN(p.read_slot, TakeSlot());
+    // Slots lie in the staging area: fixed buffer 0 where the kernel registered it.
     STASIS_RETURN_IF_ERROR(
-        queue_->Submit({t.read_offset, t.read_length, Slot(p.read_slot), tag, -1}));
+        queue_->Submit({t.read_offset, t.read_length, Slot(p.read_slot), tag, 0}));
     ++p.ops;
     return OkStatus();
   }
@@ -385,6 +386,7 @@ Status RestoredModel::RunPipeline() {
   uint8_t* staging = nullptr;
   if (plan.staging_bytes > 0) {
     STASIS_ASSIGN_OR_RETURN(staging, backend_->AllocateStaging(plan.staging_bytes));
+    st.engine->SetFixedBuffers({{staging, plan.staging_bytes}});
   }
   std::atomic<bool> cancel{false};
   std::vector<WorkerTimes> times(plan.workers.size());
@@ -404,6 +406,7 @@ Status RestoredModel::RunPipeline() {
   }
   if (staging) backend_->FreeStaging(staging);
   report.phases.pipeline_wall = Since(t);
+  report.io = st.engine->report();  // now says whether the queues registered the staging
   report.phases.read = report.phases.verify = report.phases.decompress = report.phases.copy = 0;
   report.chunks_read_in_place = 0;
   for (const auto& wt : times) {

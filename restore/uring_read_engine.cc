@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -386,17 +387,34 @@ class UringReadEngine final : public ReadEngine {
     return Status(s.code(), "io_uring probe read: " + msg);
   }
 
+  void SetFixedBuffers(std::vector<std::pair<void*, size_t>> buffers) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto config = std::make_shared<RingConfig>(*config_);
+    config->fixed_buffers = std::move(buffers);
+    config_ = std::move(config);
+  }
+
   StatusOr<std::unique_ptr<ReadQueue>> NewQueue() override {
+    std::shared_ptr<const RingConfig> config;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      config = config_;
+    }
     STASIS_ASSIGN_OR_RETURN(std::unique_ptr<UringReadQueue> q,
-                            UringReadQueue::Create(target_, hook_, config_));
-    if (report_.buffers_registered && !q->buffers_registered())
-      spdlog::debug("io_uring: fixed buffers not registered for a queue: {}", q->buffers_error());
+                            UringReadQueue::Create(target_, hook_, config));
+    if (!config->fixed_buffers.empty()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      report_.buffers_registered = q->buffers_registered();
+      if (!q->buffers_registered())
+        spdlog::debug("io_uring: fixed buffers not registered for a queue: {}", q->buffers_error());
+    }
     return std::unique_ptr<ReadQueue>(std::move(q));
   }
   const ReadEngineReport& report() const override { return report_; }
   uint64_t file_size() const override { return target_->size(); }
 
  private:
+  std::mutex mu_;  // config_ and report_ after construction (queues are made concurrently)
   // IORING_OP_READ is required (gVisor has only READV); READ_FIXED is optional.
   Status CheckOpcodes(io_uring* ring) {
     io_uring_probe* probe = io_uring_get_probe_ring(ring);
