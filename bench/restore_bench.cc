@@ -66,11 +66,7 @@ void WriteImage(const std::string& path, stasis::CodecChoice codec, uint64_t byt
   for (uint64_t off = 0; off < bytes; off += buf.size()) {
     size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), bytes - off));
     for (size_t i = 0; i + 1 < n; i += 2) {
-      float f = dist(rng);
-      uint32_t u;
-      std::memcpy(&u, &f, 4);
-      u += 0x7fff + ((u >> 16) & 1);
-      uint16_t h = static_cast<uint16_t>(u >> 16);
+      const uint16_t h = stasis::Float32ToBf16(dist(rng));
       std::memcpy(buf.data() + i, &h, 2);
     }
     stasis::Status s = (*w)->AddRegionData(id, off, buf.data(), n, 2);

@@ -50,15 +50,12 @@ std::vector<uint8_t> Weights(bool bf16, uint64_t bytes, uint64_t seed) {
         std::normal_distribution<float> dist(0.0f, 0.02f);
         uint64_t end = std::min(count, (b + 1) * block);
         for (uint64_t i = b * block; i < end; ++i) {
-          float f = dist(rng);
-          uint32_t u;
-          std::memcpy(&u, &f, 4);
+          const float f = dist(rng);
           if (bf16) {
-            u += 0x7fff + ((u >> 16) & 1);
-            uint16_t h = static_cast<uint16_t>(u >> 16);
+            const uint16_t h = stasis::Float32ToBf16(f);
             std::memcpy(out.data() + 2 * i, &h, 2);
           } else {
-            std::memcpy(out.data() + 4 * i, &u, 4);
+            std::memcpy(out.data() + 4 * i, &f, 4);
           }
         }
       }

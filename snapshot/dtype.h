@@ -6,6 +6,7 @@
 #define STASIS_SNAPSHOT_DTYPE_H_
 
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <string_view>
 
@@ -47,6 +48,16 @@ std::optional<DType> DTypeFromId(uint8_t id);
 // The element size the `grouped` codec uses for this dtype: 2 for F16/BF16, 4 for F32,
 // 0 where grouping does not help (integers, 8-bit floats, F64).
 int GroupingElementSize(DType t);
+
+// f32 → bf16, rounding to nearest with ties to even (what torch and the reference writers
+// do); NaN stays NaN.
+inline uint16_t Float32ToBf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffff) > 0x7f800000) return static_cast<uint16_t>((u >> 16) | 0x40);
+  u += 0x7fff + ((u >> 16) & 1);
+  return static_cast<uint16_t>(u >> 16);
+}
 
 }  // namespace stasis
 

@@ -113,13 +113,6 @@ uint64_t NameHash(std::string_view s) {  // FNV-1a
   return h;
 }
 
-uint16_t FloatToBf16(float f) {
-  uint32_t u = std::bit_cast<uint32_t>(f);
-  if ((u & 0x7fffffff) > 0x7f800000) return static_cast<uint16_t>((u >> 16) | 0x40);  // NaN
-  u += 0x7fff + ((u >> 16) & 1);  // round to nearest, ties to even
-  return static_cast<uint16_t>(u >> 16);
-}
-
 // Round to nearest even, with subnormals, overflow to infinity and NaN kept quiet
 // (F. Giesen's float_to_half_fast3_rtne).
 uint16_t FloatToF16(float f) {
@@ -152,7 +145,7 @@ void Store(float v, DType dtype, uint8_t* dst) {
       break;
     }
     case DType::kBF16: {
-      uint16_t u = FloatToBf16(v);
+      uint16_t u = Float32ToBf16(v);
       std::memcpy(dst, &u, 2);
       break;
     }

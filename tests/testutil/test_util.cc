@@ -12,6 +12,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "snapshot/dtype.h"
+
 namespace stasis::testing {
 
 TempDir::TempDir() {
@@ -69,12 +71,6 @@ std::vector<float> NormalFloats(size_t count, uint64_t seed) {
   for (auto& x : v) x = dist(rng);
   return v;
 }
-uint16_t ToBF16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  u += 0x7fff + ((u >> 16) & 1);  // round to nearest even
-  return static_cast<uint16_t>(u >> 16);
-}
 uint16_t ToF16(float f) {
   // Good enough for small normal weights: no NaN/Inf/denormal handling needed.
   uint32_t u;
@@ -99,7 +95,7 @@ std::vector<uint8_t> NormalBF16Bytes(size_t count, uint64_t seed) {
   auto v = NormalFloats(count, seed);
   std::vector<uint8_t> out(count * 2);
   for (size_t i = 0; i < count; ++i) {
-    uint16_t h = ToBF16(v[i]);
+    uint16_t h = Float32ToBf16(v[i]);
     std::memcpy(out.data() + 2 * i, &h, 2);
   }
   return out;
