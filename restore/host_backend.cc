@@ -18,7 +18,7 @@ namespace {
 constexpr uint64_t kPage = 4096;
 constexpr uint64_t kHugePage = 2ull << 20;
 
-uint64_t AlignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
+using format::AlignUp;
 
 class HostBackend final : public DeviceBackend {
  public:

@@ -6,8 +6,8 @@
 namespace stasis {
 namespace {
 
-uint64_t AlignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
-uint64_t AlignDown(uint64_t v, uint64_t a) { return v / a * a; }
+using format::AlignDown;
+using format::AlignUp;
 
 // Relative cost of a chunk for balancing: every stored byte is read and hashed; a
 // compressed chunk also decodes raw_size bytes, which is slower per byte than reading a

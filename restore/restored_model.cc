@@ -374,11 +374,8 @@ Status RestoredModel::RunPipeline() {
   report.staging_bytes = plan.staging_bytes;
   report.verified_raw = st.options.verify;
   report.chunks = m.chunks.size();
-  report.stored_bytes = report.raw_bytes = 0;
-  for (const auto& c : m.chunks) {
-    report.stored_bytes += c.stored_size;
-    report.raw_bytes += c.raw_size;
-  }
+  report.stored_bytes = m.StoredBytes();
+  report.raw_bytes = m.RawBytes();
   if (static_cast<uint64_t>(plan.slots_per_worker) * plan.workers.size() > DeviceBackend::kMaxSlots)
     return InternalError("plan uses more staging slots than the backend tracks");
 

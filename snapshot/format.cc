@@ -113,6 +113,19 @@ const std::string* Manifest::FindMetadata(std::string_view key) const {
 }
 
 uint64_t AlignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
+uint64_t AlignDown(uint64_t v, uint64_t a) { return v / a * a; }
+
+uint64_t Manifest::StoredBytes() const {
+  uint64_t n = 0;
+  for (const auto& c : chunks) n += c.stored_size;
+  return n;
+}
+
+uint64_t Manifest::RawBytes() const {
+  uint64_t n = 0;
+  for (const auto& c : chunks) n += c.raw_size;
+  return n;
+}
 
 StatusOr<uint64_t> ElementCount(const std::vector<int64_t>& shape) {
   u128 count = 1;

@@ -101,6 +101,9 @@ struct Manifest {
   const TensorInfo* FindTensor(std::string_view name) const;
   const SectionInfo* FindSection(std::string_view name) const;
   const std::string* FindMetadata(std::string_view key) const;
+  // Totals over all chunks: bytes as stored in the file, and restored bytes.
+  uint64_t StoredBytes() const;
+  uint64_t RawBytes() const;
 };
 
 struct Footer {
@@ -118,7 +121,9 @@ std::vector<int64_t> ContiguousStrides(const std::vector<int64_t>& shape);
 StatusOr<uint64_t> ViewByteSize(DType dtype, const std::vector<int64_t>& shape,
                                 const std::vector<int64_t>& strides);
 
+// Round `v` up / down to a multiple of `a` (a > 0).
 uint64_t AlignUp(uint64_t v, uint64_t a);
+uint64_t AlignDown(uint64_t v, uint64_t a);
 
 std::string EncodeHeader();
 // `bytes` must hold kHeaderSize bytes.

@@ -157,10 +157,8 @@ StatusOr<VerifyReport> ImageReader::Verify(const VerifyOptions& options) const {
   std::sort(chunk_errors.begin(), chunk_errors.end(),
             [](const auto& a, const auto& b) { return a.first < b.first; });
   for (auto& [i, s] : chunk_errors) report.errors.push_back(std::move(s));
-  for (const auto& c : manifest_.chunks) {
-    report.stored_bytes += c.stored_size;
-    report.raw_bytes += c.raw_size;
-  }
+  report.stored_bytes = manifest_.StoredBytes();
+  report.raw_bytes = manifest_.RawBytes();
   report.chunks_checked = n;
   for (const auto& s : manifest_.sections) {
     auto bytes = ReadSection(s.name);

@@ -241,9 +241,7 @@ int RunVerify(const std::string& path, int threads, bool json) {
     }
     return ReportError(reader.status());
   }
-  uint64_t total = 0;
-  for (const auto& c : (*reader)->manifest().chunks) total += c.stored_size;
-  ProgressBar bar("verify", total, !json);
+  ProgressBar bar("verify", (*reader)->manifest().StoredBytes(), !json);
   VerifyOptions opt;
   opt.threads = threads;
   opt.progress = [&bar](uint64_t done) { bar.Update(done); };
