@@ -43,13 +43,6 @@ void MemFileSystem::SetFile(const std::string& path, std::string contents) {
   files_[path] = std::make_shared<std::string>(std::move(contents));
 }
 
-StatusOr<std::string> MemFileSystem::GetFile(const std::string& path) const {
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = files_.find(path);
-  if (it == files_.end()) return NotFoundError("no file '" + path + "'");
-  return *it->second;
-}
-
 StatusOr<std::unique_ptr<RandomAccessFile>> MemFileSystem::OpenRandomAccess(
     const std::string& path) {
   std::lock_guard<std::mutex> lock(mu_);

@@ -21,8 +21,6 @@ class MemFileSystem final : public FileSystem {
  public:
   // Creates or replaces `path` with `contents`.
   void SetFile(const std::string& path, std::string contents);
-  // The contents of `path`, or kNotFound.
-  StatusOr<std::string> GetFile(const std::string& path) const;
 
   StatusOr<std::unique_ptr<RandomAccessFile>> OpenRandomAccess(const std::string& path) override;
   StatusOr<std::unique_ptr<WritableFile>> CreateExclusive(const std::string& path) override;

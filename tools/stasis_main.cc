@@ -148,7 +148,6 @@ int RunInspect(const std::string& path, bool json) {
     stored_by_codec[k] += c.stored_size;
   }
   double ratio = stored ? static_cast<double>(raw) / static_cast<double>(stored) : 1.0;
-  const char* codec_names[3] = {"raw", "zstd", "grouped"};
   if (json) {
     Json j;
     j["image"] = path;
@@ -159,9 +158,10 @@ int RunInspect(const std::string& path, bool json) {
     j["ratio"] = ratio;
     Json codecs = Json::object();
     for (int k = 0; k < 3; ++k)
-      codecs[codec_names[k]] = {{"chunks", by_codec[k]},
-                                {"raw_bytes", raw_by_codec[k]},
-                                {"stored_bytes", stored_by_codec[k]}};
+      codecs[std::string(format::CodecName(static_cast<format::Codec>(k)))] = {
+          {"chunks", by_codec[k]},
+          {"raw_bytes", raw_by_codec[k]},
+          {"stored_bytes", stored_by_codec[k]}};
     j["codecs"] = codecs;
     j["regions"] = Json::array();
     for (size_t i = 0; i < m.regions.size(); ++i) {
@@ -197,7 +197,8 @@ int RunInspect(const std::string& path, bool json) {
               HumanBytes(stored).c_str(), ratio);
   for (int k = 0; k < 3; ++k) {
     if (by_codec[k] == 0) continue;
-    std::printf("  %-8s %llu chunks, %s -> %s\n", codec_names[k],
+    std::printf("  %-8s %llu chunks, %s -> %s\n",
+                std::string(format::CodecName(static_cast<format::Codec>(k))).c_str(),
                 static_cast<unsigned long long>(by_codec[k]), HumanBytes(raw_by_codec[k]).c_str(),
                 HumanBytes(stored_by_codec[k]).c_str());
   }

@@ -71,17 +71,6 @@ std::vector<float> NormalFloats(size_t count, uint64_t seed) {
   for (auto& x : v) x = dist(rng);
   return v;
 }
-uint16_t ToF16(float f) {
-  // Good enough for small normal weights: no NaN/Inf/denormal handling needed.
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  uint32_t sign = (u >> 16) & 0x8000;
-  int32_t exp = static_cast<int32_t>((u >> 23) & 0xff) - 127 + 15;
-  uint32_t mant = u & 0x7fffff;
-  if (exp <= 0) return static_cast<uint16_t>(sign);
-  if (exp >= 31) return static_cast<uint16_t>(sign | 0x7c00);
-  return static_cast<uint16_t>(sign | (exp << 10) | (mant >> 13));
-}
 }  // namespace
 
 std::vector<uint8_t> NormalF32Bytes(size_t count, uint64_t seed) {
@@ -96,16 +85,6 @@ std::vector<uint8_t> NormalBF16Bytes(size_t count, uint64_t seed) {
   std::vector<uint8_t> out(count * 2);
   for (size_t i = 0; i < count; ++i) {
     uint16_t h = Float32ToBf16(v[i]);
-    std::memcpy(out.data() + 2 * i, &h, 2);
-  }
-  return out;
-}
-
-std::vector<uint8_t> NormalF16Bytes(size_t count, uint64_t seed) {
-  auto v = NormalFloats(count, seed);
-  std::vector<uint8_t> out(count * 2);
-  for (size_t i = 0; i < count; ++i) {
-    uint16_t h = ToF16(v[i]);
     std::memcpy(out.data() + 2 * i, &h, 2);
   }
   return out;

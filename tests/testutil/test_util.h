@@ -37,7 +37,6 @@ std::vector<uint8_t> RandomBytes(size_t n, uint64_t seed);
 // Normally distributed weights (mean 0, stddev 0.02) as f32 or bf16 bytes.
 std::vector<uint8_t> NormalF32Bytes(size_t count, uint64_t seed);
 std::vector<uint8_t> NormalBF16Bytes(size_t count, uint64_t seed);
-std::vector<uint8_t> NormalF16Bytes(size_t count, uint64_t seed);
 
 std::string ReadFile(const std::string& path);
 void WriteFile(const std::string& path, const std::string& bytes);
