@@ -39,6 +39,11 @@ struct MappedRegion {
   // Set when the pipeline may write the region directly with the CPU (host backend):
   // reads and decompression then go straight to the destination, with no staging copy.
   uint8_t* host_view = nullptr;
+  // Set when [host_view, host_view + reserved) is a private mapping of the backend's own
+  // that the pipeline may replace, page by page, with MAP_FIXED private mappings of the
+  // image file (zero-copy restore of raw chunks from the page cache). UnmapRegion, Unload
+  // and Reload must then work whatever is mapped there (munmap / MADV_DONTNEED do).
+  bool host_view_mappable = false;
 };
 
 class DeviceBackend {

@@ -60,6 +60,7 @@ class HostBackend final : public DeviceBackend {
       out.address = aligned;
     }
     out.host_view = reinterpret_cast<uint8_t*>(out.address);
+    out.host_view_mappable = true;
     if (huge_pages_ && region.size >= kHugePage) {
       // Advice only: a kernel without THP (or with it off) just ignores it.
       ::madvise(out.host_view, out.reserved, MADV_HUGEPAGE);

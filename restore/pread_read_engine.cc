@@ -260,6 +260,7 @@ class PreadReadEngine final : public ReadEngine {
   }
   const ReadEngineReport& report() const override { return report_; }
   uint64_t file_size() const override { return target_->size(); }
+  int MappableFd() const override { return target_->fd(); }
 
  private:
   const std::shared_ptr<const ReadTarget> target_;

@@ -139,6 +139,7 @@ StatusOr<std::shared_ptr<const ReadTarget>> OpenTarget(const std::string& path,
         break;
       }
       want_direct = *f < 0.5;
+      report->resident_fraction = *f;
       why = Percent(*f) + " of the file is in the page cache" + how;
       break;
     }

@@ -73,9 +73,10 @@ struct ReadEngineReport {
   // or kernel.io_uring_disabled)); using the pread pool"
   std::string reason;
   bool direct = false;
-  std::string direct_reason;  // e.g. "12% of the file is in the page cache"
-  uint32_t alignment = 1;     // required alignment of offset/length/dst
-  std::string ring_flags;     // io_uring setup flags in use, "" for pread
+  std::string direct_reason;      // e.g. "12% of the file is in the page cache"
+  double resident_fraction = -1;  // of the file in the page cache (sampled); -1: not measured
+  uint32_t alignment = 1;         // required alignment of offset/length/dst
+  std::string ring_flags;         // io_uring setup flags in use, "" for pread
   bool buffers_registered = false;
   bool file_registered = false;
 };
@@ -124,6 +125,10 @@ class ReadEngine {
   virtual void SetFixedBuffers(std::vector<std::pair<void*, size_t>> buffers) = 0;
   virtual const ReadEngineReport& report() const = 0;
   virtual uint64_t file_size() const = 0;
+  // A descriptor of the image that may be mmap'ed (restore maps raw chunks of a page-cache-
+  // hot image instead of copying them), or -1 when the engine has none (FileSystem seam).
+  // Owned by the engine.
+  virtual int MappableFd() const { return -1; }
 };
 
 // Opens `path` for restore with the backend the options ask for. kAuto tries io_uring

@@ -28,6 +28,13 @@ struct PlanOptions {
   bool destination_host_visible = true;
   // Per region, the address the region was mapped at (for alignment of in-place reads).
   std::vector<uint64_t> region_addresses;
+  // Map raw chunks of the image file into place (mmap MAP_PRIVATE|MAP_FIXED) instead of
+  // reading them: zero copies from a page-cache-hot image. Only raw chunks whose file
+  // offset, destination and size are multiples of `page_size` qualify (a partial page
+  // would map neighbouring file bytes over the destination). Needs a host-visible
+  // destination.
+  bool map_raw_chunks = false;
+  uint64_t page_size = 4096;
 };
 
 // How one chunk gets from the file to its destination.
@@ -36,6 +43,7 @@ enum class ChunkRoute : uint8_t {
   kDecodeInPlace,  // compressed: read into a slot, decode into the destination
   kStagedCopy,     // raw: read into a slot, copy the slot to the device
   kDecodeStaged,   // compressed: read into a slot, decode into a second slot, copy that
+  kMapInPlace,     // raw: the file's pages are mapped at the destination (no read, no slot)
 };
 
 struct ChunkTask {

@@ -39,6 +39,12 @@ struct RestoreOptions {
   uint64_t staging_bytes = 256ull << 20;  // bound on staging memory, whatever the model size
   bool huge_pages = true;                 // host backend: see NewHostBackend
   bool verify = true;                     // false: skip the raw-bytes checksums (reported)
+  // Raw chunks of a page-cache-hot image on the host backend: map the file's pages into
+  // place (private, copy-on-write) instead of copying them. kAuto maps when the engine
+  // found >= 90% of the image cached and reads buffered. The image must then not be
+  // modified in place while restored (stasis never does: it replaces images by rename).
+  enum class MapFile { kAuto, kOn, kOff };
+  MapFile map_file = MapFile::kAuto;
   // Test seams. `fs`: read through the FileSystem seam (pread semantics, no io_uring/direct),
   // e.g. a fault-injecting or in-memory file system. `backend_factory`: the device backend
   // (e.g. the CUDA backend over a fake driver). `fault_hook`: see ReadEngineOptions.
@@ -70,6 +76,7 @@ struct RestoreReport {
   size_t regions_at_hint = 0;    // regions mapped at their recorded address
   size_t regions_with_hint = 0;  // regions that recorded an address at all
   uint64_t chunks_read_in_place = 0;
+  uint64_t chunks_mapped = 0;  // raw chunks mapped from the page cache (no copy)
   // Raw bytes restored per second of total wall time.
   double raw_gb_per_s() const { return phases.total > 0 ? raw_bytes / phases.total / 1e9 : 0; }
 };
@@ -99,6 +106,8 @@ class RestoredModel {
   const RestoredTensor* FindTensor(std::string_view name) const;
   const std::vector<MappedRegion>& regions() const { return regions_; }
   const RestoreReport& report() const { return report_; }
+  // Reads a section of the image (checksum verified); kNotFound for an unknown name.
+  StatusOr<std::string> ReadSection(std::string_view name) const;
   DeviceBackend& backend() { return *backend_; }
   bool loaded() const { return loaded_; }
   // Device bytes held (0 while unloaded).

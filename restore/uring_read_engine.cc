@@ -412,6 +412,7 @@ class UringReadEngine final : public ReadEngine {
   }
   const ReadEngineReport& report() const override { return report_; }
   uint64_t file_size() const override { return target_->size(); }
+  int MappableFd() const override { return target_->fd(); }
 
  private:
   std::mutex mu_;  // config_ and report_ after construction (queues are made concurrently)

@@ -30,6 +30,7 @@
 
 #include "common/file_system.h"
 #include "common/status.h"
+#include "restore/torch_plugin_loader.h"
 #include "snapshot/dtype.h"
 #include "snapshot/safetensors.h"
 
@@ -317,7 +318,23 @@ struct Options {
   uint64_t seed = 0;
   int shards = 1;
   std::string output;
+  std::string format = "safetensors";  // or "torchscript"
+  bool mixed = false;
 };
+
+// A TorchScript module through the torch plugin (restore/torch/torch_gpt2.h): the same
+// architecture as the safetensors model, with a forward() and tied embedding/head weights.
+Status RunTorchScript(const Options& o) {
+  if (o.shards != 1) return InvalidArgumentError("--shards applies to safetensors output");
+  if (o.dtype != "f32")
+    return InvalidArgumentError("TorchScript models are f32 (use --mixed for bf16/f16 weights)");
+  STASIS_ASSIGN_OR_RETURN(torch::TorchPlugin * plugin, torch::LoadTorchPlugin());
+  STASIS_RETURN_IF_ERROR(CreateParentDirs(o.output, false));
+  STASIS_RETURN_IF_ERROR(plugin->GenerateGpt2(o.output, o.preset, o.seed, o.mixed));
+  STASIS_ASSIGN_OR_RETURN(std::string spec, plugin->Gpt2InputSpec(o.preset));
+  std::printf("stasis-genmodel: input spec for this model: %s\n", spec.c_str());
+  return OkStatus();
+}
 
 // Writes the model; reports its parameter count, data bytes and number of files written.
 Status Run(const Options& o, uint64_t* params, uint64_t* bytes, int* files) {
@@ -408,6 +425,12 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("-o,--output", o.output, "output file (or directory with --shards > 1)")
       ->required();
+  app.add_option("--format", o.format,
+                 "safetensors, or torchscript (a module with forward(), via libtorch)")
+      ->check(CLI::IsMember({"safetensors", "torchscript"}))
+      ->capture_default_str();
+  app.add_flag("--mixed", o.mixed,
+               "torchscript: bf16/f16 weights and a transposed parameter among the f32 ones");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -418,7 +441,8 @@ int main(int argc, char** argv) {
   const auto start = std::chrono::steady_clock::now();
   uint64_t params = 0, bytes = 0;
   int files = 0;
-  stasis::Status s = stasis::Run(o, &params, &bytes, &files);
+  stasis::Status s = o.format == "torchscript" ? stasis::RunTorchScript(o)
+                                               : stasis::Run(o, &params, &bytes, &files);
   if (!s.ok()) {
     std::fprintf(stderr, "stasis-genmodel: error: %s\n", s.ToString().c_str());
     switch (s.code()) {
@@ -434,6 +458,12 @@ int main(int argc, char** argv) {
   }
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (o.format == "torchscript") {
+    std::printf("stasis-genmodel: gpt2 %s torchscript%s seed=%llu -> %s (%.1f s)\n",
+                o.preset.c_str(), o.mixed ? " mixed" : "", static_cast<unsigned long long>(o.seed),
+                o.output.c_str(), seconds);
+    return 0;
+  }
   std::printf(
       "stasis-genmodel: gpt2 %s %s seed=%llu: %llu params, %llu data bytes, %d file%s "
       "-> %s (%.1f s)\n",

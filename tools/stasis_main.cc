@@ -1,4 +1,5 @@
-// The `stasis` command line: snapshot, inspect, verify, restore, export.
+// The `stasis` command line: snapshot, inspect, verify, restore, export, bench (and the
+// hidden coldstart child of bench). Commands that need libtorch are in torch_commands.cc.
 // Statuses become exit codes and messages here and nowhere else (tools/cli_common.h).
 #include <CLI/CLI.hpp>
 #include <chrono>
@@ -18,6 +19,7 @@
 #include "snapshot/image_writer.h"
 #include "snapshot/safetensors.h"
 #include "tools/cli_common.h"
+#include "tools/torch_commands.h"
 
 namespace stasis::cli {
 namespace {
@@ -62,6 +64,17 @@ struct SnapshotArgs {
   int level = 1, threads = 0;
   bool force = false, json = false, quiet = false;
 };
+
+// TorchScript archives are zip files; safetensors files start with a little-endian header
+// length, never "PK\x03\x04". Only the first bytes are read, so libtorch is loaded only
+// for TorchScript.
+bool LooksLikeZip(const std::string& path) {
+  auto f = DefaultFileSystem()->OpenRandomAccess(path);
+  if (!f.ok() || (*f)->Size() < 4) return false;
+  char magic[4];
+  if (!(*f)->ReadExact(0, 4, magic, "magic").ok()) return false;
+  return std::memcmp(magic, "PK\x03\x04", 4) == 0;
+}
 
 int RunSnapshot(const SnapshotArgs& a) {
   WriterOptions opt;
@@ -185,7 +198,8 @@ int RunInspect(const std::string& path, bool json) {
                               {"bytes", t.byte_size}});
     }
     j["sections"] = Json::array();
-    for (const auto& s : m.sections) j["sections"].push_back({{"name", s.name}, {"size", s.size}});
+    for (const auto& s : m.sections)
+      j["sections"].push_back({{"name", s.name}, {"size", s.size}, {"file_offset", s.file_offset}});
     j["metadata"] = Json::object();
     for (const auto& [k, v] : m.metadata) j["metadata"][k] = v;
     std::cout << j.dump(2) << "\n";
@@ -284,6 +298,7 @@ struct RestoreArgs {
   uint64_t staging_mb = 256;
   bool no_verify = false, json = false;
   std::string huge_pages = "on";
+  std::string map = "auto";
 };
 
 StatusOr<RestoreOptions> ToRestoreOptions(const RestoreArgs& a) {
@@ -307,6 +322,9 @@ StatusOr<RestoreOptions> ToRestoreOptions(const RestoreArgs& a) {
   o.staging_bytes = a.staging_mb << 20;
   o.verify = !a.no_verify;
   o.huge_pages = a.huge_pages == "on";
+  o.map_file = a.map == "on"    ? RestoreOptions::MapFile::kOn
+               : a.map == "off" ? RestoreOptions::MapFile::kOff
+                                : RestoreOptions::MapFile::kAuto;
   if (o.device.kind == format::DeviceKind::kCuda) {
 #ifdef STASIS_HAVE_CUDA
     o.backend_factory = [](const DeviceSpec& d) { return OpenCudaBackend(d.ordinal); };
@@ -347,6 +365,7 @@ Json ReportJson(const RestoreReport& r) {
   j["workers"] = r.workers;
   j["chunks"] = r.chunks;
   j["chunks_read_in_place"] = r.chunks_read_in_place;
+  j["chunks_mapped"] = r.chunks_mapped;
   j["staging_bytes"] = r.staging_bytes;
   j["verified_raw"] = r.verified_raw;
   j["regions"] = r.regions;
@@ -373,11 +392,13 @@ void PrintReport(const RestoreReport& r) {
               std::string(IoBackendName(r.io.backend)).c_str(), r.io.reason.c_str(), direct.c_str(),
               r.io.alignment, ring.c_str(), r.io.buffers_registered ? ", buffers registered" : "",
               r.io.file_registered ? ", file registered" : "");
-  std::printf("  %d workers, %s staging, %llu of %llu chunks read in place, checksums: %s\n",
-              r.workers, HumanBytes(r.staging_bytes).c_str(),
-              static_cast<unsigned long long>(r.chunks_read_in_place),
-              static_cast<unsigned long long>(r.chunks),
-              r.verified_raw ? "stored + decoded" : "stored only (--no-verify)");
+  std::printf(
+      "  %d workers, %s staging, of %llu chunks: %llu mapped from the page cache, %llu read in "
+      "place; checksums: %s\n",
+      r.workers, HumanBytes(r.staging_bytes).c_str(), static_cast<unsigned long long>(r.chunks),
+      static_cast<unsigned long long>(r.chunks_mapped),
+      static_cast<unsigned long long>(r.chunks_read_in_place),
+      r.verified_raw ? "stored + decoded" : "stored only (--no-verify)");
   std::printf("  addresses: %zu of %zu regions at their recorded address (%zu recorded one)\n",
               r.regions_at_hint, r.regions, r.regions_with_hint);
 }
@@ -460,6 +481,10 @@ void AddRestoreFlags(CLI::App* cmd, RestoreArgs* a) {
          "--huge-pages", a->huge_pages,
          "host restores into transparent huge pages: on (fastest) | off (no compaction stalls)")
       ->check(CLI::IsMember({"on", "off"}));
+  cmd->add_option("--map", a->map,
+                  "map raw chunks of a page-cache-hot image instead of copying them: auto "
+                  "(when >= 90% cached) | on | off")
+      ->check(CLI::IsMember({"auto", "on", "off"}));
   cmd->add_flag("--no-verify", a->no_verify,
                 "skip checksums of decoded bytes (stored bytes are always checked)");
   cmd->add_flag("--json", a->json, "print a JSON report");
@@ -478,8 +503,11 @@ int main(int argc, char** argv) {
 
   SnapshotArgs snap;
   auto* snapshot = app.add_subcommand(
-      "snapshot", "Snapshot a safetensors model (file or index.json) into an image");
-  snapshot->add_option("model", snap.input, "model.safetensors or model.safetensors.index.json")
+      "snapshot",
+      "Snapshot a safetensors model (file or index.json) or a TorchScript module into an image");
+  snapshot
+      ->add_option("model", snap.input,
+                   "model.safetensors, model.safetensors.index.json or model.pt (TorchScript)")
       ->required();
   snapshot->add_option("-o,--output", snap.output, "image to write")->required();
   snapshot->add_option("--codec", snap.codec, "auto|raw|zstd")
@@ -490,6 +518,38 @@ int main(int argc, char** argv) {
   snapshot->add_flag("--force", snap.force, "replace an existing image");
   snapshot->add_flag("--json", snap.json, "print a JSON report");
   snapshot->add_flag("-q,--quiet", snap.quiet, "no progress bar");
+  std::string snap_device = "cpu", snap_warmup;
+  snapshot->add_option("--device", snap_device,
+                       "TorchScript: load and warm up the module on cpu|cuda[:N] (default cpu)");
+  snapshot->add_option("--warmup-input", snap_warmup,
+                       "TorchScript: run forward once on this input first, and record it "
+                       "(e.g. i64:1x64:50257 = int64 [1,64] tokens below 50257)");
+
+  ColdStartArgs cold;
+  auto* coldstart = app.add_subcommand("coldstart", "One timed cold start (run by `bench`)");
+  coldstart->group("");  // internal: not listed in --help
+  coldstart->add_option("--mode", cold.mode, "baseline|stasis")->required();
+  coldstart->add_option("path", cold.path, "model.pt (baseline) or image (stasis)")->required();
+  coldstart->add_option("--device", cold.device);
+  coldstart->add_option("--input", cold.input)->required();
+  coldstart->add_option("--spawn-ns", cold.spawn_ns);
+  coldstart->add_option("--threads", cold.threads);
+
+  BenchArgs bench_args;
+  auto* bench = app.add_subcommand(
+      "bench", "Cold starts in fresh processes: torch::jit::load vs stasis restore + bind");
+  bench->add_option("model", bench_args.model, "TorchScript model (model.pt)")->required();
+  bench->add_option("--image", bench_args.image,
+                    "its stasis image (default: <out>/<model>.stasis, made when missing)");
+  bench->add_option("--device", bench_args.device, "cpu|cuda[:N] (default cpu)");
+  bench->add_option("--runs", bench_args.runs, "runs per path and cache state (default 5)");
+  bench->add_option("--input", bench_args.input,
+                    "input of the first inference (default: the one the image records)");
+  bench->add_option("--out", bench_args.out, "where bench.json and bench.svg go");
+  bench->add_option("--threads", bench_args.threads, "restore workers (default: all cores)");
+  bench->add_flag("--cold", bench_args.cold, "also measure with the page cache dropped");
+  bench->add_flag("!--no-hot", bench_args.hot, "skip the page-cache-hot runs");
+  bench->add_flag("--resnapshot", bench_args.force_snapshot, "snapshot again even if fresh");
 
   std::string image, output;
   bool json = false, force = false;
@@ -527,7 +587,30 @@ int main(int argc, char** argv) {
   }
   // Logs go to stderr, never stdout: --json output must stay parseable.
   stasis::InitLogging(stasis::LogFormat::kText, verbose ? "info" : "warn");
-  if (*snapshot) return RunSnapshot(snap);
+  if (*snapshot) {
+    if (LooksLikeZip(snap.input)) {
+      TorchSnapshotArgs t;
+      t.input = snap.input;
+      t.output = snap.output;
+      t.device = snap_device;
+      t.warmup_input = snap_warmup;
+      t.codec = snap.codec;
+      t.chunk_size = snap.chunk_size;
+      t.level = snap.level;
+      t.threads = snap.threads;
+      t.force = snap.force;
+      t.json = snap.json;
+      return RunTorchSnapshot(t);
+    }
+    if (snap_device != "cpu" || !snap_warmup.empty()) {
+      return ReportError(stasis::InvalidArgumentError(
+          "--device and --warmup-input apply to TorchScript modules; " + snap.input +
+          " is not one"));
+    }
+    return RunSnapshot(snap);
+  }
+  if (*coldstart) return RunColdStart(cold);
+  if (*bench) return RunBench(bench_args);
   if (*inspect) return RunInspect(image, json);
   if (*verify) return RunVerify(image, threads, json);
   if (*restore) return RunRestore(restore_args);

@@ -1,6 +1,4 @@
 // The stasis CLI end to end, as a user runs it: real files, the real binaries, exit codes.
-#include <sys/wait.h>
-
 #include <cstdio>
 #include <cstring>
 #include <nlohmann/json.hpp>
@@ -16,24 +14,10 @@ using ::testing::HasSubstr;
 using testing::TempDir;
 using testing::TestSeed;
 
-struct Result {
-  int exit_code = -1;
-  std::string out, err;
-};
+using Result = testing::CommandResult;
 
 Result RunCmd(const std::string& args, const TempDir& dir) {
-  std::string err_file = dir.File("stderr.txt");
-  std::string cmd = args + " 2>" + err_file;
-  Result r;
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (p == nullptr) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0) r.out.append(buf, n);
-  int status = ::pclose(p);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.err = testing::ReadFile(err_file);
-  return r;
+  return testing::RunCommand(args, dir);
 }
 
 const std::string kStasis = STASIS_BIN;

@@ -1,6 +1,7 @@
 #include "tests/testutil/test_util.h"
 
 #include <dirent.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -88,6 +89,21 @@ std::vector<uint8_t> NormalBF16Bytes(size_t count, uint64_t seed) {
     std::memcpy(out.data() + 2 * i, &h, 2);
   }
   return out;
+}
+
+CommandResult RunCommand(const std::string& shell_cmd, const TempDir& dir) {
+  const std::string err_file = dir.File("stderr.txt");
+  const std::string cmd = shell_cmd + " 2>" + err_file;
+  CommandResult r;
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (p == nullptr) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0) r.out.append(buf, n);
+  const int status = ::pclose(p);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.err = ReadFile(err_file);
+  return r;
 }
 
 std::string ReadFile(const std::string& path) {

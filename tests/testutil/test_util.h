@@ -41,6 +41,13 @@ std::vector<uint8_t> NormalBF16Bytes(size_t count, uint64_t seed);
 std::string ReadFile(const std::string& path);
 void WriteFile(const std::string& path, const std::string& bytes);
 
+// Runs `shell_cmd` with /bin/sh, capturing stdout and (through a file in `dir`) stderr.
+struct CommandResult {
+  int exit_code = -1;  // -1 when it did not exit normally
+  std::string out, err;
+};
+CommandResult RunCommand(const std::string& shell_cmd, const TempDir& dir);
+
 }  // namespace stasis::testing
 
 // EXPECT_THAT(status, StatusIs(StatusCode::kDataLoss, HasSubstr("chunk 3")))

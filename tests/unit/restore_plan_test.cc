@@ -20,7 +20,9 @@ format::Manifest RandomManifest(size_t n, std::mt19937_64& rng, uint64_t max_raw
   for (size_t i = 0; i < n; ++i) {
     format::ChunkInfo c;
     c.region_id = static_cast<uint32_t>(rng() % 2);
-    c.raw_size = 1 + rng() % max_raw;
+    // Some whole pages, so that the map route has candidates.
+    c.raw_size = rng() % 4 == 0 ? 4096 * (1 + rng() % std::max<uint64_t>(max_raw / 4096, 1))
+                                : 1 + rng() % max_raw;
     c.codec = static_cast<format::Codec>(rng() % 3);
     c.stored_size = c.codec == format::Codec::kRaw ? c.raw_size : 1 + rng() % c.raw_size;
     // Destinations: sometimes 256-aligned, sometimes odd (packed tensors).
@@ -78,6 +80,20 @@ void CheckInvariants(const format::Manifest& m, const PlanOptions& o, const Rest
           EXPECT_TRUE(!raw && !o.destination_host_visible);
           EXPECT_GE(p.slot_size, std::max(t.read_length, c.raw_size));
           break;
+        case ChunkRoute::kMapInPlace:
+          ASSERT_TRUE(raw && o.destination_host_visible && o.map_raw_chunks);
+          EXPECT_EQ(c.file_offset % o.page_size, 0u);
+          EXPECT_EQ((o.region_addresses[c.region_id] + c.dst_offset) % o.page_size, 0u);
+          EXPECT_EQ(c.raw_size % o.page_size, 0u) << "a partial page would map foreign bytes";
+          EXPECT_EQ(t.read_offset, c.file_offset);
+          break;
+      }
+      // Every chunk that can be mapped is mapped when mapping is on.
+      if (o.map_raw_chunks && o.destination_host_visible && raw &&
+          c.file_offset % o.page_size == 0 &&
+          (o.region_addresses[c.region_id] + c.dst_offset) % o.page_size == 0 &&
+          c.raw_size % o.page_size == 0) {
+        EXPECT_EQ(t.route, ChunkRoute::kMapInPlace);
       }
       if (!o.destination_host_visible) {
         EXPECT_NE(t.route, ChunkRoute::kReadInPlace);
@@ -117,6 +133,7 @@ TEST(RestorePlanTest, RandomManifestsSatisfyEveryInvariant) {
     o.max_slots_per_worker = 2 + static_cast<int>(rng() % 64);
     if (o.destination_host_visible)
       o.region_addresses = {0x7f0000000000ull, 0x7f1000000000ull + (rng() % 2) * 64};
+    o.map_raw_chunks = rng() % 2;
     SCOPED_TRACE("iteration " + std::to_string(iter));
     auto plan = PlanRestore(m, o);
     ASSERT_OK(plan.status());
@@ -155,6 +172,37 @@ TEST(RestorePlanTest, RoutesOnTheHostBackend) {
   ASSERT_OK(p.status());
   EXPECT_EQ(p->workers[0].tasks[1].in_place_bytes, 5000u);
   EXPECT_EQ(p->workers[0].tasks[3].route, ChunkRoute::kReadInPlace);
+}
+
+TEST(RestorePlanTest, MapRouteOnlyForWholePagesAtPageAlignedPlaces) {
+  format::Manifest m;
+  m.regions.push_back({1 << 20, 4096, 0, format::DeviceKind::kCpu, -1});
+  m.chunks.push_back({4096, 8192, 8192, 0, 0, format::Codec::kRaw, 0, 1, 1});           // mapped
+  m.chunks.push_back({12288, 5000, 5000, 8192, 0, format::Codec::kRaw, 0, 1, 1});       // partial
+  m.chunks.push_back({20480, 4096, 4096, 16384 + 8, 0, format::Codec::kRaw, 0, 1, 1});  // dst
+  m.chunks.push_back({24576, 100, 4096, 24576, 0, format::Codec::kZstd, 0, 1, 2});      // coded
+  PlanOptions o;
+  o.alignment = 1;
+  o.region_addresses = {0x10000000};
+  o.map_raw_chunks = true;
+  auto p = PlanRestore(m, o);
+  ASSERT_OK(p.status());
+  const auto& t = p->workers[0].tasks;
+  EXPECT_EQ(t[0].route, ChunkRoute::kMapInPlace);
+  EXPECT_EQ(t[1].route, ChunkRoute::kReadInPlace);
+  EXPECT_EQ(t[2].route, ChunkRoute::kReadInPlace);
+  EXPECT_EQ(t[3].route, ChunkRoute::kDecodeInPlace);
+  // A region mapped off a page boundary: nothing can be mapped.
+  o.region_addresses = {0x10000000 + 64};
+  p = PlanRestore(m, o);
+  ASSERT_OK(p.status());
+  for (const auto& task : p->workers[0].tasks) EXPECT_NE(task.route, ChunkRoute::kMapInPlace);
+  // Not on a device backend.
+  o.destination_host_visible = false;
+  o.region_addresses.clear();
+  p = PlanRestore(m, o);
+  ASSERT_OK(p.status());
+  for (const auto& task : p->workers[0].tasks) EXPECT_NE(task.route, ChunkRoute::kMapInPlace);
 }
 
 TEST(RestorePlanTest, DeviceBackendStagesEverything) {

@@ -246,6 +246,47 @@ TEST_P(RestoreTest, UnloadAndReloadKeepAddresses) {
   ExpectIdentical(**model);
 }
 
+TEST_P(RestoreTest, MappedChunksAreByteIdenticalPrivateAndSurviveUnload) {
+  const std::string before = testing::ReadFile(image());
+  RestoreOptions o;  // the real engine (mapping needs a file descriptor)
+  o.map_file = RestoreOptions::MapFile::kOn;
+  o.threads = 2;
+  auto model = RestoredModel::Restore(image(), o);
+  ASSERT_OK(model.status());
+  const RestoreReport& r = (*model)->report();
+  if (GetParam() == CodecChoice::kRaw) {
+    EXPECT_GT(r.chunks_mapped, r.chunks / 2) << "64 KiB raw chunks are whole pages";
+  }
+  ExpectIdentical(**model);
+  // Copy-on-write: writing restored memory never reaches the image.
+  const RestoredTensor* t = (*model)->FindTensor("f32");
+  ASSERT_NE(t, nullptr);
+  std::memset(reinterpret_cast<void*>(t->address), 0xAB, t->byte_size);
+  EXPECT_EQ(testing::ReadFile(image()), before);
+  ASSERT_OK((*model)->Unload());
+  ASSERT_OK((*model)->Reload());
+  ExpectIdentical(**model);
+  // Mapping off: nothing mapped, same bytes.
+  o.map_file = RestoreOptions::MapFile::kOff;
+  auto copied = RestoredModel::Restore(image(), o);
+  ASSERT_OK(copied.status());
+  EXPECT_EQ((*copied)->report().chunks_mapped, 0u);
+  ExpectIdentical(**copied);
+}
+
+TEST_P(RestoreTest, CorruptMappedChunkIsDataLossAndLeaksNoDescriptor) {
+  std::string bytes = testing::ReadFile(image());
+  bytes[4096 + 10] ^= 0x40;  // inside chunk 0's payload
+  testing::WriteFile(image(), bytes);
+  Resources before;
+  RestoreOptions o;
+  o.map_file = RestoreOptions::MapFile::kOn;
+  EXPECT_THAT(RestoredModel::Restore(image(), o).status(),
+              StatusIs(StatusCode::kDataLoss, HasSubstr("chunk 0: checksum")));
+  Resources after;
+  EXPECT_EQ(after.fds, before.fds);
+}
+
 INSTANTIATE_TEST_SUITE_P(Codecs, RestoreTest,
                          ::testing::Values(CodecChoice::kAuto, CodecChoice::kZstd,
                                            CodecChoice::kRaw));

@@ -1,0 +1,135 @@
+// libstasis_torch.so's implementation of torch_plugin.h: a thin layer over torch_model.h
+// (one implementation of snapshot, bind and run) and torch_gpt2.h. Every entry point turns
+// exceptions into a Status; none escapes across the dlopen boundary.
+#include "restore/torch/torch_plugin.h"
+
+#include <torch/cuda.h>
+#include <torch/script.h>
+#include <torch/version.h>
+
+#include <exception>
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "restore/torch/torch_gpt2.h"
+#include "restore/torch/torch_model.h"
+
+namespace stasis::torch {
+namespace {
+
+using internal::ExceptionStatus;
+
+class TorchLoadedModule final : public LoadedModule {
+ public:
+  explicit TorchLoadedModule(::torch::jit::Module module) : module_(std::move(module)) {}
+
+  StatusOr<InferenceResult> Run(const std::string& input_spec) override {
+    return RunModule(module_, input_spec);
+  }
+
+  Status ToDevice(const std::string& device) override {
+    STASIS_ASSIGN_OR_RETURN(c10::Device target, TorchDevice(device));
+    try {
+      if (ModuleDevice(module_) == target) return OkStatus();
+      module_.to(target);
+      return OkStatus();
+    } catch (...) {
+      return ExceptionStatus(StatusCode::kUnavailable, "moving the module to " + device,
+                             std::current_exception());
+    }
+  }
+
+  uint64_t WeightBytes() const override { return ModuleWeightBytes(module_); }
+
+ private:
+  ::torch::jit::Module module_;
+};
+
+class TorchPluginImpl final : public TorchPlugin {
+ public:
+  std::string TorchVersion() const override { return TORCH_VERSION; }
+
+  bool CudaAvailable() const override {
+    try {
+      return ::torch::cuda::is_available();
+    } catch (...) {
+      return false;
+    }
+  }
+
+  bool IsTorchScript(const std::string& path) const override { return CheckTorchScript(path).ok(); }
+
+  Status SnapshotModule(const std::string& module_path, const std::string& image_path,
+                        const TorchSnapshotOptions& options, TorchSnapshotReport* report) override {
+    try {
+      return ::stasis::torch::SnapshotModule(module_path, image_path, options, report);
+    } catch (...) {
+      return ExceptionStatus(StatusCode::kInternal, "snapshot of " + module_path,
+                             std::current_exception());
+    }
+  }
+
+  StatusOr<std::unique_ptr<LoadedModule>> LoadModule(const std::string& path) override {
+    try {
+      STASIS_ASSIGN_OR_RETURN(::torch::jit::Module module, LoadTorchScript(path));
+      return std::unique_ptr<LoadedModule>(new TorchLoadedModule(std::move(module)));
+    } catch (...) {
+      return ExceptionStatus(StatusCode::kInternal, "loading " + path, std::current_exception());
+    }
+  }
+
+  StatusOr<std::unique_ptr<LoadedModule>> BindModule(std::string_view skeleton,
+                                                     const RestoredModel& memory,
+                                                     std::shared_ptr<void> keep_alive,
+                                                     BindReport* report) override {
+    try {
+      STASIS_ASSIGN_OR_RETURN(::torch::jit::Module module,
+                              BindSkeleton(skeleton, memory, std::move(keep_alive), report));
+      return std::unique_ptr<LoadedModule>(new TorchLoadedModule(std::move(module)));
+    } catch (...) {
+      return ExceptionStatus(StatusCode::kInternal, "binding the skeleton",
+                             std::current_exception());
+    }
+  }
+
+  Status GenerateGpt2(const std::string& path, const std::string& preset, uint64_t seed,
+                      bool mixed) override {
+    try {
+      return GenerateGpt2Module(path, preset, seed, mixed);
+    } catch (...) {
+      return ExceptionStatus(StatusCode::kInternal, "generating " + path, std::current_exception());
+    }
+  }
+
+  StatusOr<std::string> Gpt2InputSpec(const std::string& preset) const override {
+    try {
+      return Gpt2ModuleInputSpec(preset);
+    } catch (...) {
+      return ExceptionStatus(StatusCode::kInternal, "input spec of preset " + preset,
+                             std::current_exception());
+    }
+  }
+};
+
+}  // namespace
+}  // namespace stasis::torch
+
+extern "C" {
+
+__attribute__((visibility("default"))) int stasis_torch_plugin_abi() {
+  return stasis::torch::kTorchPluginAbi;
+}
+
+__attribute__((visibility("default"))) uint64_t stasis_torch_plugin_layout() {
+  return stasis::torch::LayoutFingerprint();
+}
+
+// Process lifetime and never destroyed: the plugin may be used from static destructors,
+// and libtorch's own globals may already be gone when ours would run.
+__attribute__((visibility("default"))) stasis::torch::TorchPlugin* stasis_torch_plugin() {
+  static stasis::torch::TorchPlugin* const plugin = new stasis::torch::TorchPluginImpl();
+  return plugin;
+}
+
+}  // extern "C"

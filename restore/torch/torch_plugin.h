@@ -1,0 +1,163 @@
+// File: restore/torch/torch_plugin.h
+//
+// The boundary between stasis binaries and libtorch. Loading libtorch costs about 0.4 s
+// (relocations and operator registration), so the `stasis` binary never links it:
+// `restore`, `inspect`, `verify` and `export` run without it, and the commands that need a
+// framework (`snapshot model.pt`, `bench`, the cold-start children) dlopen
+// libstasis_torch.so (LoadTorchPlugin, restore/torch_plugin_loader.h) and talk to it
+// through this interface. It has no libtorch types, so this header compiles everywhere.
+//
+// libstasis_torch.so carries its own copy of the stasis libraries; objects cross the
+// boundary only as the plain types below and the RestoredModel it is given (same code,
+// same layout, so either copy can read it).
+//
+// Thread safety: a TorchPlugin may be used from several threads; a LoadedModule from one
+// thread at a time.
+#ifndef STASIS_RESTORE_TORCH_TORCH_PLUGIN_H_
+#define STASIS_RESTORE_TORCH_TORCH_PLUGIN_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/status.h"
+#include "restore/restored_model.h"
+#include "snapshot/image_writer.h"
+
+namespace stasis::torch {
+
+// Bumped whenever this header changes incompatibly; the loader refuses a plugin whose
+// stasis_torch_plugin_abi() differs.
+inline constexpr int kTorchPluginAbi = 1;
+
+// Image section holding the TorchScript archive with every parameter and buffer emptied
+// (numel 0), and the metadata keys a TorchScript snapshot records.
+inline constexpr char kSkeletonSection[] = "torch.skeleton";
+inline constexpr char kModelKindKey[] = "stasis.model_kind";  // "torchscript" | "tensors"
+inline constexpr char kTorchVersionKey[] = "torch.version";
+inline constexpr char kTorchDeviceKey[] = "torch.device";         // device at snapshot time
+inline constexpr char kTorchInputSpecKey[] = "torch.input_spec";  // warmup input, if any
+
+struct TorchSnapshotOptions {
+  std::string device = "cpu";  // where the module is loaded and warmed up: cpu, cuda[:N]
+  // Empty: no warmup forward. Otherwise an input spec (below); it is run once before the
+  // snapshot (so lazily created buffers exist) and recorded in the image metadata so that
+  // `stasis bench` feeds both paths the same input.
+  std::string warmup_input;
+  WriterOptions writer;
+};
+
+struct TorchSnapshotReport {
+  std::string torch_version;
+  size_t parameters = 0;        // named parameters (aliases counted once per name)
+  size_t buffers = 0;           // named buffers
+  size_t storages = 0;          // distinct storages stored
+  uint64_t tensor_bytes = 0;    // bytes of all tensors, counting aliases each time
+  uint64_t stored_bytes = 0;    // region bytes stored (aliases once)
+  uint64_t skeleton_bytes = 0;  // size of the skeleton section
+  WriterStats writer;
+};
+
+// Input spec: "<dtype>:<d0>x<d1>x...[:<high>]" with dtype one of i64, i32, f32, bf16, f16.
+// Integers are drawn uniformly from [0, high) (high defaults to 2), floats from N(0, 1),
+// with a fixed seed, so the same spec always yields the same bytes. Example: "i64:1x64:1000".
+
+// The summary of one forward pass: enough to prove two runs gave the same output.
+struct InferenceResult {
+  std::string dtype;  // e.g. "F32"
+  std::vector<int64_t> shape;
+  uint64_t xxh3 = 0;   // of the output's bytes, made contiguous on the cpu
+  double seconds = 0;  // wall time of forward + copy of the output to the cpu
+};
+
+// How a module was bound to restored memory (the proof that no weight was deserialised).
+struct BindReport {
+  size_t parameters_bound = 0;
+  size_t buffers_bound = 0;
+  // Parameters and buffers of the skeleton that held data before binding; a correct
+  // skeleton has none (every weight comes from the image).
+  size_t nonempty_before_binding = 0;
+  double skeleton_load_seconds = 0;
+  double bind_seconds = 0;
+};
+
+class LoadedModule {
+ public:
+  virtual ~LoadedModule() = default;
+  // Runs forward() once on the input `input_spec` describes (created on the module's
+  // device), under inference mode.
+  virtual StatusOr<InferenceResult> Run(const std::string& input_spec) = 0;
+  // Moves the module to `device` (the ordinary path's `.to(device)`); a no-op when it is
+  // already there.
+  virtual Status ToDevice(const std::string& device) = 0;
+  // Bytes of all parameters and buffers (aliases once).
+  virtual uint64_t WeightBytes() const = 0;
+};
+
+class TorchPlugin {
+ public:
+  virtual ~TorchPlugin() = default;
+  virtual std::string TorchVersion() const = 0;
+  virtual bool CudaAvailable() const = 0;
+
+  // True when `path` is a TorchScript archive (a zip with a data.pkl), without loading it.
+  virtual bool IsTorchScript(const std::string& path) const = 0;
+
+  // `stasis snapshot model.pt`: loads the module the ordinary way on options.device, runs
+  // the warmup, stores every storage once (aliases become views), embeds the skeleton and
+  // writes the image atomically. Errors: kInvalidArgument (not TorchScript, bad spec),
+  // kNotFound, kUnavailable (device), writer errors.
+  virtual Status SnapshotModule(const std::string& module_path, const std::string& image_path,
+                                const TorchSnapshotOptions& options,
+                                TorchSnapshotReport* report) = 0;
+
+  // The ordinary path: torch::jit::load(path) onto the cpu (then ToDevice).
+  virtual StatusOr<std::unique_ptr<LoadedModule>> LoadModule(const std::string& path) = 0;
+
+  // The stasis path: loads `skeleton` (the image's kSkeletonSection) and binds every
+  // parameter and buffer to the tensor of the same name in `memory`, without copying or
+  // initialising any weight. Storages alias the restored regions (tensors that shared a
+  // storage at snapshot time share one after binding). Every bound storage holds a copy
+  // of `keep_alive`, which must own `memory`. Errors: kFailedPrecondition (a name missing
+  // from the image, dtype/shape mismatch, a non-empty skeleton weight), kDataLoss (the
+  // skeleton does not load).
+  virtual StatusOr<std::unique_ptr<LoadedModule>> BindModule(std::string_view skeleton,
+                                                             const RestoredModel& memory,
+                                                             std::shared_ptr<void> keep_alive,
+                                                             BindReport* report) = 0;
+
+  // Writes a seeded GPT-2-shaped TorchScript module (see docs/benchmarks.md):
+  // preset tiny|125m|1.3b. `mixed` stores some weights as bf16/f16 and adds a transposed
+  // parameter (tests); otherwise every weight is f32. Input spec for it: ModelInputSpec.
+  virtual Status GenerateGpt2(const std::string& path, const std::string& preset, uint64_t seed,
+                              bool mixed) = 0;
+  virtual StatusOr<std::string> Gpt2InputSpec(const std::string& preset) const = 0;
+};
+
+// The sizes of the types that cross the boundary, folded into one number. The plugin
+// exports the value it was compiled with and the loader compares it with its own, so a
+// plugin built from other sources (a stale build, a mixed installation) is refused instead
+// of reading a RestoredModel with another layout.
+constexpr uint64_t LayoutFingerprint() {
+  uint64_t h = 1469598103934665603ull;
+  for (uint64_t v : {sizeof(RestoredModel), sizeof(RestoreReport), sizeof(RestoredTensor),
+                     sizeof(MappedRegion), sizeof(RestoreOptions), sizeof(TorchSnapshotOptions),
+                     sizeof(WriterOptions), sizeof(InferenceResult), sizeof(BindReport),
+                     sizeof(TorchSnapshotReport), sizeof(format::Manifest), sizeof(Status)}) {
+    h = (h ^ v) * 1099511628211ull;
+  }
+  return h;
+}
+
+}  // namespace stasis::torch
+
+// The plugin's entry points (extern "C" so dlsym finds them unmangled).
+extern "C" {
+int stasis_torch_plugin_abi();
+uint64_t stasis_torch_plugin_layout();  // LayoutFingerprint() as the plugin was compiled
+stasis::torch::TorchPlugin* stasis_torch_plugin();
+}
+
+#endif  // STASIS_RESTORE_TORCH_TORCH_PLUGIN_H_
