@@ -11,6 +11,7 @@ endmacro()
 
 stasis_require_pkg(ZSTD libzstd libzstd-dev)
 stasis_require_pkg(XXHASH libxxhash libxxhash-dev)
+stasis_require_pkg(HTTPLIB cpp-httplib libcpp-httplib-dev)
 find_package(Threads REQUIRED)
 find_package(spdlog REQUIRED)
 find_package(nlohmann_json 3 REQUIRED)

@@ -423,8 +423,10 @@ int main(int argc, char** argv) {
                  "model-0000k-of-0000N.safetensors and model.safetensors.index.json")
       ->check(CLI::Range(1, 99999))
       ->capture_default_str();
-  app.add_option("-o,--output", o.output, "output file (or directory with --shards > 1)")
-      ->required();
+  app.add_option("-o,--output", o.output, "output file (or directory with --shards > 1)");
+  bool print_input_spec = false;
+  app.add_flag("--print-input-spec", print_input_spec,
+               "print the input spec of the preset's TorchScript model and exit");
   app.add_option("--format", o.format,
                  "safetensors, or torchscript (a module with forward(), via libtorch)")
       ->check(CLI::IsMember({"safetensors", "torchscript"}))
@@ -438,6 +440,21 @@ int main(int argc, char** argv) {
     return rc == 0 ? 0 : 1;  // README: exit status 1 is a usage error
   }
 
+  if (print_input_spec) {
+    auto plugin = stasis::torch::LoadTorchPlugin();
+    auto spec = plugin.ok() ? (*plugin)->Gpt2InputSpec(o.preset)
+                            : stasis::StatusOr<std::string>(plugin.status());
+    if (!spec.ok()) {
+      std::fprintf(stderr, "stasis-genmodel: error: %s\n", spec.status().ToString().c_str());
+      return 2;
+    }
+    std::printf("%s\n", spec->c_str());
+    return 0;
+  }
+  if (o.output.empty()) {
+    std::fprintf(stderr, "stasis-genmodel: -o/--output is required\n");
+    return 1;
+  }
   const auto start = std::chrono::steady_clock::now();
   uint64_t params = 0, bytes = 0;
   int files = 0;

@@ -19,6 +19,7 @@
 #include "snapshot/image_writer.h"
 #include "snapshot/safetensors.h"
 #include "tools/cli_common.h"
+#include "tools/serve_command.h"
 #include "tools/torch_commands.h"
 
 namespace stasis::cli {
@@ -535,6 +536,32 @@ int main(int argc, char** argv) {
   coldstart->add_option("--spawn-ns", cold.spawn_ns);
   coldstart->add_option("--threads", cold.threads);
 
+  ServeArgs serve_args;
+  auto* serve = app.add_subcommand(
+      "serve", "Serve a TorchScript image over HTTP with a cold/warm lifecycle (docs/runtime.md)");
+  serve->add_option("image", serve_args.image, "image made from model.pt")->required();
+  serve->add_option("--device", serve_args.device, "cpu|cuda[:N] (default cpu)");
+  serve->add_option("--host", serve_args.host, "address to bind (default 127.0.0.1)");
+  serve->add_option("--port", serve_args.port, "port (default 8000; 0: any free port)");
+  serve->add_option("--idle-timeout", serve_args.idle_timeout,
+                    "unload (or exit) after this long without requests: 30s, 500ms, 2m, never");
+  serve->add_option("--on-idle", serve_args.on_idle, "unload (default) | exit")
+      ->check(CLI::IsMember({"unload", "exit"}));
+  serve->add_option("--max-concurrency", serve_args.max_concurrency,
+                    "inferences at once (default 1)");
+  serve->add_option("--queue", serve_args.queue, "inferences waiting; more get 503 (default 64)");
+  serve->add_option("--request-timeout", serve_args.request_timeout,
+                    "longest wait for a slot (default 60s)");
+  serve->add_option("--max-body", serve_args.max_body, "largest request body (default 256MiB)");
+  serve->add_option("--file-root", serve_args.file_root,
+                    "directory file:// inputs may be read from (default: none allowed)");
+  serve->add_option("--threads", serve_args.threads, "HTTP worker threads");
+  serve->add_flag("--warmup", serve_args.warmup, "restore at start, not on the first request");
+  serve->add_option("--token-file", serve_args.token_file,
+                    "require 'Authorization: Bearer <token>' (all but /healthz)");
+  serve->add_option("--log-format", serve_args.log_format, "text (default) | json")
+      ->check(CLI::IsMember({"text", "json"}));
+
   BenchArgs bench_args;
   auto* bench = app.add_subcommand(
       "bench", "Cold starts in fresh processes: torch::jit::load vs stasis restore + bind");
@@ -546,6 +573,11 @@ int main(int argc, char** argv) {
   bench->add_option("--input", bench_args.input,
                     "input of the first inference (default: the one the image records)");
   bench->add_option("--out", bench_args.out, "where bench.json and bench.svg go");
+  bench
+      ->add_option("--codec", bench_args.codec,
+                   "codec of the image bench makes: raw (default: a page-cache-hot raw image "
+                   "is mapped, not copied) | auto | zstd")
+      ->check(CLI::IsMember({"auto", "raw", "zstd"}));
   bench->add_option("--threads", bench_args.threads, "restore workers (default: all cores)");
   bench->add_flag("--cold", bench_args.cold, "also measure with the page cache dropped");
   bench->add_flag("!--no-hot", bench_args.hot, "skip the page-cache-hot runs");
@@ -586,7 +618,8 @@ int main(int argc, char** argv) {
     return rc == 0 ? kExitOk : kExitUsage;
   }
   // Logs go to stderr, never stdout: --json output must stay parseable.
-  stasis::InitLogging(stasis::LogFormat::kText, verbose ? "info" : "warn");
+  // `serve` sets up its own logging (--log-format); InitLogging runs once per process.
+  if (!*serve) stasis::InitLogging(stasis::LogFormat::kText, verbose ? "info" : "warn");
   if (*snapshot) {
     if (LooksLikeZip(snap.input)) {
       TorchSnapshotArgs t;
@@ -610,6 +643,10 @@ int main(int argc, char** argv) {
     return RunSnapshot(snap);
   }
   if (*coldstart) return RunColdStart(cold);
+  if (*serve) {
+    serve_args.verbose = verbose;
+    return RunServe(serve_args);
+  }
   if (*bench) return RunBench(bench_args);
   if (*inspect) return RunInspect(image, json);
   if (*verify) return RunVerify(image, threads, json);

@@ -559,6 +559,9 @@ int RunBench(const BenchArgs& a) {
     opt.device = a.device;
     opt.warmup_input = a.input;
     opt.writer.overwrite = true;
+    auto codec = ParseCodec(a.codec);
+    if (!codec.ok()) return ReportError(codec.status());
+    opt.writer.codec = *codec;
     torch::TorchSnapshotReport r;
     if (Status s = (*plugin)->SnapshotModule(a.model, image, opt, &r); !s.ok())
       return ReportError(s);

@@ -36,6 +36,7 @@ int RunColdStart(const ColdStartArgs& a);
 
 struct BenchArgs {
   std::string model, image, device = "cpu", out = "stasis-bench", input;
+  std::string codec = "raw";  // of the image bench makes when none is given
   int runs = 5;
   bool cold = false, hot = true, force_snapshot = false;
   int threads = 0;

@@ -108,6 +108,10 @@ StatusOr<at::Tensor> MakeInput(const InputSpec& spec, const c10::Device& device)
 // device of the module's first parameter (or buffer; cpu if it has none).
 StatusOr<InferenceResult> RunModule(::torch::jit::Module& module, std::string_view input_spec);
 
+// module.forward(*inputs) under inference mode (LoadedModule::Forward in torch_plugin.h).
+StatusOr<std::vector<TensorData>> ForwardModule(::torch::jit::Module& module,
+                                                const std::vector<TensorData>& inputs);
+
 // The device the module's weights are on (first parameter, else first buffer, else cpu).
 c10::Device ModuleDevice(const ::torch::jit::Module& module);
 

@@ -28,6 +28,10 @@ class TorchLoadedModule final : public LoadedModule {
     return RunModule(module_, input_spec);
   }
 
+  StatusOr<std::vector<TensorData>> Forward(const std::vector<TensorData>& inputs) override {
+    return ForwardModule(module_, inputs);
+  }
+
   Status ToDevice(const std::string& device) override {
     STASIS_ASSIGN_OR_RETURN(c10::Device target, TorchDevice(device));
     try {

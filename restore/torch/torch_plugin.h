@@ -30,7 +30,7 @@ namespace stasis::torch {
 
 // Bumped whenever this header changes incompatibly; the loader refuses a plugin whose
 // stasis_torch_plugin_abi() differs.
-inline constexpr int kTorchPluginAbi = 1;
+inline constexpr int kTorchPluginAbi = 2;
 
 // Image section holding the TorchScript archive with every parameter and buffer emptied
 // (numel 0), and the metadata keys a TorchScript snapshot records.
@@ -83,9 +83,23 @@ struct BindReport {
   double bind_seconds = 0;
 };
 
+// A tensor as plain bytes (row-major, contiguous), for inputs and outputs of Forward.
+struct TensorData {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+  std::string bytes;  // element count * element size bytes
+};
+
 class LoadedModule {
  public:
   virtual ~LoadedModule() = default;
+  // forward(*inputs) under inference mode: inputs are copied onto the module's device, the
+  // result (a tensor, or a tuple/list of tensors) comes back on the cpu, contiguous, named
+  // "output" or "output.<i>". Errors: kInvalidArgument (wrong arity, dtype or shape: the
+  // framework's message), kResourceExhausted (out of memory), kUnimplemented (a dtype or
+  // output kind stasis cannot carry).
+  virtual StatusOr<std::vector<TensorData>> Forward(const std::vector<TensorData>& inputs) = 0;
   // Runs forward() once on the input `input_spec` describes (created on the module's
   // device), under inference mode.
   virtual StatusOr<InferenceResult> Run(const std::string& input_spec) = 0;
@@ -142,10 +156,11 @@ class TorchPlugin {
 // of reading a RestoredModel with another layout.
 constexpr uint64_t LayoutFingerprint() {
   uint64_t h = 1469598103934665603ull;
-  for (uint64_t v : {sizeof(RestoredModel), sizeof(RestoreReport), sizeof(RestoredTensor),
-                     sizeof(MappedRegion), sizeof(RestoreOptions), sizeof(TorchSnapshotOptions),
-                     sizeof(WriterOptions), sizeof(InferenceResult), sizeof(BindReport),
-                     sizeof(TorchSnapshotReport), sizeof(format::Manifest), sizeof(Status)}) {
+  for (uint64_t v :
+       {sizeof(RestoredModel), sizeof(RestoreReport), sizeof(RestoredTensor), sizeof(MappedRegion),
+        sizeof(RestoreOptions), sizeof(TorchSnapshotOptions), sizeof(WriterOptions),
+        sizeof(InferenceResult), sizeof(BindReport), sizeof(TorchSnapshotReport),
+        sizeof(format::Manifest), sizeof(Status), sizeof(TensorData)}) {
     h = (h ^ v) * 1099511628211ull;
   }
   return h;

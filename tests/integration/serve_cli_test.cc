@@ -1,0 +1,238 @@
+// `stasis serve` end to end: the real binary serving a real TorchScript image on loopback,
+// driven by a real HTTP client through cold → warm → idle unload → cold again, with every
+// output compared bit for bit with the original module's (run through the torch plugin in
+// this process). Also the two ways the process ends: SIGTERM drains, --on-idle exit.
+#include <fcntl.h>
+#include <httplib.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <thread>
+
+#include "restore/torch_plugin_loader.h"
+#include "tests/testutil/test_util.h"
+
+namespace stasis {
+namespace {
+
+using Json = nlohmann::json;
+using ::testing::HasSubstr;
+using testing::TempDir;
+
+const std::string kStasis = STASIS_BIN;
+const std::string kGen = STASIS_GENMODEL_BIN;
+
+// A `stasis serve` child process; its stderr goes to a file, where it announces its port.
+class ServeProcess {
+ public:
+  ServeProcess(const std::vector<std::string>& args, const std::string& log) : log_(log) {
+    pid_ = fork();
+    if (pid_ == 0) {
+      int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      dup2(fd, STDERR_FILENO);
+      std::vector<std::string> full = {kStasis, "serve"};
+      full.insert(full.end(), args.begin(), args.end());
+      std::vector<char*> argv;
+      for (auto& a : full) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(kStasis.c_str(), argv.data());
+      _exit(127);
+    }
+  }
+  ~ServeProcess() {
+    if (pid_ > 0 && !exited_) {
+      ::kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+  }
+  // The port from "serving ... on http://127.0.0.1:PORT", or 0 after `seconds`.
+  int WaitForPort(double seconds = 30) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+    while (std::chrono::steady_clock::now() < deadline) {
+      std::string text = testing::ReadFile(log_);
+      size_t at = text.find("on http://127.0.0.1:");
+      if (at != std::string::npos) {
+        return std::atoi(text.c_str() + at + std::strlen("on http://127.0.0.1:"));
+      }
+      if (HasExited()) return 0;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return 0;
+  }
+  bool HasExited() {
+    if (exited_) return true;
+    int status = 0;
+    if (waitpid(pid_, &status, WNOHANG) == pid_) {
+      exited_ = true;
+      exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    }
+    return exited_;
+  }
+  // The exit code, or -2 when it did not exit within `seconds`.
+  int WaitForExit(double seconds) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (HasExited()) return exit_code_;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return -2;
+  }
+  void Signal(int sig) { ::kill(pid_, sig); }
+  std::string log() const { return testing::ReadFile(log_); }
+
+ private:
+  std::string log_;
+  pid_t pid_ = -1;
+  bool exited_ = false;
+  int exit_code_ = -1;
+};
+
+class ServeCliTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new TempDir();
+    model_ = dir_->File("tiny.pt");
+    image_ = dir_->File("tiny.stasis");
+    auto gen = testing::RunCommand(
+        kGen + " --format torchscript --preset tiny --seed 3 -o " + model_, *dir_);
+    ASSERT_EQ(gen.exit_code, 0) << gen.err;
+    auto snap = testing::RunCommand(kStasis + " snapshot " + model_ + " -o " + image_, *dir_);
+    ASSERT_EQ(snap.exit_code, 0) << snap.err;
+    // The expected output: the original module, loaded the ordinary way.
+    ::setenv("STASIS_TORCH_PLUGIN", STASIS_TORCH_PLUGIN_PATH, /*overwrite=*/0);
+    auto plugin = torch::LoadTorchPlugin();
+    ASSERT_OK(plugin.status());
+    auto module = (*plugin)->LoadModule(model_);
+    ASSERT_OK(module.status());
+    std::mt19937_64 rng(testing::TestSeed());
+    input_ = {"input_ids", DType::kI64, {1, 32}, std::string(32 * 8, '\0')};
+    tokens_ = new std::vector<int64_t>(32);
+    for (int i = 0; i < 32; ++i) (*tokens_)[i] = static_cast<int64_t>(rng() % 1000);
+    std::memcpy(input_.bytes.data(), tokens_->data(), 32 * 8);
+    auto out = (*module)->Forward({input_});
+    ASSERT_OK(out.status());
+    ASSERT_EQ(out->size(), 1u);
+    expected_ = (*out)[0];
+  }
+  static void TearDownTestSuite() {
+    delete tokens_;
+    delete dir_;
+  }
+
+  // POST /v1/infer with a JSON body; returns the response JSON and checks the output.
+  static Json InferJson(httplib::Client& client) {
+    Json body = {
+        {"inputs",
+         {{{"name", "input_ids"}, {"dtype", "I64"}, {"shape", {1, 32}}, {"data", *tokens_}}}}};
+    auto res = client.Post("/v1/infer", body.dump(), "application/json");
+    EXPECT_TRUE(res) << "no response";
+    if (!res) return {};
+    EXPECT_EQ(res->status, 200) << res->body;
+    Json j = Json::parse(res->body, nullptr, false);
+    EXPECT_TRUE(j.is_object()) << res->body;
+    if (!j.is_object() || !j.contains("outputs")) return j;
+    const Json& o = j["outputs"][0];
+    EXPECT_EQ(o["dtype"], "F32");
+    EXPECT_EQ(o["shape"], Json(expected_.shape));
+    std::vector<float> got = o["data"].get<std::vector<float>>();
+    EXPECT_EQ(got.size() * 4, expected_.bytes.size());
+    if (got.size() * 4 == expected_.bytes.size()) {
+      EXPECT_EQ(0, std::memcmp(got.data(), expected_.bytes.data(), expected_.bytes.size()))
+          << "outputs differ from the original module's";
+    }
+    return j;
+  }
+
+  static Json Status(httplib::Client& client) {
+    auto res = client.Get("/v1/status");
+    EXPECT_TRUE(res && res->status == 200);
+    return res ? Json::parse(res->body, nullptr, false) : Json();
+  }
+
+  static TempDir* dir_;
+  static std::string model_, image_;
+  static torch::TensorData input_, expected_;
+  static std::vector<int64_t>* tokens_;
+};
+
+TempDir* ServeCliTest::dir_ = nullptr;
+std::string ServeCliTest::model_, ServeCliTest::image_;
+torch::TensorData ServeCliTest::input_, ServeCliTest::expected_;
+std::vector<int64_t>* ServeCliTest::tokens_ = nullptr;
+
+TEST_F(ServeCliTest, ColdWarmIdleUnloadColdAgainThenSigtermDrains) {
+  ServeProcess serve({image_, "--port", "0", "--idle-timeout", "1s", "--log-format", "json"},
+                     dir_->File("serve1.log"));
+  const int port = serve.WaitForPort();
+  ASSERT_GT(port, 0) << serve.log();
+  httplib::Client client("127.0.0.1", port);
+  client.set_read_timeout(60, 0);
+  EXPECT_EQ(Status(client)["state"], "cold");
+
+  Json first = InferJson(client);
+  EXPECT_EQ(first["cold"], true);
+  Json second = InferJson(client);
+  EXPECT_EQ(second["cold"], false);
+  Json st = Status(client);
+  EXPECT_EQ(st["state"], "warm");
+  EXPECT_EQ(st["cold_starts"], 1);
+
+  // The idle timeout unloads the model (polled, bounded).
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (Status(client)["state"] != "cold" && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  st = Status(client);
+  EXPECT_EQ(st["state"], "cold");
+  EXPECT_EQ(st["device_bytes"], 0);
+
+  Json third = InferJson(client);
+  EXPECT_EQ(third["cold"], true);
+  EXPECT_EQ(Status(client)["cold_starts"], 2);
+
+  auto metrics = client.Get("/metrics");
+  ASSERT_TRUE(metrics);
+  EXPECT_THAT(metrics->body, HasSubstr("stasis_cold_starts_total 2"));
+
+  serve.Signal(SIGTERM);
+  EXPECT_EQ(serve.WaitForExit(20), 0) << serve.log();
+  // JSON log lines: every line parses.
+  std::string log = serve.log();
+  size_t lines = 0;
+  for (size_t start = 0; start < log.size();) {
+    size_t end = log.find('\n', start);
+    if (end == std::string::npos) end = log.size();
+    std::string line = log.substr(start, end - start);
+    if (!line.empty()) {
+      ++lines;
+      EXPECT_FALSE(Json::parse(line, nullptr, false).is_discarded()) << line;
+    }
+    start = end + 1;
+  }
+  EXPECT_GT(lines, 3u);
+}
+
+TEST_F(ServeCliTest, OnIdleExitEndsTheProcessCleanly) {
+  ServeProcess serve(
+      {image_, "--port", "0", "--warmup", "--idle-timeout", "300ms", "--on-idle", "exit"},
+      dir_->File("serve2.log"));
+  ASSERT_GT(serve.WaitForPort(), 0) << serve.log();
+  EXPECT_EQ(serve.WaitForExit(30), 0) << serve.log();
+}
+
+TEST_F(ServeCliTest, BadStartupArgumentsAreClearErrors) {
+  auto r = testing::RunCommand(kStasis + " serve " + image_ + " --idle-timeout soon", *dir_);
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_THAT(r.err, HasSubstr("idle-timeout"));
+  r = testing::RunCommand(kStasis + " serve " + dir_->File("missing.stasis"), *dir_);
+  EXPECT_EQ(r.exit_code, 2);
+  r = testing::RunCommand(kStasis + " serve " + image_ + " --token-file " + dir_->File("no-token"),
+                          *dir_);
+  EXPECT_EQ(r.exit_code, 2);
+}
+
+}  // namespace
+}  // namespace stasis
