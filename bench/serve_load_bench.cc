@@ -421,6 +421,7 @@ int main(int argc, char** argv) {
   std::mt19937_64 burst_rng(seed);
   std::uniform_real_distribution<double> burst_len(burst * 2 / 3, burst * 4 / 3);
   std::vector<Sample> warm, cold;
+  std::vector<double> warm_probe_ms;  // the warm probe, sent alone: comparable with cold
   uint64_t requests = 0, ok_requests = 0, burst_requests = 0, cycles = 0, bursts = 0;
   uint64_t unexpected_cold = 0;
   double burst_seconds = 0;
@@ -504,6 +505,7 @@ int main(int argc, char** argv) {
       ++ok_requests;
       (last.sample.cold ? cold : warm).push_back(last.sample);
       if (last.sample.cold) ++unexpected_cold;
+      if (!last.sample.cold) warm_probe_ms.push_back(last.sample.ms);
       compare_probe(last, "warm", bursts);
     }
     probe_client.reset();
@@ -612,6 +614,12 @@ int main(int argc, char** argv) {
       Percentile(cold_ms, 50), Percentile(cold_ms, 99),
       cold_ms.empty() ? 0.0 : *std::max_element(cold_ms.begin(), cold_ms.end()), cold_ms.size(),
       Percentile(cold_server_ms, 50), Percentile(cold_server_ms, 99));
+  std::printf(
+      "warm probe ms     p50 %.2f  max %.2f  (%zu requests sent alone after a burst, as the "
+      "cold ones are)\n",
+      Percentile(warm_probe_ms, 50),
+      warm_probe_ms.empty() ? 0.0 : *std::max_element(warm_probe_ms.begin(), warm_probe_ms.end()),
+      warm_probe_ms.size());
   std::printf("bursts            %.1f requests/s (%llu requests in %.1f s)\n", rps,
               static_cast<unsigned long long>(burst_requests), burst_seconds);
   std::printf(
@@ -661,6 +669,7 @@ int main(int argc, char** argv) {
     out["cold_ms"] = Summary(cold_ms);
     out["warm_server_ms"] = Summary(warm_server_ms);
     out["cold_server_ms"] = Summary(cold_server_ms);
+    out["warm_probe_ms"] = Summary(warm_probe_ms);
     out["burst_requests"] = burst_requests;
     out["burst_seconds"] = burst_seconds;
     out["burst_requests_per_s"] = rps;
