@@ -517,7 +517,7 @@ int main(int argc, char** argv) {
     if (unloaded) idle_to_cold.push_back(quiet);
     std::printf(
         "cycle %llu: first request %s %.1f ms, burst %.2f s %llu requests (%.0f/s), "
-        "cold again after %.2f s quiet\n",
+        "cold again %.2f s after the last response\n",
         static_cast<unsigned long long>(bursts),
         first.ok ? (first.sample.cold ? "cold" : "WARM") : "FAILED", first.sample.ms, took,
         static_cast<unsigned long long>(n_sent),
@@ -623,7 +623,8 @@ int main(int argc, char** argv) {
   std::printf("bursts            %.1f requests/s (%llu requests in %.1f s)\n", rps,
               static_cast<unsigned long long>(burst_requests), burst_seconds);
   std::printf(
-      "idle to cold      p50 %.2f s  max %.2f s (after the last request)\n",
+      "idle to cold      p50 %.2f s  max %.2f s (last response received to state cold; the "
+      "server's idle clock starts when the inference ends)\n",
       Percentile(idle_to_cold, 50),
       idle_to_cold.empty() ? 0.0 : *std::max_element(idle_to_cold.begin(), idle_to_cold.end()));
   std::printf("server exit       %d after SIGTERM; wall %.1f s\n", exit_code, wall);
