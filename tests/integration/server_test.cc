@@ -109,6 +109,7 @@ class FakeModelHost final : public ModelHost {
   }
   Status Unload() override {
     ++unloads;
+    unload_gate.Pass();
     loaded_ = false;
     return OkStatus();
   }
@@ -150,7 +151,7 @@ class FakeModelHost final : public ModelHost {
   std::atomic<int> loads{0}, unloads{0}, infers{0}, fail_loads{0};
   std::atomic<int64_t> infer_ns{0};
   int arity = 1;  // -1: any
-  Gate load_gate, infer_gate;
+  Gate load_gate, infer_gate, unload_gate;
 
  private:
   ManualClock* clock_;
@@ -247,6 +248,7 @@ class ServerTest : public ::testing::Test {
     if (host_) {
       host_->load_gate.Open();
       host_->infer_gate.Open();
+      host_->unload_gate.Open();
     }
     server_.reset();
     lifecycle_.reset();
@@ -346,6 +348,40 @@ TEST_F(ServerTest, ColdThenWarmThenUnloadThenColdAgain) {
   EXPECT_EQ(host_->loads, 2);
   EXPECT_EQ(host_->unloads, 1);
   EXPECT_EQ(host_->infers, 3);
+}
+
+TEST_F(ServerTest, ARequestRacingTheUnloadWaitsAndSucceeds) {
+  StartServer();
+  auto r = Infer({F32Input("x", {1})});
+  ASSERT_TRUE(r && r->status == 200);
+  host_->unload_gate.Close();
+  int unload_status = 0;
+  std::thread unloader([&] {
+    auto res = Post("/v1/unload", "");
+    unload_status = res ? res->status : -1;
+  });
+  ASSERT_TRUE(host_->unload_gate.WaitArrivals(1));
+  EXPECT_EQ(lifecycle_->state(), ModelState::kUnloading);
+  int infer_status = 0;
+  json j;
+  std::thread request([&] {
+    auto res = Infer({F32Input("x", {3})});
+    infer_status = res ? res->status : -1;
+    if (res) j = BodyOf(res);
+  });
+  // The request is inside the server, waiting for the unload to finish.
+  EXPECT_TRUE(Eventually([&] { return lifecycle_->status().waiting == 1; }));
+  EXPECT_EQ(host_->loads, 1);
+  host_->unload_gate.Open();
+  unloader.join();
+  request.join();
+  EXPECT_EQ(unload_status, 200);
+  ASSERT_EQ(infer_status, 200) << j.dump();
+  EXPECT_EQ(j["cold"], true);
+  EXPECT_EQ(j["outputs"][0]["data"], json::array({6.0}));
+  EXPECT_EQ(host_->loads, 2);
+  EXPECT_EQ(host_->unloads, 1);
+  EXPECT_EQ(lifecycle_->state(), ModelState::kWarm);
 }
 
 TEST_F(ServerTest, ParallelClientsDuringColdStartShareOneLoad) {
