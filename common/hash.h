@@ -6,10 +6,25 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string_view>
 
 namespace stasis {
 
 uint64_t Xxh3(const void* data, size_t n);
+
+// Seed derivation for generated data (the model generators): SplitMix64's finaliser, and
+// FNV-1a of a name. Not checksums: fixed here so generated models stay the same bytes.
+inline uint64_t Mix64(uint64_t z) {
+  z += 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+inline uint64_t NameHash(std::string_view s) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (char c : s) h = (h ^ static_cast<uint8_t>(c)) * 0x100000001b3ull;
+  return h;
+}
 
 }  // namespace stasis
 

@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "common/file_system.h"
+#include "common/hash.h"
 #include "common/status.h"
 #include "restore/torch_plugin_loader.h"
 #include "snapshot/dtype.h"
@@ -99,19 +100,6 @@ std::vector<TensorSpec> Gpt2Tensors(const Preset& p, DType dtype) {
     s.bytes = s.count * static_cast<uint64_t>(DTypeBits(dtype)) / 8;
   }
   return specs;
-}
-
-uint64_t Mix64(uint64_t z) {  // SplitMix64's finaliser
-  z += 0x9e3779b97f4a7c15ull;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
-uint64_t NameHash(std::string_view s) {  // FNV-1a
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (char c : s) h = (h ^ static_cast<uint8_t>(c)) * 0x100000001b3ull;
-  return h;
 }
 
 // Round to nearest even, with subnormals, overflow to infinity and NaN kept quiet

@@ -19,6 +19,8 @@
 #include <string_view>
 #include <vector>
 
+#include "common/hash.h"
+
 namespace stasis::torch {
 namespace {
 
@@ -54,19 +56,6 @@ StatusOr<const Preset*> FindPreset(const std::string& name) {
     valid += p.name;
   }
   return InvalidArgumentError("unknown GPT-2 preset '" + name + "' (valid: " + valid + ")");
-}
-
-uint64_t Mix64(uint64_t z) {  // SplitMix64's finaliser
-  z += 0x9e3779b97f4a7c15ull;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
-uint64_t NameHash(std::string_view s) {  // FNV-1a
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (char c : s) h = (h ^ static_cast<uint8_t>(c)) * 0x100000001b3ull;
-  return h;
 }
 
 std::string Num(double v) {  // a float literal for TorchScript source, exact round trip

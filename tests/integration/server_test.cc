@@ -27,6 +27,7 @@
 #include "runtime/metrics.h"
 #include "runtime/model_host.h"
 #include "snapshot/safetensors.h"
+#include "tests/testutil/gate.h"
 #include "tests/testutil/test_util.h"
 
 namespace stasis::runtime {
@@ -38,38 +39,7 @@ using ::testing::Not;
 
 constexpr int64_t kLoadNs = 2'000'000'000;  // the fake restore takes 2 s of manual time
 
-// Blocks the callers of Pass() while closed, counting arrivals.
-class Gate {
- public:
-  void Close() {
-    std::lock_guard l(mu_);
-    open_ = false;
-  }
-  void Open() {
-    {
-      std::lock_guard l(mu_);
-      open_ = true;
-    }
-    cv_.notify_all();
-  }
-  void Pass() {
-    std::unique_lock l(mu_);
-    ++arrivals_;
-    cv_.notify_all();
-    cv_.wait(l, [&] { return open_; });
-  }
-  // Waits (real time, bounded) until `n` callers have arrived.
-  bool WaitArrivals(int n) {
-    std::unique_lock l(mu_);
-    return cv_.wait_for(l, std::chrono::seconds(20), [&] { return arrivals_ >= n; });
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool open_ = true;
-  int arrivals_ = 0;
-};
+using testing::Gate;
 
 // Bounded polling for conditions the server reaches on its own threads.
 template <typename F>
@@ -360,7 +330,7 @@ TEST_F(ServerTest, ARequestRacingTheUnloadWaitsAndSucceeds) {
     auto res = Post("/v1/unload", "");
     unload_status = res ? res->status : -1;
   });
-  ASSERT_TRUE(host_->unload_gate.WaitArrivals(1));
+  ASSERT_TRUE(host_->unload_gate.WaitArrived(1));
   EXPECT_EQ(lifecycle_->state(), ModelState::kUnloading);
   int infer_status = 0;
   json j;
@@ -403,7 +373,7 @@ TEST_F(ServerTest, ParallelClientsDuringColdStartShareOneLoad) {
       }
     });
   }
-  ASSERT_TRUE(host_->load_gate.WaitArrivals(1));
+  ASSERT_TRUE(host_->load_gate.WaitArrived(1));
   // Everyone else waits for that restore inside the lifecycle.
   ASSERT_TRUE(Eventually([&] { return lifecycle_->status().waiting == kClients - 1; }))
       << "waiting=" << lifecycle_->status().waiting;
@@ -762,7 +732,7 @@ TEST_F(ServerTest, FullQueueAnswers503WithRetryAfterAndQueuedRequestsTimeOut) {
     auto r = Infer({F32Input("x", {1})});
     if (r) a_status = r->status;
   });
-  ASSERT_TRUE(host_->infer_gate.WaitArrivals(1));
+  ASSERT_TRUE(host_->infer_gate.WaitArrived(1));
   std::thread b([&] {
     auto r = Infer({F32Input("x", {2})});
     if (r) {
@@ -809,7 +779,7 @@ TEST_F(ServerTest, QueuedRequestsRunInOrderWhenTheSlotFrees) {
       if (r) statuses[i] = r->status;
     });
     if (i == 0) {
-      EXPECT_TRUE(host_->infer_gate.WaitArrivals(1));
+      EXPECT_TRUE(host_->infer_gate.WaitArrived(1));
     }
   }
   ASSERT_TRUE(Eventually([&] { return Status()["queued"] == 3; }));
@@ -992,7 +962,7 @@ TEST_F(ServerTest, ShutdownDrainsInFlightRequestsAndRefusesNewOnes) {
       a_body = BodyOf(r);
     }
   });
-  ASSERT_TRUE(host_->infer_gate.WaitArrivals(1));
+  ASSERT_TRUE(host_->infer_gate.WaitArrived(1));
   std::atomic<bool> shut{false};
   std::thread s([&] {
     server_->Shutdown();

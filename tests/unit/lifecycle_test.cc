@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "tests/testutil/gate.h"
 #include "tests/testutil/test_util.h"
 
 namespace stasis::runtime {
@@ -24,42 +25,7 @@ using namespace std::chrono_literals;
 
 constexpr int64_t kSecond = 1'000'000'000;
 
-// A gate that callers pass through, which a test can close to hold them inside (and see
-// how many have arrived).
-class Gate {
- public:
-  // Closes the gate and restarts the count of arrivals (WaitArrived counts from here, so a
-  // caller that passed while it was open is not mistaken for one held now).
-  void Close() {
-    std::lock_guard l(mu_);
-    open_ = false;
-    arrived_ = 0;
-  }
-  void Open() {
-    {
-      std::lock_guard l(mu_);
-      open_ = true;
-    }
-    cv_.notify_all();
-  }
-  void Pass() {
-    std::unique_lock l(mu_);
-    ++arrived_;
-    cv_.notify_all();
-    cv_.wait(l, [&] { return open_; });
-  }
-  // Waits (bounded) until `n` callers have reached the gate since it was last closed.
-  bool WaitArrived(int n) {
-    std::unique_lock l(mu_);
-    return cv_.wait_for(l, 10s, [&] { return arrived_ >= n; });
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool open_ = true;
-  int arrived_ = 0;
-};
+using testing::Gate;
 
 // Counts calls, echoes inputs, can hold Load/Unload/Infer at a gate and fail the k-th
 // Load. Records any overlap of Load/Unload with each other or with Infer, and any call
