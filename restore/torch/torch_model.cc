@@ -231,9 +231,9 @@ struct SnapshotTensor {
   uint64_t byte_offset = 0;  // of element 0 within the storage
 };
 
-// Storages on a cuda device: clusters of storages less than 2 MiB apart become one region
-// each, based at the cluster's first address rounded down to 2 MiB and recording it as the
-// VA hint, so that a restore at the same addresses reproduces every data_ptr.
+// Storages on a cuda device: storages whose 2 MiB-aligned ranges overlap form a cluster, one
+// region each, based at the cluster's first address rounded down to 2 MiB and recording it
+// as the VA hint, so that a restore at the same addresses reproduces every data_ptr.
 constexpr uint64_t kCudaCluster = 2ull << 20;
 constexpr uint64_t kCudaCopyPiece = 64ull << 20;
 
@@ -253,7 +253,10 @@ Status AddCudaTensors(const std::vector<SnapshotTensor>& tensors, const c10::Dev
   };
   std::vector<Cluster> clusters;
   for (size_t i = 0; i < merged.size(); ++i) {
-    if (!clusters.empty() && merged[i].begin <= clusters.back().end + kCudaCluster) {
+    // Merge when the 2 MiB-aligned ranges would overlap: regions must not share a page of
+    // the address space, or the second could not be mapped at its hint.
+    if (!clusters.empty() && format::AlignDown(merged[i].begin, kCudaCluster) <
+                                 format::AlignUp(clusters.back().end, kCudaCluster)) {
       clusters.back().end = std::max(clusters.back().end, merged[i].end);
       clusters.back().last = i + 1;
     } else {
