@@ -113,13 +113,36 @@ int RunServe(const ServeArgs& a) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   runtime::Metrics metrics;
+  // Every transition is logged; a finished cold start also logs its restore report. The
+  // listener runs with no lifecycle lock held, so it may read the status.
+  runtime::Lifecycle* lifecycle_ptr = nullptr;
+  runtime::TransitionListener update_metrics = runtime::NewStateListener(&metrics);
+  auto log_transition = [&](runtime::ModelState from, runtime::ModelState to) {
+    update_metrics(from, to);
+    spdlog::info("state {} -> {}", runtime::ModelStateName(from), runtime::ModelStateName(to));
+    if (from == runtime::ModelState::kRestoring && lifecycle_ptr != nullptr) {
+      const runtime::LifecycleStatus st = lifecycle_ptr->status();
+      if (to == runtime::ModelState::kWarm && st.has_last_restore) {
+        const RestoreReport& r = st.last_restore;
+        spdlog::info(
+            "cold start #{}: {} bytes in {:.3f} s ({:.2f} GB/s; open {:.3f} map {:.3f} pipeline "
+            "{:.3f}; {} of {} chunks mapped; {} of {} regions at their address)",
+            st.cold_starts, r.raw_bytes, r.phases.total, r.raw_gb_per_s(), r.phases.open,
+            r.phases.map, r.phases.pipeline_wall, r.chunks_mapped, r.chunks, r.regions_at_hint,
+            r.regions);
+      } else if (to == runtime::ModelState::kFailed) {
+        spdlog::error("cold start failed: {}", st.last_error);
+      }
+    }
+  };
   runtime::Lifecycle lifecycle(
       host->get(), RealClock(), lo,
       [] {
         spdlog::info("idle timeout passed with --on-idle exit: shutting down");
         ::kill(::getpid(), SIGUSR1);
       },
-      runtime::NewStateListener(&metrics));
+      log_transition);
+  lifecycle_ptr = &lifecycle;
   so.model = (*host)->Describe();
   // --warmup restores before the listener opens, so /readyz never says ready for a model
   // that is still being restored.
