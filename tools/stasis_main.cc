@@ -532,7 +532,8 @@ int main(int argc, char** argv) {
   coldstart->add_option("--mode", cold.mode, "baseline|stasis")->required();
   coldstart->add_option("path", cold.path, "model.pt (baseline) or image (stasis)")->required();
   coldstart->add_option("--device", cold.device);
-  coldstart->add_option("--input", cold.input)->required();
+  coldstart->add_option("--input", cold.input);
+  coldstart->add_option("--kind", cold.kind, "module (default) | tensors");
   coldstart->add_option("--spawn-ns", cold.spawn_ns);
   coldstart->add_option("--threads", cold.threads);
 
@@ -564,8 +565,12 @@ int main(int argc, char** argv) {
 
   BenchArgs bench_args;
   auto* bench = app.add_subcommand(
-      "bench", "Cold starts in fresh processes: torch::jit::load vs stasis restore + bind");
-  bench->add_option("model", bench_args.model, "TorchScript model (model.pt)")->required();
+      "bench",
+      "Cold starts in fresh processes: torch::jit::load (or a safetensors read) vs stasis");
+  bench
+      ->add_option("model", bench_args.model,
+                   "TorchScript model (model.pt) or a safetensors checkpoint")
+      ->required();
   bench->add_option("--image", bench_args.image,
                     "its stasis image (default: <out>/<model>.stasis, made when missing)");
   bench->add_option("--device", bench_args.device, "cpu|cuda[:N] (default cpu)");

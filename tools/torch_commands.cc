@@ -28,6 +28,8 @@
 #include "restore/cuda/cuda_backend.h"
 #endif
 #include "snapshot/image_reader.h"
+#include "snapshot/image_writer.h"
+#include "snapshot/safetensors.h"
 #include "tools/cli_common.h"
 
 extern char** environ;
@@ -138,6 +140,21 @@ Status ColdStartBaseline(const ColdStartArgs& a, PhaseLog* log, Json* out) {
   STASIS_RETURN_IF_ERROR(plugin.status());
   const double t_lib = log->Now();
   log->Add("library load", t_main, t_lib);
+  if (a.kind == "tensors") {
+    // A checkpoint without a module: read it into framework tensors (and onto the device).
+    STASIS_ASSIGN_OR_RETURN(auto tensors, (*plugin)->LoadSafetensors(a.path, a.device));
+    const double t_ready = log->Now();
+    log->Add("framework load + weight I/O", t_lib, t_ready);
+    STASIS_ASSIGN_OR_RETURN(torch::InferenceResult result, tensors->Checksum());
+    const double t_result = log->Now();
+    log->Add("first result (checksum)", t_ready, t_result);
+    (*out)["ready"] = t_ready;
+    (*out)["first_result"] = t_result;
+    (*out)["output"] = InferenceJson(result);
+    (*out)["weight_bytes"] = tensors->bytes();
+    return OkStatus();
+  }
+  if (a.input.empty()) return InvalidArgumentError("--input is required for a module");
   STASIS_ASSIGN_OR_RETURN(auto module, (*plugin)->LoadModule(a.path));
   const double t_loaded = log->Now();
   log->Add("framework load + weight I/O", t_lib, t_loaded);
@@ -182,6 +199,30 @@ Status ColdStartStasis(const ColdStartArgs& a, PhaseLog* log, Json* out) {
   log->Add("weight I/O + copy (restore)", t_main, t_restored);
   std::shared_ptr<RestoredModel> model(std::move(*restored));
   const double t_bind_start = std::max(t_lib, t_restored);
+  const RestoreReport& report = model->report();
+  const Json restore_json = {{"seconds", report.phases.total},
+                             {"raw_bytes", report.raw_bytes},
+                             {"stored_bytes", report.stored_bytes},
+                             {"chunks", report.chunks},
+                             {"io_backend", std::string(IoBackendName(report.io.backend))},
+                             {"direct", report.io.direct},
+                             {"regions_at_hint", report.regions_at_hint},
+                             {"regions", report.regions}};
+  if (a.kind == "tensors") {
+    STASIS_ASSIGN_OR_RETURN(auto tensors, (*plugin)->BindTensors(*model, model));
+    const double t_ready = log->Now();
+    log->Add("bind weights", t_bind_start, t_ready);
+    STASIS_ASSIGN_OR_RETURN(torch::InferenceResult result, tensors->Checksum());
+    const double t_result = log->Now();
+    log->Add("first result (checksum)", t_ready, t_result);
+    (*out)["ready"] = t_ready;
+    (*out)["first_result"] = t_result;
+    (*out)["output"] = InferenceJson(result);
+    (*out)["weight_bytes"] = tensors->bytes();
+    (*out)["restore"] = restore_json;
+    return OkStatus();
+  }
+  if (a.input.empty()) return InvalidArgumentError("--input is required for a module");
   STASIS_ASSIGN_OR_RETURN(std::string skeleton, model->ReadSection(torch::kSkeletonSection));
   torch::BindReport bind;
   STASIS_ASSIGN_OR_RETURN(auto module, (*plugin)->BindModule(skeleton, *model, model, &bind));
@@ -224,7 +265,9 @@ int RunColdStart(const ColdStartArgs& a) {
   out["mode"] = a.mode;
   out["device"] = a.device;
   Status s;
-  if (a.mode == "baseline") {
+  if (a.kind != "module" && a.kind != "tensors") {
+    s = InvalidArgumentError("--kind must be module or tensors");
+  } else if (a.mode == "baseline") {
     s = ColdStartBaseline(a, &log, &out);
   } else if (a.mode == "stasis") {
     s = ColdStartStasis(a, &log, &out);
@@ -537,11 +580,16 @@ int RunBench(const BenchArgs& a) {
   if (!plugin.ok()) return ReportError(plugin.status());
   if (!DefaultFileSystem()->Exists(a.model))
     return ReportError(NotFoundError(a.model + ": no such file"));
-  if (!(*plugin)->IsTorchScript(a.model)) {
-    return ReportError(InvalidArgumentError(
-        a.model +
-        " is not a TorchScript archive (stasis bench compares torch::jit::load "
-        "with stasis; save the model with torch.jit.save)"));
+  // A TorchScript module (time to a first inference) or a safetensors checkpoint (time to
+  // framework tensors, and a checksum of them as the first result).
+  const bool module = (*plugin)->IsTorchScript(a.model);
+  if (!module) {
+    auto header = ReadSafetensorsHeader(DefaultFileSystem(), a.model);
+    if (!header.ok()) {
+      return ReportError(InvalidArgumentError(
+          a.model + " is neither a TorchScript archive nor a safetensors file (" +
+          header.status().ToString() + ")"));
+    }
   }
   std::error_code ec;
   std::filesystem::create_directories(a.out, ec);
@@ -553,7 +601,22 @@ int RunBench(const BenchArgs& a) {
   const bool stale =
       !std::filesystem::exists(image) ||
       std::filesystem::last_write_time(image, ec) < std::filesystem::last_write_time(a.model, ec);
-  if (a.force_snapshot || stale) {
+  if ((a.force_snapshot || stale) && !module) {
+    std::fprintf(stderr, "bench: snapshotting %s into %s\n", a.model.c_str(), image.c_str());
+    WriterOptions wo;
+    wo.overwrite = true;
+    auto codec = ParseCodec(a.codec);
+    if (!codec.ok()) return ReportError(codec.status());
+    wo.codec = *codec;
+    auto writer = ImageWriter::Create(image, wo);
+    if (!writer.ok()) return ReportError(writer.status());
+    Status s = ImportSafetensors(DefaultFileSystem(), a.model, writer->get());
+    if (s.ok()) s = (*writer)->Finish();
+    if (!s.ok()) {
+      (*writer)->Abandon();
+      return ReportError(s);
+    }
+  } else if (a.force_snapshot || stale) {
     std::fprintf(stderr, "bench: snapshotting %s into %s\n", a.model.c_str(), image.c_str());
     torch::TorchSnapshotOptions opt;
     opt.device = a.device;
@@ -567,17 +630,24 @@ int RunBench(const BenchArgs& a) {
       return ReportError(s);
   }
   std::string input = a.input;
-  if (input.empty()) {
+  if (input.empty() && module) {
     auto spec = ImageInputSpec(image);
     if (!spec.ok()) return ReportError(spec.status());
     input = *spec;
   }
 
   const std::string err_path = (std::filesystem::path(a.out) / "child-stderr.txt").string();
+  const std::string kind = module ? "module" : "tensors";
   std::vector<std::string> baseline_args = {"--mode", "baseline", a.model, "--device",
-                                            a.device, "--input",  input};
-  std::vector<std::string> stasis_args = {"--mode", "stasis",  image, "--device",
-                                          a.device, "--input", input};
+                                            a.device, "--kind",   kind};
+  std::vector<std::string> stasis_args = {"--mode", "stasis", image, "--device",
+                                          a.device, "--kind", kind};
+  if (module) {
+    for (auto* args : {&baseline_args, &stasis_args}) {
+      args->push_back("--input");
+      args->push_back(input);
+    }
+  }
   if (a.threads > 0) {
     stasis_args.push_back("--threads");
     stasis_args.push_back(std::to_string(a.threads));

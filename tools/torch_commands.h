@@ -28,9 +28,10 @@ struct ColdStartArgs {
   std::string mode;  // "baseline" (torch::jit::load) or "stasis" (restore + bind)
   std::string path;  // model.pt for baseline, the image for stasis
   std::string device = "cpu";
-  std::string input;     // input spec of the first inference
-  int64_t spawn_ns = 0;  // CLOCK_MONOTONIC when the parent spawned this process; 0: main()
-  int threads = 0;       // restore workers (stasis)
+  std::string input;            // input spec of the first inference (modules)
+  std::string kind = "module";  // "module" (TorchScript image) or "tensors" (a checkpoint)
+  int64_t spawn_ns = 0;         // CLOCK_MONOTONIC when the parent spawned this process; 0: main()
+  int threads = 0;              // restore workers (stasis)
 };
 int RunColdStart(const ColdStartArgs& a);
 

@@ -20,6 +20,7 @@
 #include "snapshot/format.h"
 #include "snapshot/image_reader.h"
 #include "snapshot/image_writer.h"
+#include "snapshot/safetensors.h"
 #include "snapshot/tensor_snapshot.h"
 
 #ifdef STASIS_HAVE_CUDA
@@ -955,6 +956,77 @@ static StatusOr<RestoredModule> RestoreModuleImpl(const std::string& image,
   return out;
 }
 
+StatusOr<std::vector<std::pair<std::string, at::Tensor>>> ViewRestoredTensors(
+    const RestoredModel& memory, std::shared_ptr<void> keep_alive) {
+  try {
+    RegionStorages storages(memory, std::move(keep_alive));
+    std::vector<std::pair<std::string, at::Tensor>> out;
+    out.reserve(memory.tensors().size());
+    for (const RestoredTensor& t : memory.tensors()) {
+      STASIS_ASSIGN_OR_RETURN(at::Tensor view, storages.View(t));
+      out.emplace_back(t.name, std::move(view));
+    }
+    return out;
+  } catch (...) {
+    return ExceptionStatus(StatusCode::kInternal, "viewing the restored tensors",
+                           std::current_exception());
+  }
+}
+
+StatusOr<std::vector<std::pair<std::string, at::Tensor>>> LoadSafetensorsTensors(
+    const std::string& path, const c10::Device& device) {
+  STASIS_ASSIGN_OR_RETURN(SafetensorsHeader header,
+                          ReadSafetensorsHeader(DefaultFileSystem(), path));
+  STASIS_ASSIGN_OR_RETURN(std::unique_ptr<RandomAccessFile> file,
+                          DefaultFileSystem()->OpenRandomAccess(path));
+  const uint64_t size = file->Size();
+  // One buffer for the whole file, owned by every tensor's storage.
+  auto buffer = std::shared_ptr<uint8_t[]>(new (std::nothrow) uint8_t[std::max<uint64_t>(size, 1)]);
+  if (buffer == nullptr) return ResourceExhaustedError("no memory for " + path);
+  STASIS_RETURN_IF_ERROR(file->ReadExact(0, size, buffer.get(), path));
+  try {
+    std::vector<std::pair<std::string, at::Tensor>> out;
+    out.reserve(header.entries.size());
+    for (const SafetensorsEntry& e : header.entries) {
+      std::optional<at::ScalarType> type = ToScalarType(e.dtype);
+      if (!type)
+        return UnimplementedError("tensor '" + e.name + "': dtype " +
+                                  std::string(DTypeName(e.dtype)) + " has no libtorch type");
+      std::shared_ptr<uint8_t[]> owner = buffer;
+      at::Tensor t = ::torch::from_blob(
+          buffer.get() + header.data_start + e.begin, e.shape,
+          [owner](void*) mutable { owner.reset(); }, at::TensorOptions().dtype(*type));
+      out.emplace_back(e.name, device.is_cpu() ? t : t.to(device));
+    }
+    return out;
+  } catch (...) {
+    return ExceptionStatus(StatusCode::kUnavailable, "tensors of " + path,
+                           std::current_exception());
+  }
+}
+
+StatusOr<InferenceResult> TensorsChecksum(std::vector<std::pair<std::string, at::Tensor>> tensors) {
+  try {
+    const auto t0 = Clock::now();
+    std::sort(tensors.begin(), tensors.end(),
+              [](const auto& a, const auto& b) { return a.first < b.first; });
+    std::vector<uint64_t> hashes;
+    hashes.reserve(tensors.size());
+    for (auto& [name, t] : tensors) {
+      at::Tensor c = t.contiguous().cpu();
+      hashes.push_back(XXH3_64bits(c.data_ptr(), c.nbytes()));
+    }
+    InferenceResult r;
+    r.dtype = "U64";
+    r.shape = {static_cast<int64_t>(hashes.size())};
+    r.xxh3 = XXH3_64bits(hashes.data(), hashes.size() * sizeof(uint64_t));
+    r.seconds = SecondsSince(t0);
+    return r;
+  } catch (...) {
+    return ExceptionStatus(StatusCode::kInternal, "checksumming tensors", std::current_exception());
+  }
+}
+
 static StatusOr<std::vector<std::pair<std::string, at::Tensor>>> RestoreTensorsImpl(
     const std::string& image, const RestoreOptions& options) {
   RestoreOptions o = options;
@@ -962,20 +1034,9 @@ static StatusOr<std::vector<std::pair<std::string, at::Tensor>>> RestoreTensorsI
   STASIS_ASSIGN_OR_RETURN(std::unique_ptr<RestoredModel> restored,
                           RestoredModel::Restore(image, o));
   std::shared_ptr<RestoredModel> memory(std::move(restored));
-  try {
-    RegionStorages storages(*memory, memory);
-    std::vector<std::pair<std::string, at::Tensor>> out;
-    out.reserve(memory->tensors().size());
-    for (const RestoredTensor& t : memory->tensors()) {
-      auto view = storages.View(t);
-      if (!view.ok()) return view.status().WithContext(image);
-      out.emplace_back(t.name, std::move(*view));
-    }
-    return out;
-  } catch (...) {
-    return ExceptionStatus(StatusCode::kInternal, "viewing the tensors of " + image,
-                           std::current_exception());
-  }
+  auto out = ViewRestoredTensors(*memory, memory);
+  if (!out.ok()) return out.status().WithContext(image);
+  return out;
 }
 
 // The public entry points: no exception gets past them.

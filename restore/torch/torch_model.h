@@ -112,6 +112,18 @@ StatusOr<InferenceResult> RunModule(::torch::jit::Module& module, std::string_vi
 StatusOr<std::vector<TensorData>> ForwardModule(::torch::jit::Module& module,
                                                 const std::vector<TensorData>& inputs);
 
+// Views of every tensor of `memory` (RestoreTensors without the restore), in manifest order.
+StatusOr<std::vector<std::pair<std::string, at::Tensor>>> ViewRestoredTensors(
+    const RestoredModel& memory, std::shared_ptr<void> keep_alive);
+
+// Reads a safetensors file into one host buffer and returns its entries as tensors viewing
+// it (the buffer lives as long as they do), moved to `device`.
+StatusOr<std::vector<std::pair<std::string, at::Tensor>>> LoadSafetensorsTensors(
+    const std::string& path, const c10::Device& device);
+
+// LoadedTensors::Checksum over named tensors.
+StatusOr<InferenceResult> TensorsChecksum(std::vector<std::pair<std::string, at::Tensor>> tensors);
+
 // The device the module's weights are on (first parameter, else first buffer, else cpu).
 c10::Device ModuleDevice(const ::torch::jit::Module& module);
 

@@ -50,6 +50,21 @@ class TorchLoadedModule final : public LoadedModule {
   ::torch::jit::Module module_;
 };
 
+class TorchLoadedTensors final : public LoadedTensors {
+ public:
+  explicit TorchLoadedTensors(std::vector<std::pair<std::string, at::Tensor>> tensors)
+      : tensors_(std::move(tensors)) {
+    for (const auto& [name, t] : tensors_) bytes_ += t.nbytes();
+  }
+  StatusOr<InferenceResult> Checksum() override { return TensorsChecksum(tensors_); }
+  size_t count() const override { return tensors_.size(); }
+  uint64_t bytes() const override { return bytes_; }
+
+ private:
+  std::vector<std::pair<std::string, at::Tensor>> tensors_;
+  uint64_t bytes_ = 0;
+};
+
 class TorchPluginImpl final : public TorchPlugin {
  public:
   std::string TorchVersion() const override { return TORCH_VERSION; }
@@ -95,6 +110,19 @@ class TorchPluginImpl final : public TorchPlugin {
       return ExceptionStatus(StatusCode::kInternal, "binding the skeleton",
                              std::current_exception());
     }
+  }
+
+  StatusOr<std::unique_ptr<LoadedTensors>> LoadSafetensors(const std::string& path,
+                                                           const std::string& device) override {
+    STASIS_ASSIGN_OR_RETURN(c10::Device target, TorchDevice(device));
+    STASIS_ASSIGN_OR_RETURN(auto tensors, LoadSafetensorsTensors(path, target));
+    return std::unique_ptr<LoadedTensors>(new TorchLoadedTensors(std::move(tensors)));
+  }
+
+  StatusOr<std::unique_ptr<LoadedTensors>> BindTensors(const RestoredModel& memory,
+                                                       std::shared_ptr<void> keep_alive) override {
+    STASIS_ASSIGN_OR_RETURN(auto tensors, ViewRestoredTensors(memory, std::move(keep_alive)));
+    return std::unique_ptr<LoadedTensors>(new TorchLoadedTensors(std::move(tensors)));
   }
 
   Status GenerateGpt2(const std::string& path, const std::string& preset, uint64_t seed,

@@ -30,7 +30,7 @@ namespace stasis::torch {
 
 // Bumped whenever this header changes incompatibly; the loader refuses a plugin whose
 // stasis_torch_plugin_abi() differs.
-inline constexpr int kTorchPluginAbi = 2;
+inline constexpr int kTorchPluginAbi = 3;
 
 // Image section holding the TorchScript archive with every parameter and buffer emptied
 // (numel 0), and the metadata keys a TorchScript snapshot records.
@@ -110,6 +110,18 @@ class LoadedModule {
   virtual uint64_t WeightBytes() const = 0;
 };
 
+// Framework tensors without a module (a safetensors checkpoint), for `stasis bench`.
+class LoadedTensors {
+ public:
+  virtual ~LoadedTensors() = default;
+  // The "first result" of a checkpoint load: the xxh3 of every tensor's bytes (contiguous,
+  // on the cpu), combined in name order; dtype "U64", shape [count]. Both paths of `stasis
+  // bench` compute it, so equal values prove equal bytes.
+  virtual StatusOr<InferenceResult> Checksum() = 0;
+  virtual size_t count() const = 0;
+  virtual uint64_t bytes() const = 0;
+};
+
 class TorchPlugin {
  public:
   virtual ~TorchPlugin() = default;
@@ -141,6 +153,16 @@ class TorchPlugin {
                                                              const RestoredModel& memory,
                                                              std::shared_ptr<void> keep_alive,
                                                              BindReport* report) = 0;
+
+  // The ordinary path for a safetensors file: read it into host memory, make a tensor of
+  // each entry (views of that buffer), and move them to `device` (cpu: no copy).
+  // Errors: the safetensors parser's (kInvalidArgument, kNotFound, ...), kUnavailable.
+  virtual StatusOr<std::unique_ptr<LoadedTensors>> LoadSafetensors(const std::string& path,
+                                                                   const std::string& device) = 0;
+  // The stasis path: every tensor of `memory` as a view of its restored region (no copy);
+  // every storage holds a copy of `keep_alive`, which must own `memory`.
+  virtual StatusOr<std::unique_ptr<LoadedTensors>> BindTensors(
+      const RestoredModel& memory, std::shared_ptr<void> keep_alive) = 0;
 
   // Writes a seeded GPT-2-shaped TorchScript module (see docs/benchmarks.md):
   // preset tiny|125m|1.3b. `mixed` stores some weights as bf16/f16 and adds a transposed

@@ -125,6 +125,21 @@ TEST_F(TorchCliTest, BenchComparesBothPathsAndDrawsThem) {
   EXPECT_THAT(svg, HasSubstr("skeleton load"));
 }
 
+TEST_F(TorchCliTest, BenchOfASafetensorsCheckpointComparesTensorLoads) {
+  const std::string st = dir_->File("bench-tiny.safetensors");
+  auto gen = Sh(kGen + " --preset tiny --dtype bf16 -o " + st, *dir_);
+  ASSERT_EQ(gen.exit_code, 0) << gen.err;
+  const std::string out = dir_->File("bench-st");
+  auto r = Sh(kStasis + " bench " + st + " --runs 1 --out " + out, *dir_);
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_THAT(r.out, HasSubstr("outputs identical across paths and runs: yes"));
+  EXPECT_THAT(r.out, HasSubstr("first result (checksum)"));
+  Json j = Json::parse(testing::ReadFile(out + "/bench.json"));
+  EXPECT_TRUE(j["outputs_identical"].get<bool>());
+  const Json& stasis_run = j["results"]["hot"]["stasis"]["runs"][0];
+  EXPECT_EQ(stasis_run["weight_bytes"], j["results"]["hot"]["baseline"]["runs"][0]["weight_bytes"]);
+}
+
 TEST_F(TorchCliTest, CommandsWithoutAFrameworkNeverLoadLibtorch) {
   // LD_DEBUG=files makes the dynamic linker name every object it loads.
   auto restore = Sh("LD_DEBUG=files " + kStasis + " restore " + image_, *dir_);
@@ -160,10 +175,12 @@ TEST_F(TorchCliTest, BadInputsGetClearErrors) {
   EXPECT_EQ(r.exit_code, 2) << r.err;
   EXPECT_THAT(r.err, HasSubstr("skeleton"));
 
-  // bench refuses what is not TorchScript.
-  r = Sh(kStasis + " bench " + st + " --runs 1 --out " + dir_->File("b2"), *dir_);
+  // bench refuses what is neither TorchScript nor safetensors.
+  const std::string junk = dir_->File("junk.bin");
+  testing::WriteFile(junk, std::string(100, 'j'));
+  r = Sh(kStasis + " bench " + junk + " --runs 1 --out " + dir_->File("b2"), *dir_);
   EXPECT_EQ(r.exit_code, 2) << r.err;
-  EXPECT_THAT(r.err, HasSubstr("not a TorchScript"));
+  EXPECT_THAT(r.err, HasSubstr("neither a TorchScript archive nor a safetensors file"));
 
   // --device on a safetensors input.
   r = Sh(kStasis + " snapshot " + st + " -o " + dir_->File("y.stasis") + " --device cuda", *dir_);
