@@ -134,6 +134,13 @@ ChunkEncoder::~ChunkEncoder() {
   ZSTD_freeCCtx(plane_cctx_);
 }
 
+StatusOr<CodecChoice> ParseCodecChoice(std::string_view text) {
+  if (text == "auto") return CodecChoice::kAuto;
+  if (text == "zstd") return CodecChoice::kZstd;
+  if (text == "raw") return CodecChoice::kRaw;
+  return InvalidArgumentError("--codec must be auto, raw or zstd");
+}
+
 StatusOr<size_t> ChunkEncoder::Compress(ZSTD_CCtx_s* cctx, const void* src, size_t n, uint8_t* dst,
                                         size_t cap) {
   if (cctx == nullptr) return ResourceExhaustedError("cannot allocate a zstd context");

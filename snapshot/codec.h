@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/status.h"
@@ -27,6 +28,8 @@ enum class CodecChoice {
   kZstd,  // plain zstd for everything; raw if < 5% saved
   kRaw,   // always raw
 };
+// Parses "auto", "zstd", "raw" (the --codec flags). kInvalidArgument otherwise.
+StatusOr<CodecChoice> ParseCodecChoice(std::string_view text);
 
 // A compression must save at least this fraction of the input to be kept.
 inline constexpr double kMinSavings = 0.05;

@@ -79,14 +79,9 @@ bool LooksLikeZip(const std::string& path) {
 
 int RunSnapshot(const SnapshotArgs& a) {
   WriterOptions opt;
-  if (a.codec == "auto")
-    opt.codec = CodecChoice::kAuto;
-  else if (a.codec == "zstd")
-    opt.codec = CodecChoice::kZstd;
-  else if (a.codec == "raw")
-    opt.codec = CodecChoice::kRaw;
-  else
-    return ReportError(InvalidArgumentError("--codec must be auto, raw or zstd"));
+  auto codec = ParseCodecChoice(a.codec);
+  if (!codec.ok()) return ReportError(codec.status());
+  opt.codec = *codec;
   auto chunk = ParseSize(a.chunk_size);
   if (!chunk.ok()) return ReportError(chunk.status());
   opt.chunk_size = *chunk;

@@ -45,13 +45,6 @@ int64_t MonotonicNs() {
   return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
 }
 
-StatusOr<CodecChoice> ParseCodec(const std::string& codec) {
-  if (codec == "auto") return CodecChoice::kAuto;
-  if (codec == "zstd") return CodecChoice::kZstd;
-  if (codec == "raw") return CodecChoice::kRaw;
-  return InvalidArgumentError("--codec must be auto, raw or zstd");
-}
-
 std::string Hex(uint64_t v) {
   char buf[24];
   std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(v));
@@ -68,7 +61,7 @@ int RunTorchSnapshot(const TorchSnapshotArgs& a) {
   torch::TorchSnapshotOptions opt;
   opt.device = a.device;
   opt.warmup_input = a.warmup_input;
-  auto codec = ParseCodec(a.codec);
+  auto codec = ParseCodecChoice(a.codec);
   if (!codec.ok()) return ReportError(codec.status());
   opt.writer.codec = *codec;
   auto chunk = ParseSize(a.chunk_size);
@@ -130,8 +123,24 @@ class PhaseLog {
   Json phases_ = Json::array();
 };
 
-Json InferenceJson(const torch::InferenceResult& r) {
-  return {{"dtype", r.dtype}, {"shape", r.shape}, {"xxh3", Hex(r.xxh3)}};
+// What every cold start reports at its end, whichever path and model kind.
+void RecordResult(double t_ready, double t_result, const torch::InferenceResult& r,
+                  uint64_t weight_bytes, Json* out) {
+  (*out)["ready"] = t_ready;
+  (*out)["first_result"] = t_result;
+  (*out)["output"] = {{"dtype", r.dtype}, {"shape", r.shape}, {"xxh3", Hex(r.xxh3)}};
+  (*out)["weight_bytes"] = weight_bytes;
+}
+
+Json RestoreJson(const RestoreReport& r) {
+  return {{"seconds", r.phases.total},
+          {"raw_bytes", r.raw_bytes},
+          {"stored_bytes", r.stored_bytes},
+          {"chunks", r.chunks},
+          {"io_backend", std::string(IoBackendName(r.io.backend))},
+          {"direct", r.io.direct},
+          {"regions_at_hint", r.regions_at_hint},
+          {"regions", r.regions}};
 }
 
 Status ColdStartBaseline(const ColdStartArgs& a, PhaseLog* log, Json* out) {
@@ -148,10 +157,7 @@ Status ColdStartBaseline(const ColdStartArgs& a, PhaseLog* log, Json* out) {
     STASIS_ASSIGN_OR_RETURN(torch::InferenceResult result, tensors->Checksum());
     const double t_result = log->Now();
     log->Add("first result (checksum)", t_ready, t_result);
-    (*out)["ready"] = t_ready;
-    (*out)["first_result"] = t_result;
-    (*out)["output"] = InferenceJson(result);
-    (*out)["weight_bytes"] = tensors->bytes();
+    RecordResult(t_ready, t_result, result, tensors->bytes(), out);
     return OkStatus();
   }
   if (a.input.empty()) return InvalidArgumentError("--input is required for a module");
@@ -164,10 +170,7 @@ Status ColdStartBaseline(const ColdStartArgs& a, PhaseLog* log, Json* out) {
   STASIS_ASSIGN_OR_RETURN(torch::InferenceResult result, module->Run(a.input));
   const double t_result = log->Now();
   log->Add("first inference", t_ready, t_result);
-  (*out)["ready"] = t_ready;
-  (*out)["first_result"] = t_result;
-  (*out)["output"] = InferenceJson(result);
-  (*out)["weight_bytes"] = module->WeightBytes();
+  RecordResult(t_ready, t_result, result, module->WeightBytes(), out);
   return OkStatus();
 }
 
@@ -199,15 +202,7 @@ Status ColdStartStasis(const ColdStartArgs& a, PhaseLog* log, Json* out) {
   log->Add("weight I/O + copy (restore)", t_main, t_restored);
   std::shared_ptr<RestoredModel> model(std::move(*restored));
   const double t_bind_start = std::max(t_lib, t_restored);
-  const RestoreReport& report = model->report();
-  const Json restore_json = {{"seconds", report.phases.total},
-                             {"raw_bytes", report.raw_bytes},
-                             {"stored_bytes", report.stored_bytes},
-                             {"chunks", report.chunks},
-                             {"io_backend", std::string(IoBackendName(report.io.backend))},
-                             {"direct", report.io.direct},
-                             {"regions_at_hint", report.regions_at_hint},
-                             {"regions", report.regions}};
+  (*out)["restore"] = RestoreJson(model->report());
   if (a.kind == "tensors") {
     STASIS_ASSIGN_OR_RETURN(auto tensors, (*plugin)->BindTensors(*model, model));
     const double t_ready = log->Now();
@@ -215,11 +210,7 @@ Status ColdStartStasis(const ColdStartArgs& a, PhaseLog* log, Json* out) {
     STASIS_ASSIGN_OR_RETURN(torch::InferenceResult result, tensors->Checksum());
     const double t_result = log->Now();
     log->Add("first result (checksum)", t_ready, t_result);
-    (*out)["ready"] = t_ready;
-    (*out)["first_result"] = t_result;
-    (*out)["output"] = InferenceJson(result);
-    (*out)["weight_bytes"] = tensors->bytes();
-    (*out)["restore"] = restore_json;
+    RecordResult(t_ready, t_result, result, tensors->bytes(), out);
     return OkStatus();
   }
   if (a.input.empty()) return InvalidArgumentError("--input is required for a module");
@@ -233,19 +224,7 @@ Status ColdStartStasis(const ColdStartArgs& a, PhaseLog* log, Json* out) {
   STASIS_ASSIGN_OR_RETURN(torch::InferenceResult result, module->Run(a.input));
   const double t_result = log->Now();
   log->Add("first inference", t_ready, t_result);
-  const RestoreReport& r = model->report();
-  (*out)["ready"] = t_ready;
-  (*out)["first_result"] = t_result;
-  (*out)["output"] = InferenceJson(result);
-  (*out)["weight_bytes"] = module->WeightBytes();
-  (*out)["restore"] = {{"seconds", r.phases.total},
-                       {"raw_bytes", r.raw_bytes},
-                       {"stored_bytes", r.stored_bytes},
-                       {"chunks", r.chunks},
-                       {"io_backend", std::string(IoBackendName(r.io.backend))},
-                       {"direct", r.io.direct},
-                       {"regions_at_hint", r.regions_at_hint},
-                       {"regions", r.regions}};
+  RecordResult(t_ready, t_result, result, module->WeightBytes(), out);
   (*out)["bind"] = {{"parameters_bound", bind.parameters_bound},
                     {"buffers_bound", bind.buffers_bound},
                     {"nonempty_before_binding", bind.nonempty_before_binding},
@@ -605,7 +584,7 @@ int RunBench(const BenchArgs& a) {
     std::fprintf(stderr, "bench: snapshotting %s into %s\n", a.model.c_str(), image.c_str());
     WriterOptions wo;
     wo.overwrite = true;
-    auto codec = ParseCodec(a.codec);
+    auto codec = ParseCodecChoice(a.codec);
     if (!codec.ok()) return ReportError(codec.status());
     wo.codec = *codec;
     auto writer = ImageWriter::Create(image, wo);
@@ -622,7 +601,7 @@ int RunBench(const BenchArgs& a) {
     opt.device = a.device;
     opt.warmup_input = a.input;
     opt.writer.overwrite = true;
-    auto codec = ParseCodec(a.codec);
+    auto codec = ParseCodecChoice(a.codec);
     if (!codec.ok()) return ReportError(codec.status());
     opt.writer.codec = *codec;
     torch::TorchSnapshotReport r;
