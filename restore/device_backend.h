@@ -83,11 +83,13 @@ class DeviceBackend {
 };
 
 // The host backend: anonymous private mappings, MAP_FIXED_NOREPLACE at the hint.
-// `huge_pages`: regions of 2 MiB and more are advised MADV_HUGEPAGE. Restoring into huge
-// pages is up to 3x faster from a hot page cache (one fault per 2 MiB), but when the
-// kernel must compact memory to find them a restore can stall (measured: 0.12 s typical,
-// 1.1 s worst on a 1 GiB image); turn it off where tail latency matters more.
-std::unique_ptr<DeviceBackend> NewHostBackend(bool huge_pages = true);
+// `huge_pages`: regions of 2 MiB and more are advised MADV_HUGEPAGE. Off by default. On
+// this project's 2-core VM, decoding a 2.6 GB compressed image right after another
+// process had used and freed the memory (as on a host that runs anything else) took a
+// median 3.27 s with it against 1.35 s without (5 runs each); only back to back, reusing
+// the huge pages the previous restore freed, was it faster (about 1.2 s against 1.5 s),
+// and the first such run took 3.4 s (docs/benchmarks.md, "Huge pages").
+std::unique_ptr<DeviceBackend> NewHostBackend(bool huge_pages = false);
 
 }  // namespace stasis
 

@@ -1,5 +1,6 @@
 #include "restore/restored_model.h"
 
+#include <fcntl.h>
 #include <spdlog/spdlog.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -56,7 +57,7 @@ class PipelineWorker {
   PipelineWorker(const format::Manifest& m, const RestorePlan& plan, const WorkerPlan& work,
                  int index, ReadEngine* engine, DeviceBackend* backend,
                  const std::vector<MappedRegion>& regions, uint8_t* staging, bool verify_raw,
-                 std::atomic<bool>* cancel)
+                 bool verify_stored, std::atomic<bool>* cancel)
       : m_(m),
         plan_(plan),
         work_(work),
@@ -66,6 +67,7 @@ class PipelineWorker {
         regions_(regions),
         staging_(staging),
         verify_raw_(verify_raw),
+        verify_stored_(verify_stored),
         cancel_(cancel) {}
 
   Status Run(WorkerTimes* times) {
@@ -131,15 +133,22 @@ class PipelineWorker {
     p.task = ti;
     const uint64_t tag = ti;
     if (t.route == ChunkRoute::kMapInPlace) {
-      // No read at all: the page cache's pages become the destination's (copy-on-write),
-      // faulted in read-only here so that hashing them does not trap page by page.
+      // No read at all: the page cache's pages become the destination's (copy-on-write).
+      // The checksum pass faults them in; without it, one read per page does, so every
+      // byte is resident on return either way. Faults beat MADV_POPULATE_READ here: they
+      // map a large page-cache folio at once (2.6 GB: 0.14 s against 0.18-0.23 s).
       uint8_t* dst = regions_[c.region_id].host_view + c.dst_offset;
       auto start = Clock::now();
       void* got = ::mmap(dst, c.stored_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED,
                          engine_->MappableFd(), static_cast<off_t>(c.file_offset));
       if (got == MAP_FAILED)
         return ErrnoToStatus(errno, "chunk " + Num(t.chunk) + ": map the image");
-      ::madvise(dst, c.stored_size, MADV_POPULATE_READ);  // advice: EINVAL on old kernels
+      if (!verify_stored_) {
+        const volatile uint8_t* bytes = dst;
+        uint8_t sink = 0;
+        for (uint64_t off = 0; off < c.stored_size; off += kFaultStride) sink ^= bytes[off];
+        touched_ ^= sink;
+      }
       times_->read += Since(start);
       return Complete(ti);
     }
@@ -184,6 +193,7 @@ class PipelineWorker {
     const uint64_t head = c.file_offset - t.read_offset;
     Status s;
     auto verify = [&](const void* bytes, uint64_t n, uint64_t expect, const char* kind) -> Status {
+      if (!verify_stored_ && kind[0] == 's') return OkStatus();  // "stored": see verify_stored
       auto start = Clock::now();
       bool ok = Xxh3(bytes, n) == expect;
       times_->verify += Since(start);
@@ -294,6 +304,9 @@ class PipelineWorker {
   const std::vector<MappedRegion>& regions_;
   uint8_t* staging_;
   bool verify_raw_;
+  bool verify_stored_;
+  static constexpr uint64_t kFaultStride = 4096;
+  uint8_t touched_ = 0;  // keeps the fault-in reads
   std::atomic<bool>* cancel_;
   WorkerTimes* times_ = nullptr;
   std::unique_ptr<ReadQueue> queue_;
@@ -412,6 +425,7 @@ Status RestoredModel::RunPipeline() {
   report.workers = static_cast<int>(plan.workers.size());
   report.staging_bytes = plan.staging_bytes;
   report.verified_raw = st.options.verify;
+  report.verified_stored = st.options.verify_stored;
   report.chunks = m.chunks.size();
   report.stored_bytes = m.StoredBytes();
   report.raw_bytes = m.RawBytes();
@@ -433,7 +447,8 @@ Status RestoredModel::RunPipeline() {
       threads.emplace_back([&, w] {
         uint8_t* mine = staging ? staging + w * plan.slot_size * plan.slots_per_worker : nullptr;
         PipelineWorker worker(m, plan, plan.workers[w], static_cast<int>(w), st.engine.get(),
-                              backend_.get(), regions_, mine, st.options.verify, &cancel);
+                              backend_.get(), regions_, mine, st.options.verify,
+                              st.options.verify_stored, &cancel);
         results[w] = worker.Run(&times[w]);
         if (!results[w].ok()) cancel = true;
       });

@@ -37,8 +37,13 @@ struct RestoreOptions {
   int threads = 0;  // workers; <= 0: one per hardware thread, two per thread for direct reads
   int queue_depth = 32;
   uint64_t staging_bytes = 256ull << 20;  // bound on staging memory, whatever the model size
-  bool huge_pages = true;                 // host backend: see NewHostBackend
+  bool huge_pages = false;                // host backend: see NewHostBackend
   bool verify = true;                     // false: skip the raw-bytes checksums (reported)
+  // false: skip the stored-bytes checksums too, so nothing is checked (reported). For
+  // side-by-side comparisons with loaders that check nothing, and for images already
+  // checked with `stasis verify` on storage that is trusted; mapped chunks are then
+  // still faulted in (one read per page), so every byte is resident when Restore returns.
+  bool verify_stored = true;
   // Raw chunks of a page-cache-hot image on the host backend: map the file's pages into
   // place (private, copy-on-write) instead of copying them. kAuto maps when the engine
   // found >= 90% of the image cached and reads buffered. The image must then not be
@@ -71,6 +76,7 @@ struct RestoreReport {
   int workers = 0;
   uint64_t staging_bytes = 0;
   bool verified_raw = true;
+  bool verified_stored = true;
   ReadEngineReport io;
   size_t regions = 0;
   size_t regions_at_hint = 0;    // regions mapped at their recorded address

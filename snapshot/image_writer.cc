@@ -3,12 +3,14 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <ctime>
 #include <deque>
 #include <mutex>
+#include <optional>
 #include <vector>
 
 #include "common/hash.h"
@@ -109,23 +111,36 @@ struct ImageWriter::Impl {
     cv.notify_all();
   }
 
-  // Pads the file with zeros to the next block boundary; returns that offset.
-  StatusOr<uint64_t> AlignFile() {
+  // Pads the file with zeros to the next block boundary; returns that offset. With
+  // `phase_of` (a raw chunk's dst_offset), pads on to the next offset congruent to it
+  // modulo kMapPhase (format.h).
+  StatusOr<uint64_t> AlignFile(std::optional<uint64_t> phase_of = std::nullopt) {
     uint64_t off = file->Offset();
     uint64_t aligned = format::AlignUp(off, format::kBlockAlign);
-    if (aligned != off) {
-      static const std::vector<char> zeros(format::kBlockAlign, 0);
-      STASIS_RETURN_IF_ERROR(file->Append(zeros.data(), aligned - off));
+    if (phase_of && *phase_of % format::kBlockAlign == 0) {
+      const uint64_t want = *phase_of % format::kMapPhase;
+      aligned = AlignDownTo(aligned, format::kMapPhase) + want;
+      if (aligned < off) aligned += format::kMapPhase;
+    }
+    static const std::vector<char> zeros(format::kBlockAlign, 0);
+    while (off < aligned) {
+      const uint64_t n = std::min<uint64_t>(aligned - off, zeros.size());
+      STASIS_RETURN_IF_ERROR(file->Append(zeros.data(), n));
+      off += n;
     }
     return aligned;
   }
+
+  static uint64_t AlignDownTo(uint64_t v, uint64_t a) { return v - v % a; }
 
   Status WriteJob(ChunkJob* job) {
     STASIS_RETURN_IF_ERROR(job->status);
     format::ChunkInfo& c = job->info;
     const uint8_t* payload =
         c.codec == format::Codec::kRaw ? job->raw.data() : job->encoded.stored.data();
-    STASIS_ASSIGN_OR_RETURN(c.file_offset, AlignFile());
+    const bool mappable = c.codec == format::Codec::kRaw && c.raw_size >= format::kMapPhase;
+    STASIS_ASSIGN_OR_RETURN(
+        c.file_offset, AlignFile(mappable ? std::optional<uint64_t>(c.dst_offset) : std::nullopt));
     STASIS_RETURN_IF_ERROR(file->Append(payload, c.stored_size));
     manifest.chunks.push_back(c);
     stats.raw_bytes += c.raw_size;

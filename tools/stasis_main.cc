@@ -2,6 +2,7 @@
 // hidden coldstart child of bench). Commands that need libtorch are in torch_commands.cc.
 // Statuses become exit codes and messages here and nowhere else (tools/cli_common.h).
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -10,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/file_system.h"
+#include "common/hash.h"
 #include "common/logging.h"
 #include "restore/restored_model.h"
 #ifdef STASIS_HAVE_CUDA
@@ -292,8 +294,8 @@ struct RestoreArgs {
   std::string image, device = "cpu", io = "auto", direct = "auto";
   int threads = 0, queue_depth = 32;
   uint64_t staging_mb = 256;
-  bool no_verify = false, json = false;
-  std::string huge_pages = "on";
+  bool no_verify = false, no_checksums = false, json = false, digest = false;
+  std::string huge_pages = "off";
   std::string map = "auto";
 };
 
@@ -316,7 +318,8 @@ StatusOr<RestoreOptions> ToRestoreOptions(const RestoreArgs& a) {
   o.threads = a.threads;
   o.queue_depth = a.queue_depth;
   o.staging_bytes = a.staging_mb << 20;
-  o.verify = !a.no_verify;
+  o.verify = !a.no_verify && !a.no_checksums;
+  o.verify_stored = !a.no_checksums;
   o.huge_pages = a.huge_pages == "on";
   o.map_file = a.map == "on"    ? RestoreOptions::MapFile::kOn
                : a.map == "off" ? RestoreOptions::MapFile::kOff
@@ -364,6 +367,7 @@ Json ReportJson(const RestoreReport& r) {
   j["chunks_mapped"] = r.chunks_mapped;
   j["staging_bytes"] = r.staging_bytes;
   j["verified_raw"] = r.verified_raw;
+  j["verified_stored"] = r.verified_stored;
   j["regions"] = r.regions;
   j["regions_with_hint"] = r.regions_with_hint;
   j["regions_at_hint"] = r.regions_at_hint;
@@ -394,20 +398,77 @@ void PrintReport(const RestoreReport& r) {
       r.workers, HumanBytes(r.staging_bytes).c_str(), static_cast<unsigned long long>(r.chunks),
       static_cast<unsigned long long>(r.chunks_mapped),
       static_cast<unsigned long long>(r.chunks_read_in_place),
-      r.verified_raw ? "stored + decoded" : "stored only (--no-verify)");
+      !r.verified_stored ? "none (--no-checksums)"
+      : r.verified_raw   ? "stored + decoded"
+                         : "stored only (--no-verify)");
   std::printf("  addresses: %zu of %zu regions at their recorded address (%zu recorded one)\n",
               r.regions_at_hint, r.regions, r.regions_with_hint);
+}
+
+// A digest of every tensor's restored bytes, computed the way the torch adapter's
+// TensorsChecksum and bench/peers compute theirs: tensors in name order, XXH3-64 of each
+// one's elements in row-major order, then XXH3-64 of those hashes (little-endian u64s).
+// Equal digests mean equal bytes, whichever loader produced them.
+struct TensorsDigest {
+  uint64_t xxh3 = 0;
+  size_t tensors = 0;
+  double seconds = 0;
+};
+
+StatusOr<TensorsDigest> DigestTensors(const RestoredModel& model) {
+  if (model.report().device.kind != format::DeviceKind::kCpu)
+    return InvalidArgumentError("--digest reads restored bytes on the host: use --device cpu");
+  auto start = Clock::now();
+  std::vector<const format::TensorInfo*> order;
+  for (const auto& t : model.manifest().tensors) order.push_back(&t);
+  std::sort(order.begin(), order.end(),
+            [](const auto* a, const auto* b) { return a->name < b->name; });
+  std::vector<uint64_t> hashes;
+  hashes.reserve(order.size());
+  std::vector<uint8_t> gathered;
+  for (const format::TensorInfo* t : order) {
+    const auto* data = reinterpret_cast<const uint8_t*>(model.FindTensor(t->name)->address);
+    if (IsContiguous(*t)) {
+      hashes.push_back(Xxh3(data, t->byte_size));
+      continue;
+    }
+    const size_t elem = static_cast<size_t>(DTypeBits(t->dtype) / 8);
+    gathered.resize(*format::ElementCount(t->shape) * elem);
+    GatherStrided(data, *t, elem, gathered.data());
+    hashes.push_back(Xxh3(gathered.data(), gathered.size()));
+  }
+  TensorsDigest d;
+  d.xxh3 = Xxh3(hashes.data(), hashes.size() * sizeof(uint64_t));
+  d.tensors = hashes.size();
+  d.seconds = Seconds(start);
+  return d;
 }
 
 int RunRestore(const RestoreArgs& a) {
   auto options = ToRestoreOptions(a);
   if (!options.ok()) return ReportError(options.status());
+  if (a.digest && options->device.kind != format::DeviceKind::kCpu)
+    return ReportError(
+        InvalidArgumentError("--digest reads restored bytes on the host: use --device cpu"));
   auto model = RestoredModel::Restore(a.image, *options);
   if (!model.ok()) return ReportError(model.status());
+  StatusOr<TensorsDigest> digest = TensorsDigest{};
+  if (a.digest) {
+    digest = DigestTensors(**model);
+    if (!digest.ok()) return ReportError(digest.status());
+  }
+  char hex[24];
+  std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(digest->xxh3));
   if (a.json) {
-    std::cout << ReportJson((*model)->report()).dump(2) << "\n";
+    Json j = ReportJson((*model)->report());
+    if (a.digest)
+      j["digest"] = {{"xxh3", hex}, {"tensors", digest->tensors}, {"seconds", digest->seconds}};
+    std::cout << j.dump(2) << "\n";
   } else {
     PrintReport((*model)->report());
+    if (a.digest)
+      std::printf("  digest of %zu tensors: %s (%.3f s, after the restore)\n", digest->tensors, hex,
+                  digest->seconds);
   }
   return kExitOk;
 }
@@ -475,7 +536,8 @@ void AddRestoreFlags(CLI::App* cmd, RestoreArgs* a) {
   cmd->add_option("--staging-mb", a->staging_mb, "staging memory bound in MiB (default 256)");
   cmd->add_option(
          "--huge-pages", a->huge_pages,
-         "host restores into transparent huge pages: on (fastest) | off (no compaction stalls)")
+         "host restores into transparent huge pages: off (default) | on (faster on some hosts; "
+         "can stall on compaction)")
       ->check(CLI::IsMember({"on", "off"}));
   cmd->add_option("--map", a->map,
                   "map raw chunks of a page-cache-hot image instead of copying them: auto "
@@ -483,6 +545,9 @@ void AddRestoreFlags(CLI::App* cmd, RestoreArgs* a) {
       ->check(CLI::IsMember({"auto", "on", "off"}));
   cmd->add_flag("--no-verify", a->no_verify,
                 "skip checksums of decoded bytes (stored bytes are always checked)");
+  cmd->add_flag("--no-checksums", a->no_checksums,
+                "check nothing, stored bytes included (as loaders without checksums do); for "
+                "images already checked with `stasis verify`");
   cmd->add_flag("--json", a->json, "print a JSON report");
 }
 
@@ -531,6 +596,7 @@ int main(int argc, char** argv) {
   coldstart->add_option("--kind", cold.kind, "module (default) | tensors");
   coldstart->add_option("--spawn-ns", cold.spawn_ns);
   coldstart->add_option("--threads", cold.threads);
+  coldstart->add_flag("--library-first", cold.library_first);
 
   ServeArgs serve_args;
   auto* serve = app.add_subcommand(
@@ -603,6 +669,8 @@ int main(int argc, char** argv) {
   restore->add_option("image", restore_args.image)->required();
   restore->add_option("--device", restore_args.device, "cpu|cuda[:N] (default cpu)");
   AddRestoreFlags(restore, &restore_args);
+  restore->add_flag("--digest", restore_args.digest,
+                    "then print a digest of every tensor's bytes (as bench/peers computes it)");
 
   RestoreArgs export_args;
   auto* exp = app.add_subcommand("export", "Restore an image to host memory and write safetensors");

@@ -189,17 +189,26 @@ Status ColdStartStasis(const ColdStartArgs& a, PhaseLog* log, Json* out) {
   // The weights do not need the framework: restore them while libtorch loads.
   StatusOr<std::unique_ptr<RestoredModel>> restored = InternalError("restore did not run");
   double t_restored = 0;
-  std::thread restorer([&] {
+  auto restore = [&] {
     restored = RestoredModel::Restore(a.path, options);
     t_restored = log->Now();
-  });
-  auto plugin = torch::LoadTorchPlugin();
-  const double t_lib = log->Now();
-  restorer.join();
+  };
+  StatusOr<torch::TorchPlugin*> plugin = InternalError("libtorch not loaded");
+  double t_lib = 0;
+  if (a.library_first) {
+    plugin = torch::LoadTorchPlugin();
+    t_lib = log->Now();
+    restore();
+  } else {
+    std::thread restorer(restore);
+    plugin = torch::LoadTorchPlugin();
+    t_lib = log->Now();
+    restorer.join();
+  }
   STASIS_RETURN_IF_ERROR(plugin.status());
   STASIS_RETURN_IF_ERROR(restored.status());
   log->Add("library load", t_main, t_lib);
-  log->Add("weight I/O + copy (restore)", t_main, t_restored);
+  log->Add("weight I/O + copy (restore)", a.library_first ? t_lib : t_main, t_restored);
   std::shared_ptr<RestoredModel> model(std::move(*restored));
   const double t_bind_start = std::max(t_lib, t_restored);
   (*out)["restore"] = RestoreJson(model->report());

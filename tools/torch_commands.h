@@ -32,6 +32,9 @@ struct ColdStartArgs {
   std::string kind = "module";  // "module" (TorchScript image) or "tensors" (a checkpoint)
   int64_t spawn_ns = 0;         // CLOCK_MONOTONIC when the parent spawned this process; 0: main()
   int threads = 0;              // restore workers (stasis)
+  // Load libtorch before restoring instead of alongside: bench/peers times the restore
+  // alone, as its Python rows leave `import torch` out.
+  bool library_first = false;
 };
 int RunColdStart(const ColdStartArgs& a);
 

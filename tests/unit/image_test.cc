@@ -232,5 +232,47 @@ TEST(ImageTest, StreamsALargeRegionThroughASmallPipeline) {
   EXPECT_EQ((*w)->stats().chunks_by_codec[2], total / opt.chunk_size);
 }
 
+TEST(ImageTest, LargeRawChunksSitAtTheirRegionPhaseInTheFile) {
+  // format::kMapPhase: a raw chunk of >= 2 MiB lies at a file offset congruent to its
+  // dst_offset modulo 2 MiB, so a restorer can map it with large folios. Small chunks
+  // (and every compressed one) keep plain block alignment.
+  TempDir dir;
+  WriterOptions opt;
+  opt.codec = CodecChoice::kRaw;
+  opt.chunk_size = 4 << 20;
+  auto w = ImageWriter::Create(dir.File("img"), opt);
+  ASSERT_OK(w.status());
+  auto small = RandomBytes(10000, TestSeed());
+  auto big = RandomBytes((9 << 20) + 12288, TestSeed() + 1);
+  ASSERT_EQ(*(*w)->AddRegion({small.size(), 64, 0, format::DeviceKind::kCpu, -1}), 0u);
+  ASSERT_EQ(*(*w)->AddRegion({big.size() + 4096, 4096, 0, format::DeviceKind::kCpu, -1}), 1u);
+  ASSERT_OK((*w)->AddRegionData(0, 0, small.data(), small.size(), 0));
+  ASSERT_OK((*w)->AddRegionData(1, 4096, big.data(), big.size(), 0));
+  ASSERT_OK((*w)->Finish());
+
+  auto reader = ImageReader::Open(dir.File("img"));
+  ASSERT_OK(reader.status());
+  int phased = 0;
+  for (const format::ChunkInfo& c : (*reader)->manifest().chunks) {
+    EXPECT_EQ(c.file_offset % format::kBlockAlign, 0u);
+    if (c.raw_size >= format::kMapPhase) {
+      EXPECT_EQ(c.file_offset % format::kMapPhase, c.dst_offset % format::kMapPhase)
+          << "chunk at dst_offset " << c.dst_offset;
+      ++phased;
+    }
+  }
+  EXPECT_EQ(phased, 2);  // 4 MiB, 4 MiB, then 1 MiB + 12 KiB
+  // The padding is zero and the image is intact; the file grew by less than one phase.
+  auto report = (*reader)->Verify(VerifyOptions{});
+  ASSERT_OK(report.status());
+  EXPECT_TRUE(report->ok());
+  EXPECT_LT(testing::ReadFile(dir.File("img")).size(),
+            small.size() + big.size() + format::kMapPhase + (64 << 10));
+  auto image = testing::RestoreToHost(dir.File("img"));
+  ASSERT_OK(image.status());
+  const MappedRegion& restored = (*image)->regions()[1];
+  EXPECT_EQ(std::memcmp(restored.host_view + 4096, big.data(), big.size()), 0);
+}
+
 }  // namespace
 }  // namespace stasis

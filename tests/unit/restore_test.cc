@@ -287,6 +287,53 @@ TEST_P(RestoreTest, CorruptMappedChunkIsDataLossAndLeaksNoDescriptor) {
   EXPECT_EQ(after.fds, before.fds);
 }
 
+// Options that check nothing (stasis restore --no-checksums), mapping or copying.
+RestoreOptions Unchecked(RestoreOptions::MapFile map) {
+  RestoreOptions o;
+  o.map_file = map;
+  o.verify = false;
+  o.verify_stored = false;
+  return o;
+}
+
+TEST_P(RestoreTest, WithoutChecksumsEveryByteIsStillRestoredAndTheReportSaysSo) {
+  for (auto map : {RestoreOptions::MapFile::kOn, RestoreOptions::MapFile::kOff}) {
+    auto model = RestoredModel::Restore(image(), Unchecked(map));
+    ASSERT_OK(model.status());
+    EXPECT_FALSE((*model)->report().verified_stored);
+    EXPECT_FALSE((*model)->report().verified_raw);
+    EXPECT_EQ((*model)->report().phases.verify, 0.0);
+    ExpectIdentical(**model);
+  }
+}
+
+TEST_P(RestoreTest, WithoutChecksumsACorruptRawChunkIsRestoredAsStored) {
+  std::string bytes = testing::ReadFile(image());
+  bytes[4096 + 10] ^= 0x40;  // inside chunk 0's payload
+  testing::WriteFile(image(), bytes);
+  for (auto map : {RestoreOptions::MapFile::kOn, RestoreOptions::MapFile::kOff}) {
+    RestoreOptions o = Unchecked(map);
+    auto model = RestoredModel::Restore(image(), o);
+    if (GetParam() != CodecChoice::kRaw) {
+      // A corrupt frame may still fail to decode; it must never crash or pass as checked.
+      if (model.ok())
+        EXPECT_FALSE((*model)->report().verified_stored);
+      else
+        EXPECT_EQ(model.status().code(), StatusCode::kDataLoss) << model.status();
+      continue;
+    }
+    ASSERT_OK(model.status());
+    const RestoredTensor& first = (*model)->tensors()[0];
+    const auto* restored = reinterpret_cast<const uint8_t*>(first.address);
+    EXPECT_EQ(restored[10], static_cast<uint8_t>(bytes[4096 + 10]))
+        << "the file's byte, unchecked, not the original one";
+    // The default still refuses the same image.
+    o.verify = o.verify_stored = true;
+    EXPECT_THAT(RestoredModel::Restore(image(), o).status(),
+                StatusIs(StatusCode::kDataLoss, HasSubstr("chunk 0: checksum")));
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Codecs, RestoreTest,
                          ::testing::Values(CodecChoice::kAuto, CodecChoice::kZstd,
                                            CodecChoice::kRaw));
