@@ -1,5 +1,7 @@
 #include "common/hash.h"
 
+#include <algorithm>
+
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
@@ -28,5 +30,13 @@ const HashFn kHash = Pick();
 }  // namespace
 
 uint64_t Xxh3(const void* data, size_t n) { return kHash(data, n); }
+
+uint64_t CombineTensorHashes(std::vector<std::pair<std::string, uint64_t>> hashes_by_name) {
+  std::sort(hashes_by_name.begin(), hashes_by_name.end());
+  std::vector<uint64_t> ordered;
+  ordered.reserve(hashes_by_name.size());
+  for (const auto& [name, h] : hashes_by_name) ordered.push_back(h);  // x86-64: little-endian
+  return Xxh3(ordered.data(), ordered.size() * sizeof(uint64_t));
+}
 
 }  // namespace stasis

@@ -6,11 +6,20 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 namespace stasis {
 
 uint64_t Xxh3(const void* data, size_t n);
+
+// The digest of a set of named tensors from the XXH3 of each one's row-major bytes: the
+// hashes in name order, XXH3 of them laid out as little-endian u64s. `stasis restore
+// --digest`, the torch adapter's checksum and bench/peers/peers_lib.py all compute it, so
+// equal digests mean equal bytes whichever loader produced them.
+uint64_t CombineTensorHashes(std::vector<std::pair<std::string, uint64_t>> hashes_by_name);
 
 // Seed derivation for generated data (the model generators): SplitMix64's finaliser, and
 // FNV-1a of a name. Not checksums: fixed here so generated models stay the same bytes.

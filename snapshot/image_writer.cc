@@ -119,7 +119,7 @@ struct ImageWriter::Impl {
     uint64_t aligned = format::AlignUp(off, format::kBlockAlign);
     if (phase_of && *phase_of % format::kBlockAlign == 0) {
       const uint64_t want = *phase_of % format::kMapPhase;
-      aligned = AlignDownTo(aligned, format::kMapPhase) + want;
+      aligned = format::AlignDown(aligned, format::kMapPhase) + want;
       if (aligned < off) aligned += format::kMapPhase;
     }
     static const std::vector<char> zeros(format::kBlockAlign, 0);
@@ -130,8 +130,6 @@ struct ImageWriter::Impl {
     }
     return aligned;
   }
-
-  static uint64_t AlignDownTo(uint64_t v, uint64_t a) { return v - v % a; }
 
   Status WriteJob(ChunkJob* job) {
     STASIS_RETURN_IF_ERROR(job->status);

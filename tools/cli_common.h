@@ -32,6 +32,8 @@ int ReportError(const Status& s);
 // Parses "4194304", "4M", "4MiB", "512k", "1G" (binary units).
 StatusOr<uint64_t> ParseSize(std::string_view text);
 std::string HumanBytes(uint64_t n);
+// 16 lower-case hex digits (digests and checksums in reports).
+std::string Hex64(uint64_t v);
 
 // A one-line progress bar on stderr, drawn only when stderr is a TTY. Update() may be
 // called from any thread; it redraws at most every 100 ms.

@@ -60,6 +60,22 @@ void GatherStrided(const uint8_t* base, const format::TensorInfo& t, size_t elem
   }
 }
 
+// A tensor's elements in row-major order: its restored memory when contiguous, otherwise a
+// copy gathered into `scratch` (which must outlive the returned bytes). Host restores only.
+struct ByteView {
+  const uint8_t* data;
+  uint64_t size;
+};
+ByteView RowMajorBytes(const RestoredModel& model, const format::TensorInfo& t,
+                       std::vector<uint8_t>* scratch) {
+  const auto* data = reinterpret_cast<const uint8_t*>(model.FindTensor(t.name)->address);
+  if (IsContiguous(t)) return {data, t.byte_size};
+  const size_t elem = static_cast<size_t>(DTypeBits(t.dtype) / 8);
+  scratch->resize(*format::ElementCount(t.shape) * elem);
+  GatherStrided(data, t, elem, scratch->data());
+  return {scratch->data(), scratch->size()};
+}
+
 // ---- snapshot -------------------------------------------------------------------------
 
 struct SnapshotArgs {
@@ -405,41 +421,28 @@ void PrintReport(const RestoreReport& r) {
               r.regions_at_hint, r.regions, r.regions_with_hint);
 }
 
-// A digest of every tensor's restored bytes, computed the way the torch adapter's
-// TensorsChecksum and bench/peers compute theirs: tensors in name order, XXH3-64 of each
-// one's elements in row-major order, then XXH3-64 of those hashes (little-endian u64s).
-// Equal digests mean equal bytes, whichever loader produced them.
+// A digest of every tensor's restored bytes (CombineTensorHashes of each one's row-major
+// elements), as the torch adapter's TensorsChecksum and bench/peers compute it: equal
+// digests mean equal bytes, whichever loader produced them.
 struct TensorsDigest {
   uint64_t xxh3 = 0;
   size_t tensors = 0;
   double seconds = 0;
 };
 
-StatusOr<TensorsDigest> DigestTensors(const RestoredModel& model) {
-  if (model.report().device.kind != format::DeviceKind::kCpu)
-    return InvalidArgumentError("--digest reads restored bytes on the host: use --device cpu");
+// `model` must be a host restore (RunRestore refuses --digest for other devices first).
+TensorsDigest DigestTensors(const RestoredModel& model) {
   auto start = Clock::now();
-  std::vector<const format::TensorInfo*> order;
-  for (const auto& t : model.manifest().tensors) order.push_back(&t);
-  std::sort(order.begin(), order.end(),
-            [](const auto* a, const auto* b) { return a->name < b->name; });
-  std::vector<uint64_t> hashes;
-  hashes.reserve(order.size());
-  std::vector<uint8_t> gathered;
-  for (const format::TensorInfo* t : order) {
-    const auto* data = reinterpret_cast<const uint8_t*>(model.FindTensor(t->name)->address);
-    if (IsContiguous(*t)) {
-      hashes.push_back(Xxh3(data, t->byte_size));
-      continue;
-    }
-    const size_t elem = static_cast<size_t>(DTypeBits(t->dtype) / 8);
-    gathered.resize(*format::ElementCount(t->shape) * elem);
-    GatherStrided(data, *t, elem, gathered.data());
-    hashes.push_back(Xxh3(gathered.data(), gathered.size()));
+  std::vector<std::pair<std::string, uint64_t>> hashes;
+  hashes.reserve(model.manifest().tensors.size());
+  std::vector<uint8_t> scratch;
+  for (const format::TensorInfo& t : model.manifest().tensors) {
+    ByteView bytes = RowMajorBytes(model, t, &scratch);
+    hashes.emplace_back(t.name, Xxh3(bytes.data, bytes.size));
   }
   TensorsDigest d;
-  d.xxh3 = Xxh3(hashes.data(), hashes.size() * sizeof(uint64_t));
   d.tensors = hashes.size();
+  d.xxh3 = CombineTensorHashes(std::move(hashes));
   d.seconds = Seconds(start);
   return d;
 }
@@ -452,23 +455,19 @@ int RunRestore(const RestoreArgs& a) {
         InvalidArgumentError("--digest reads restored bytes on the host: use --device cpu"));
   auto model = RestoredModel::Restore(a.image, *options);
   if (!model.ok()) return ReportError(model.status());
-  StatusOr<TensorsDigest> digest = TensorsDigest{};
-  if (a.digest) {
-    digest = DigestTensors(**model);
-    if (!digest.ok()) return ReportError(digest.status());
-  }
-  char hex[24];
-  std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(digest->xxh3));
+  TensorsDigest digest;
+  if (a.digest) digest = DigestTensors(**model);
+  const std::string hex = Hex64(digest.xxh3);
   if (a.json) {
     Json j = ReportJson((*model)->report());
     if (a.digest)
-      j["digest"] = {{"xxh3", hex}, {"tensors", digest->tensors}, {"seconds", digest->seconds}};
+      j["digest"] = {{"xxh3", hex}, {"tensors", digest.tensors}, {"seconds", digest.seconds}};
     std::cout << j.dump(2) << "\n";
   } else {
     PrintReport((*model)->report());
     if (a.digest)
-      std::printf("  digest of %zu tensors: %s (%.3f s, after the restore)\n", digest->tensors, hex,
-                  digest->seconds);
+      std::printf("  digest of %zu tensors: %s (%.3f s, after the restore)\n", digest.tensors,
+                  hex.c_str(), digest.seconds);
   }
   return kExitOk;
 }
@@ -487,17 +486,8 @@ int RunExport(const RestoreArgs& a, const std::string& output, bool force) {
   std::vector<std::vector<uint8_t>> gathered;  // contiguous copies of strided views
   gathered.reserve(m.tensors.size());
   for (const auto& t : m.tensors) {
-    const uint8_t* data = reinterpret_cast<const uint8_t*>((*model)->FindTensor(t.name)->address);
-    SafetensorsTensorOut o{t.name, t.dtype, t.shape, data, t.byte_size};
-    if (!IsContiguous(t)) {
-      size_t elem = static_cast<size_t>(DTypeBits(t.dtype) / 8);
-      uint64_t count = *format::ElementCount(t.shape);
-      gathered.emplace_back(count * elem);
-      GatherStrided(data, t, elem, gathered.back().data());
-      o.data = gathered.back().data();
-      o.size = gathered.back().size();
-    }
-    out.push_back(std::move(o));
+    ByteView bytes = RowMajorBytes(**model, t, &gathered.emplace_back());
+    out.push_back({t.name, t.dtype, t.shape, bytes.data, bytes.size});
   }
   std::vector<std::pair<std::string, std::string>> metadata;
   if (const std::string* md = m.FindMetadata("safetensors.metadata")) {

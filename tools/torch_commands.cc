@@ -45,12 +45,6 @@ int64_t MonotonicNs() {
   return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
 }
 
-std::string Hex(uint64_t v) {
-  char buf[24];
-  std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(v));
-  return buf;
-}
-
 }  // namespace
 
 // ---- snapshot model.pt ----------------------------------------------------------------
@@ -128,7 +122,7 @@ void RecordResult(double t_ready, double t_result, const torch::InferenceResult&
                   uint64_t weight_bytes, Json* out) {
   (*out)["ready"] = t_ready;
   (*out)["first_result"] = t_result;
-  (*out)["output"] = {{"dtype", r.dtype}, {"shape", r.shape}, {"xxh3", Hex(r.xxh3)}};
+  (*out)["output"] = {{"dtype", r.dtype}, {"shape", r.shape}, {"xxh3", Hex64(r.xxh3)}};
   (*out)["weight_bytes"] = weight_bytes;
 }
 
@@ -143,6 +137,19 @@ Json RestoreJson(const RestoreReport& r) {
           {"regions", r.regions}};
 }
 
+// The end of a checkpoint's cold start on either path: `tensors` became ready after phase
+// `phase` (from `start`), and their checksum is the first result.
+Status FinishTensors(torch::LoadedTensors& tensors, const char* phase, double start, PhaseLog* log,
+                     Json* out) {
+  const double t_ready = log->Now();
+  log->Add(phase, start, t_ready);
+  STASIS_ASSIGN_OR_RETURN(torch::InferenceResult result, tensors.Checksum());
+  const double t_result = log->Now();
+  log->Add("first result (checksum)", t_ready, t_result);
+  RecordResult(t_ready, t_result, result, tensors.bytes(), out);
+  return OkStatus();
+}
+
 Status ColdStartBaseline(const ColdStartArgs& a, PhaseLog* log, Json* out) {
   const double t_main = log->Now();
   auto plugin = torch::LoadTorchPlugin();
@@ -152,13 +159,7 @@ Status ColdStartBaseline(const ColdStartArgs& a, PhaseLog* log, Json* out) {
   if (a.kind == "tensors") {
     // A checkpoint without a module: read it into framework tensors (and onto the device).
     STASIS_ASSIGN_OR_RETURN(auto tensors, (*plugin)->LoadSafetensors(a.path, a.device));
-    const double t_ready = log->Now();
-    log->Add("framework load + weight I/O", t_lib, t_ready);
-    STASIS_ASSIGN_OR_RETURN(torch::InferenceResult result, tensors->Checksum());
-    const double t_result = log->Now();
-    log->Add("first result (checksum)", t_ready, t_result);
-    RecordResult(t_ready, t_result, result, tensors->bytes(), out);
-    return OkStatus();
+    return FinishTensors(*tensors, "framework load + weight I/O", t_lib, log, out);
   }
   if (a.input.empty()) return InvalidArgumentError("--input is required for a module");
   STASIS_ASSIGN_OR_RETURN(auto module, (*plugin)->LoadModule(a.path));
@@ -214,13 +215,7 @@ Status ColdStartStasis(const ColdStartArgs& a, PhaseLog* log, Json* out) {
   (*out)["restore"] = RestoreJson(model->report());
   if (a.kind == "tensors") {
     STASIS_ASSIGN_OR_RETURN(auto tensors, (*plugin)->BindTensors(*model, model));
-    const double t_ready = log->Now();
-    log->Add("bind weights", t_bind_start, t_ready);
-    STASIS_ASSIGN_OR_RETURN(torch::InferenceResult result, tensors->Checksum());
-    const double t_result = log->Now();
-    log->Add("first result (checksum)", t_ready, t_result);
-    RecordResult(t_ready, t_result, result, tensors->bytes(), out);
-    return OkStatus();
+    return FinishTensors(*tensors, "bind weights", t_bind_start, log, out);
   }
   if (a.input.empty()) return InvalidArgumentError("--input is required for a module");
   STASIS_ASSIGN_OR_RETURN(std::string skeleton, model->ReadSection(torch::kSkeletonSection));

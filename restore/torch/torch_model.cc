@@ -17,6 +17,7 @@
 #include <unordered_set>
 
 #include "common/file_system.h"
+#include "common/hash.h"
 #include "snapshot/format.h"
 #include "snapshot/image_reader.h"
 #include "snapshot/image_writer.h"
@@ -1005,21 +1006,20 @@ StatusOr<std::vector<std::pair<std::string, at::Tensor>>> LoadSafetensorsTensors
   }
 }
 
-StatusOr<InferenceResult> TensorsChecksum(std::vector<std::pair<std::string, at::Tensor>> tensors) {
+StatusOr<InferenceResult> TensorsChecksum(
+    const std::vector<std::pair<std::string, at::Tensor>>& tensors) {
   try {
     const auto t0 = Clock::now();
-    std::sort(tensors.begin(), tensors.end(),
-              [](const auto& a, const auto& b) { return a.first < b.first; });
-    std::vector<uint64_t> hashes;
+    std::vector<std::pair<std::string, uint64_t>> hashes;
     hashes.reserve(tensors.size());
     for (auto& [name, t] : tensors) {
       at::Tensor c = t.contiguous().cpu();
-      hashes.push_back(XXH3_64bits(c.data_ptr(), c.nbytes()));
+      hashes.emplace_back(name, Xxh3(c.data_ptr(), c.nbytes()));
     }
     InferenceResult r;
     r.dtype = "U64";
     r.shape = {static_cast<int64_t>(hashes.size())};
-    r.xxh3 = XXH3_64bits(hashes.data(), hashes.size() * sizeof(uint64_t));
+    r.xxh3 = CombineTensorHashes(std::move(hashes));
     r.seconds = SecondsSince(t0);
     return r;
   } catch (...) {

@@ -122,7 +122,8 @@ StatusOr<std::vector<std::pair<std::string, at::Tensor>>> LoadSafetensorsTensors
     const std::string& path, const c10::Device& device);
 
 // LoadedTensors::Checksum over named tensors.
-StatusOr<InferenceResult> TensorsChecksum(std::vector<std::pair<std::string, at::Tensor>> tensors);
+StatusOr<InferenceResult> TensorsChecksum(
+    const std::vector<std::pair<std::string, at::Tensor>>& tensors);
 
 // The device the module's weights are on (first parameter, else first buffer, else cpu).
 c10::Device ModuleDevice(const ::torch::jit::Module& module);

@@ -21,5 +21,14 @@ TEST(HashTest, MatchesTheReferenceLibrary) {
   }
 }
 
+TEST(HashTest, TensorDigestIsTheHashOfHashesInNameOrder) {
+  const uint64_t in_order[] = {7, 5, 9};  // hashes of "a", "b", "c"
+  const uint64_t expect = XXH3_64bits(in_order, sizeof(in_order));
+  EXPECT_EQ(CombineTensorHashes({{"b", 5}, {"c", 9}, {"a", 7}}), expect);
+  EXPECT_EQ(CombineTensorHashes({{"a", 7}, {"b", 5}, {"c", 9}}), expect);
+  EXPECT_NE(CombineTensorHashes({{"a", 5}, {"b", 7}, {"c", 9}}), expect);
+  EXPECT_EQ(CombineTensorHashes({}), XXH3_64bits(nullptr, 0));
+}
+
 }  // namespace
 }  // namespace stasis
