@@ -46,6 +46,17 @@ endif()
 # Optional: libtorch (adapter lives in its own target; later issue).
 set(STASIS_HAVE_TORCH OFF)
 if(NOT STASIS_WITH_TORCH STREQUAL "OFF")
+  # A CUDA build of PyTorch (the pip wheels, the H200 machine's 2.11) enables the CUDA
+  # language in its config and try_runs a GPU probe. stasis compiles no CUDA sources,
+  # so pin what that probe would pick: without this, CUDA inherits our C++20, which
+  # CMake 3.25 cannot map onto nvcc ("requires the language dialect CUDA20"), and the
+  # whole configure fails.
+  if(NOT DEFINED CMAKE_CUDA_STANDARD)
+    set(CMAKE_CUDA_STANDARD 17)
+  endif()
+  if(NOT DEFINED TORCH_CUDA_ARCH_LIST AND NOT DEFINED ENV{TORCH_CUDA_ARCH_LIST})
+    set(TORCH_CUDA_ARCH_LIST "9.0")
+  endif()
   find_package(Torch QUIET)
   if(Torch_FOUND)
     set(STASIS_HAVE_TORCH ON)

@@ -1,6 +1,7 @@
 #include "tests/testutil/test_util.h"
 
 #include <dirent.h>
+#include <ftw.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -9,7 +10,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -28,15 +28,34 @@ TempDir::TempDir() {
   path_ = buf.data();
 }
 
+// POSIX calls, not std::filesystem: PyTorch's pip wheels (2.5 onwards, 2.11 included)
+// export a statically linked copy of libstdc++'s std::filesystem from libtorch.so
+// (pytorch/pytorch#133437), and a test linked against them binds to that copy, whose
+// remove_all crashes.
 TempDir::~TempDir() {
-  std::error_code ec;
-  std::filesystem::remove_all(path_, ec);
+  ::nftw(
+      path_.c_str(),
+      [](const char* path, const struct stat*, int type, struct FTW*) {
+        // Errors are ignored: remove what can be removed.
+        if (type == FTW_DP) {
+          ::rmdir(path);
+        } else {
+          ::unlink(path);
+        }
+        return 0;
+      },
+      16, FTW_DEPTH | FTW_PHYS);
 }
 
 std::vector<std::string> TempDir::List() const {
   std::vector<std::string> out;
-  for (const auto& e : std::filesystem::directory_iterator(path_))
-    out.push_back(e.path().filename());
+  if (DIR* dir = ::opendir(path_.c_str())) {
+    while (const struct dirent* e = ::readdir(dir)) {
+      if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0)
+        out.push_back(e->d_name);
+    }
+    ::closedir(dir);
+  }
   std::sort(out.begin(), out.end());
   return out;
 }
