@@ -5,11 +5,9 @@
 #include <mutex>
 #include <thread>
 
+#include "restore/default_backend.h"
 #include "restore/torch_plugin_loader.h"
 #include "runtime/model_host.h"
-#ifdef STASIS_HAVE_CUDA
-#include "restore/cuda/cuda_backend.h"
-#endif
 
 namespace stasis::runtime {
 namespace {
@@ -88,13 +86,7 @@ class TorchModelHost final : public ModelHost {
 StatusOr<std::unique_ptr<ModelHost>> NewTorchModelHost(const std::string& image,
                                                        const RestoreOptions& options) {
   RestoreOptions o = options;
-  if (o.device.kind == format::DeviceKind::kCuda && !o.backend_factory) {
-#ifdef STASIS_HAVE_CUDA
-    o.backend_factory = [](const DeviceSpec& d) { return OpenCudaBackend(d.ordinal); };
-#else
-    return UnimplementedError("this stasis was built without CUDA");
-#endif
-  }
+  STASIS_RETURN_IF_ERROR(UseDefaultBackend(&o));
   return std::unique_ptr<ModelHost>(new TorchModelHost(image, std::move(o)));
 }
 

@@ -33,6 +33,7 @@
 #include "common/status.h"
 #include "restore/torch_plugin_loader.h"
 #include "snapshot/dtype.h"
+#include "snapshot/gpt2_presets.h"
 #include "snapshot/safetensors.h"
 
 namespace stasis {
@@ -40,20 +41,6 @@ namespace {
 
 constexpr uint64_t kBlockElements = 1 << 20;  // generation unit: 4 MiB of f32
 constexpr size_t kWriteBuffer = 8 << 20;
-
-struct Preset {
-  const char* name;
-  int n_layer;
-  int64_t n_embd;
-  int64_t vocab;
-  int64_t n_ctx;
-};
-
-constexpr Preset kPresets[] = {
-    {"tiny", 2, 64, 1000, 64},
-    {"125m", 12, 768, 50257, 1024},
-    {"1.3b", 24, 2048, 50257, 2048},
-};
 
 enum class Init { kNormal, kOnes, kZeros };
 
@@ -67,7 +54,7 @@ struct TensorSpec {
 };
 
 // The GPT2Model state dict (as in the HF `gpt2` checkpoints), in module order.
-std::vector<TensorSpec> Gpt2Tensors(const Preset& p, DType dtype) {
+std::vector<TensorSpec> Gpt2Tensors(const Gpt2Preset& p, DType dtype) {
   const float kStd = 0.02f;
   const float kResidualStd = kStd / std::sqrt(2.0f * static_cast<float>(p.n_layer));
   const int64_t d = p.n_embd;
@@ -326,10 +313,7 @@ Status RunTorchScript(const Options& o) {
 
 // Writes the model; reports its parameter count, data bytes and number of files written.
 Status Run(const Options& o, uint64_t* params, uint64_t* bytes, int* files) {
-  const Preset* preset = nullptr;
-  for (const Preset& p : kPresets)
-    if (o.preset == p.name) preset = &p;
-  if (preset == nullptr) return InvalidArgumentError("unknown preset '" + o.preset + "'");
+  STASIS_ASSIGN_OR_RETURN(const Gpt2Preset* preset, FindGpt2Preset(o.preset));
   const DType dtype = o.dtype == "f32"    ? DType::kF32
                       : o.dtype == "bf16" ? DType::kBF16
                                           : DType::kF16;
@@ -399,8 +383,10 @@ int main(int argc, char** argv) {
   CLI::App app{
       "Writes a GPT-2-shaped safetensors model with freshly initialised weights "
       "(deterministic for a given seed). An existing output is replaced."};
+  std::vector<std::string> presets;
+  for (const stasis::Gpt2Preset& p : stasis::kGpt2Presets) presets.push_back(p.name);
   app.add_option("--preset", o.preset, "model size")
-      ->check(CLI::IsMember({"tiny", "125m", "1.3b"}))
+      ->check(CLI::IsMember(presets))
       ->capture_default_str();
   app.add_option("--dtype", o.dtype, "element type")
       ->check(CLI::IsMember({"f32", "bf16", "f16"}))

@@ -13,10 +13,8 @@
 #include "common/file_system.h"
 #include "common/hash.h"
 #include "common/logging.h"
+#include "restore/default_backend.h"
 #include "restore/restored_model.h"
-#ifdef STASIS_HAVE_CUDA
-#include "restore/cuda/cuda_backend.h"
-#endif
 #include "snapshot/image_reader.h"
 #include "snapshot/image_writer.h"
 #include "snapshot/safetensors.h"
@@ -340,14 +338,7 @@ StatusOr<RestoreOptions> ToRestoreOptions(const RestoreArgs& a) {
   o.map_file = a.map == "on"    ? RestoreOptions::MapFile::kOn
                : a.map == "off" ? RestoreOptions::MapFile::kOff
                                 : RestoreOptions::MapFile::kAuto;
-  if (o.device.kind == format::DeviceKind::kCuda) {
-#ifdef STASIS_HAVE_CUDA
-    o.backend_factory = [](const DeviceSpec& d) { return OpenCudaBackend(d.ordinal); };
-#else
-    return UnimplementedError(
-        "this stasis was built without CUDA (STASIS_WITH_CUDA=OFF or no toolkit)");
-#endif
-  }
+  STASIS_RETURN_IF_ERROR(UseDefaultBackend(&o));
   return o;
 }
 

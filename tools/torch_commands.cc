@@ -22,11 +22,9 @@
 #include <vector>
 
 #include "common/file_system.h"
+#include "restore/default_backend.h"
 #include "restore/restored_model.h"
 #include "restore/torch_plugin_loader.h"
-#ifdef STASIS_HAVE_CUDA
-#include "restore/cuda/cuda_backend.h"
-#endif
 #include "snapshot/image_reader.h"
 #include "snapshot/image_writer.h"
 #include "snapshot/safetensors.h"
@@ -180,13 +178,7 @@ Status ColdStartStasis(const ColdStartArgs& a, PhaseLog* log, Json* out) {
   RestoreOptions options;
   STASIS_ASSIGN_OR_RETURN(options.device, ParseDeviceSpec(a.device));
   options.threads = a.threads;
-  if (options.device.kind == format::DeviceKind::kCuda) {
-#ifdef STASIS_HAVE_CUDA
-    options.backend_factory = [](const DeviceSpec& d) { return OpenCudaBackend(d.ordinal); };
-#else
-    return UnimplementedError("this stasis was built without CUDA");
-#endif
-  }
+  STASIS_RETURN_IF_ERROR(UseDefaultBackend(&options));
   // The weights do not need the framework: restore them while libtorch loads.
   StatusOr<std::unique_ptr<RestoredModel>> restored = InternalError("restore did not run");
   double t_restored = 0;

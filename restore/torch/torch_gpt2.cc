@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "common/hash.h"
+#include "snapshot/gpt2_presets.h"
 
 namespace stasis::torch {
 namespace {
@@ -28,35 +29,7 @@ namespace {
 using JitModule = ::torch::jit::Module;
 using ::torch::jit::CompilationUnit;
 
-struct Preset {
-  const char* name;
-  int n_layer;
-  int64_t n_embd;
-  int64_t vocab;
-  int64_t n_ctx;
-  int64_t n_head;
-  // T of the input spec. Short for the large presets: Debian's libtorch runs matmuls on
-  // the reference BLAS (about 5 GFLOP/s here), and the first inference is the same work on
-  // both paths of `stasis bench`, so a long one only dilutes the comparison.
-  int64_t input_len;
-};
-
-// As tools/stasis_genmodel.cc, plus the head counts of the HF configurations.
-constexpr Preset kPresets[] = {
-    {"tiny", 2, 64, 1000, 64, 4, 32},
-    {"125m", 12, 768, 50257, 1024, 12, 16},
-    {"1.3b", 24, 2048, 50257, 2048, 16, 8},
-};
-
-StatusOr<const Preset*> FindPreset(const std::string& name) {
-  std::string valid;
-  for (const Preset& p : kPresets) {
-    if (name == p.name) return &p;
-    valid += valid.empty() ? "" : ", ";
-    valid += p.name;
-  }
-  return InvalidArgumentError("unknown GPT-2 preset '" + name + "' (valid: " + valid + ")");
-}
+using Preset = ::stasis::Gpt2Preset;
 
 std::string Num(double v) {  // a float literal for TorchScript source, exact round trip
   char buf[40];
@@ -276,7 +249,7 @@ Status Generate(const std::string& path, const Preset& preset, uint64_t seed, bo
 Status GenerateGpt2Module(const std::string& path, const std::string& preset, uint64_t seed,
                           bool mixed) {
   try {
-    STASIS_ASSIGN_OR_RETURN(const Preset* p, FindPreset(preset));
+    STASIS_ASSIGN_OR_RETURN(const Preset* p, FindGpt2Preset(preset));
     return Generate(path, *p, seed, mixed);
   } catch (const std::exception& e) {  // bad_alloc from the strings; nothing escapes
     return InternalError(std::string("GenerateGpt2Module: ") + e.what());
@@ -284,7 +257,7 @@ Status GenerateGpt2Module(const std::string& path, const std::string& preset, ui
 }
 
 StatusOr<std::string> Gpt2ModuleInputSpec(const std::string& preset) {
-  STASIS_ASSIGN_OR_RETURN(const Preset* p, FindPreset(preset));
+  STASIS_ASSIGN_OR_RETURN(const Preset* p, FindGpt2Preset(preset));
   return "i64:1x" + std::to_string(p->input_len) + ":" + std::to_string(p->vocab);
 }
 

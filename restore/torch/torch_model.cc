@@ -18,15 +18,12 @@
 
 #include "common/file_system.h"
 #include "common/hash.h"
+#include "restore/default_backend.h"
 #include "snapshot/format.h"
 #include "snapshot/image_reader.h"
 #include "snapshot/image_writer.h"
 #include "snapshot/safetensors.h"
 #include "snapshot/tensor_snapshot.h"
-
-#ifdef STASIS_HAVE_CUDA
-#include "restore/cuda/cuda_backend.h"
-#endif
 
 namespace stasis::torch {
 
@@ -194,14 +191,7 @@ std::vector<NamedTensor> ModuleTensors(const ::torch::jit::Module& module) {
 Status PrepareRestoreOptions(RestoreOptions* o) {
   if (o->device.kind != format::DeviceKind::kCuda) return OkStatus();
   STASIS_RETURN_IF_ERROR(DeviceFor(o->device).status());
-  if (o->backend_factory) return OkStatus();
-#ifdef STASIS_HAVE_CUDA
-  o->backend_factory = [](const DeviceSpec& d) { return OpenCudaBackend(d.ordinal); };
-  return OkStatus();
-#else
-  return UnimplementedError(
-      "this stasis was built without CUDA (STASIS_WITH_CUDA=OFF or no toolkit)");
-#endif
+  return UseDefaultBackend(o);
 }
 
 // [begin, end) byte ranges, merged where they overlap.
