@@ -69,6 +69,10 @@ struct Lifecycle::Impl {
   Status Unload(std::unique_lock<std::mutex>& l);
   // True when the idle timeout has passed. REQUIRES: `mu` held.
   bool IdleExpired() const;
+  // Enters FAILED and schedules the automatic retry. REQUIRES: `mu` held.
+  void Fail();
+  // True when FAILED and the retry backoff has passed. REQUIRES: `mu` held.
+  bool RetryDue() const;
   // Records a transition for the listener. REQUIRES: `mu` held.
   void SetState(ModelState to);
   // Delivers queued transitions to the listener in order, with `mu` released. When
@@ -95,6 +99,8 @@ struct Lifecycle::Impl {
   bool has_last_restore = false;
   RestoreReport last_restore;
   std::string last_error;
+  uint64_t consecutive_failures = 0;
+  int64_t retry_at_ns = 0;          // FAILED: when Tick() restores again
   std::vector<Transition> pending;  // transitions not yet delivered
   bool delivering = false;          // a thread is inside Flush's delivery loop
 
@@ -150,12 +156,13 @@ Status Lifecycle::Impl::Restore(std::unique_lock<std::mutex>& l) {
     has_last_restore = true;
     last_restore = std::move(report);
     last_activity_ns = std::max(last_activity_ns, clock->NowNanos());
+    consecutive_failures = 0;
     SetState(ModelState::kWarm);
   } else {
     ++failed_restores;
     last_error = s.ToString();
     spdlog::warn("restore of {} failed: {}", host->Describe(), last_error);
-    SetState(ModelState::kFailed);
+    Fail();
   }
   cv.notify_all();
   return s;
@@ -173,7 +180,7 @@ Status Lifecycle::Impl::Unload(std::unique_lock<std::mutex>& l) {
   } else {
     last_error = s.WithContext("unload").ToString();
     spdlog::error("unloading {} failed: {}", host->Describe(), last_error);
-    SetState(ModelState::kFailed);
+    Fail();
   }
   cv.notify_all();
   return s;
@@ -182,6 +189,26 @@ Status Lifecycle::Impl::Unload(std::unique_lock<std::mutex>& l) {
 bool Lifecycle::Impl::IdleExpired() const {
   if (state != ModelState::kWarm || in_flight != 0 || options.idle_timeout_ns < 0) return false;
   return clock->NowNanos() - last_activity_ns >= options.idle_timeout_ns;
+}
+
+void Lifecycle::Impl::Fail() {
+  ++consecutive_failures;
+  if (options.retry_backoff_ns >= 0) {
+    // backoff * 2^(failures - 1), capped; the shift is bounded so it cannot overflow.
+    const int doublings = static_cast<int>(std::min<uint64_t>(consecutive_failures - 1, 40));
+    int64_t backoff = options.retry_backoff_ns;
+    for (int i = 0; i < doublings && backoff < options.retry_backoff_max_ns; ++i) backoff *= 2;
+    backoff = std::min(backoff, std::max(options.retry_backoff_max_ns, options.retry_backoff_ns));
+    retry_at_ns = clock->NowNanos() + backoff;
+    spdlog::info("{}: retrying the restore in {:.3f} s unless a request comes first",
+                 host->Describe(), static_cast<double>(backoff) / 1e9);
+  }
+  SetState(ModelState::kFailed);
+}
+
+bool Lifecycle::Impl::RetryDue() const {
+  return state == ModelState::kFailed && options.retry_backoff_ns >= 0 &&
+         clock->NowNanos() >= retry_at_ns;
 }
 
 void Lifecycle::Impl::SetState(ModelState to) {
@@ -265,6 +292,14 @@ Status Lifecycle::UnloadNow() {
 void Lifecycle::Tick() {
   Impl& m = *impl_;
   std::unique_lock l(m.mu);
+  if (m.RetryDue()) {
+    spdlog::info("{}: retrying the failed restore (failure {} in a row)", m.host->Describe(),
+                 m.consecutive_failures);
+    m.Restore(l).IgnoreError();  // logged, recorded, and rescheduled by Fail() on error
+    l.unlock();
+    m.Flush();
+    return;
+  }
   if (!m.IdleExpired()) return;
   if (m.options.on_idle == OnIdle::kExit) {
     if (m.exit_called) return;
@@ -348,6 +383,11 @@ LifecycleStatus Lifecycle::status() const {
     st.has_last_restore = m.has_last_restore;
     st.last_restore = m.last_restore;
     st.last_error = m.last_error;
+    st.consecutive_failures = m.consecutive_failures;
+    if (m.state == ModelState::kFailed && m.options.retry_backoff_ns >= 0) {
+      st.retry_in_seconds =
+          static_cast<double>(std::max<int64_t>(m.retry_at_ns - m.clock->NowNanos(), 0)) / 1e9;
+    }
   }
   st.device_bytes = m.host->DeviceBytes();
   return st;

@@ -5,7 +5,7 @@
 //
 //   COLD ──request/warmup──► RESTORING ──ok──► WARM ──idle timeout──► UNLOADING ──► COLD
 //                                 │                 (on_idle=unload)
-//                                 └──error──► FAILED (the next request retries the restore)
+//                                 └──error──► FAILED ──request/warmup/retry timer──► RESTORING
 //   WARM ──idle timeout (on_idle=exit)──► the exit callback runs (the process ends cleanly)
 //
 // - A request in COLD (or FAILED) starts the restore and waits for it; requests arriving
@@ -15,6 +15,10 @@
 //   no request ran); requests in flight keep the model WARM.
 // - A request arriving during UNLOADING waits for the unload to finish, then restores.
 // - idle_timeout < 0 means never (the always-on replica).
+// - FAILED is not a dead end: a request retries the restore at once, and Tick() retries it
+//   by itself after a backoff (retry_backoff, doubling per consecutive failure up to
+//   retry_backoff_max), so a replica that a load balancer stopped routing to (its /readyz
+//   says 503 while FAILED) recovers without traffic. retry_backoff < 0 turns that off.
 // - Time comes from an injected Clock; Tick() checks the idle timeout. Production runs
 //   Tick() on a timer thread (StartTimer); tests call it after advancing a ManualClock.
 //
@@ -45,6 +49,8 @@ enum class OnIdle { kUnload, kExit };
 struct LifecycleOptions {
   int64_t idle_timeout_ns = 30'000'000'000;  // < 0: never
   OnIdle on_idle = OnIdle::kUnload;
+  int64_t retry_backoff_ns = 1'000'000'000;       // first automatic retry; < 0: none
+  int64_t retry_backoff_max_ns = 60'000'000'000;  // cap of the doubling backoff
 };
 
 struct LifecycleStatus {
@@ -59,8 +65,10 @@ struct LifecycleStatus {
   uint64_t unloads = 0;
   uint64_t device_bytes = 0;
   bool has_last_restore = false;
-  RestoreReport last_restore;  // phases of the last cold start
-  std::string last_error;      // of the last failed restore
+  RestoreReport last_restore;         // phases of the last cold start
+  std::string last_error;             // of the last failed restore
+  uint64_t consecutive_failures = 0;  // failed restores/unloads since the last success
+  double retry_in_seconds = -1;       // FAILED: until Tick() retries (0: due); else -1
 };
 
 // Called on every transition (from, to), for logs and metrics. Runs with no lock held.
@@ -85,6 +93,7 @@ class Lifecycle {
   Status UnloadNow();
 
   // Checks the idle timeout against the clock; unloads (or calls on_exit) when it passed.
+  // In FAILED, restores again (on the caller's thread) once the retry backoff has passed.
   void Tick();
   // Runs Tick() every `period_ns` of real time on a thread until the destructor or
   // StopTimer().

@@ -14,6 +14,7 @@
 #include <climits>
 #include <cmath>
 #include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -1206,23 +1207,26 @@ void Server::Impl::HandleStatus(const httplib::Request&, httplib::Response& res)
     std::lock_guard l(mu);
     is_draining = draining;
   }
-  json j{{"state", ModelStateName(st.state)},
-         {"model", options.model},
-         {"ready", !is_draining && st.state != ModelState::kFailed},
-         {"draining", is_draining},
-         {"idle_seconds", st.idle_seconds},
-         {"in_flight", st.in_flight},
-         {"waiting", st.waiting},
-         {"queued", admission.queued()},
-         {"running", admission.running()},
-         {"max_concurrency", options.max_concurrency},
-         {"cold_starts", st.cold_starts},
-         {"failed_restores", st.failed_restores},
-         {"warm_requests", st.warm_requests},
-         {"cold_requests", st.cold_requests},
-         {"unloads", st.unloads},
-         {"device_bytes", st.device_bytes},
-         {"last_error", st.last_error}};
+  json j{
+      {"state", ModelStateName(st.state)},
+      {"model", options.model},
+      {"ready", !is_draining && st.state != ModelState::kFailed},
+      {"draining", is_draining},
+      {"idle_seconds", st.idle_seconds},
+      {"in_flight", st.in_flight},
+      {"waiting", st.waiting},
+      {"queued", admission.queued()},
+      {"running", admission.running()},
+      {"max_concurrency", options.max_concurrency},
+      {"cold_starts", st.cold_starts},
+      {"failed_restores", st.failed_restores},
+      {"warm_requests", st.warm_requests},
+      {"cold_requests", st.cold_requests},
+      {"unloads", st.unloads},
+      {"device_bytes", st.device_bytes},
+      {"last_error", st.last_error},
+      {"consecutive_failures", st.consecutive_failures},
+      {"retry_in_seconds", st.retry_in_seconds >= 0 ? json(st.retry_in_seconds) : json(nullptr)}};
   if (st.has_last_restore) {
     const RestoreReport& r = st.last_restore;
     j["last_restore"] = json{{"image", r.image},
@@ -1256,8 +1260,14 @@ void Server::Impl::HandleReadyz(const httplib::Request&, httplib::Response& res)
   if (is_draining) {
     SendError(res, {503, "shutting_down", "the server is shutting down", true});
   } else if (state == ModelState::kFailed) {
-    SendError(res,
-              {503, "failed", "the last restore failed: " + lifecycle->status().last_error, false});
+    const LifecycleStatus st = lifecycle->status();
+    std::string message = "the last restore failed: " + st.last_error;
+    if (st.retry_in_seconds >= 0) {
+      char retry[64];
+      std::snprintf(retry, sizeof retry, " (retrying by itself in %.1f s)", st.retry_in_seconds);
+      message += retry;
+    }
+    SendError(res, {503, "failed", message, false});
   } else {
     SendJson(res, 200, json{{"ready", true}, {"state", ModelStateName(state)}});
   }

@@ -12,7 +12,7 @@ namespace stasis::cli {
 struct ServeArgs {
   std::string image, device = "cpu", host = "127.0.0.1", idle_timeout = "30s", on_idle = "unload",
                      token_file, log_format = "text", file_root, request_timeout = "60s",
-                     max_body = "256MiB";
+                     max_body = "256MiB", retry_backoff = "1s";
   int port = 8000, max_concurrency = 1, queue = 64, threads = 0;
   bool warmup = false, verbose = false;
 };

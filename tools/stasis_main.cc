@@ -588,6 +588,9 @@ int main(int argc, char** argv) {
   serve->add_option("--port", serve_args.port, "port (default 8000; 0: any free port)");
   serve->add_option("--idle-timeout", serve_args.idle_timeout,
                     "unload (or exit) after this long without requests: 30s, 500ms, 2m, never");
+  serve->add_option("--retry-backoff", serve_args.retry_backoff,
+                    "after a failed restore, retry it by itself this long later, doubling per "
+                    "failure up to 60s (default 1s; never: only requests retry)");
   serve->add_option("--on-idle", serve_args.on_idle, "unload (default) | exit")
       ->check(CLI::IsMember({"unload", "exit"}));
   serve->add_option("--max-concurrency", serve_args.max_concurrency,

@@ -930,7 +930,13 @@ TEST_F(ServerTest, WarmupAndReadiness) {
   ExpectError(r, 503, "unavailable", "failed restore");
   EXPECT_FALSE(r->get_header_value("Retry-After").empty());
   ExpectError(Get("/readyz"), 503, "failed", "readyz after a failed restore");
-  EXPECT_EQ(Status()["failed_restores"], 1);
+  // It says when the lifecycle retries by itself (LifecycleOptions' default backoff, 1 s).
+  EXPECT_THAT(BodyOf(Get("/readyz"))["error"]["message"].get<std::string>(),
+              HasSubstr("retrying by itself in 1.0 s"));
+  json st = Status();
+  EXPECT_EQ(st["failed_restores"], 1);
+  EXPECT_EQ(st["consecutive_failures"], 1);
+  EXPECT_DOUBLE_EQ(st["retry_in_seconds"].get<double>(), 1.0);
 
   r = Post("/v1/warmup", "");
   ASSERT_TRUE(r);
@@ -942,6 +948,9 @@ TEST_F(ServerTest, WarmupAndReadiness) {
   EXPECT_EQ(BodyOf(r)["cold"], false);
   EXPECT_EQ(host_->loads, 2);  // the failed one and the warmup
   EXPECT_EQ(Get("/readyz")->status, 200);
+  st = Status();
+  EXPECT_EQ(st["consecutive_failures"], 0);
+  EXPECT_TRUE(st["retry_in_seconds"].is_null());
   r = Infer({F32Input("x", {1})});
   ASSERT_TRUE(r);
   EXPECT_EQ(BodyOf(r)["cold"], false);

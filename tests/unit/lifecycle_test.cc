@@ -40,7 +40,7 @@ class FakeModelHost final : public ModelHost {
     if (loaded_) ++violations;
     load_gate.Pass();
     Status s;
-    if (n == fail_load_number.load()) {
+    if (n == fail_load_number.load() || n <= fail_loads_through.load()) {
       s = UnavailableError("load " + std::to_string(n) + " failed");
     } else {
       report->image = "fake.stasis";
@@ -77,7 +77,8 @@ class FakeModelHost final : public ModelHost {
   std::string Describe() const override { return "fake model"; }
 
   Gate load_gate, unload_gate, infer_gate;
-  std::atomic<int> fail_load_number{0};  // 1-based; 0: every Load succeeds
+  std::atomic<int> fail_load_number{0};    // 1-based; 0: every Load succeeds
+  std::atomic<int> fail_loads_through{0};  // Loads 1..n fail
   std::atomic<int> loads{0}, unloads{0}, infers{0}, violations{0};
 
  private:
@@ -332,6 +333,86 @@ TEST_F(LifecycleTest, LoadFailureReachesEveryWaiterThenTheNextRequestRetries) {
   EXPECT_EQ(st.cold_starts, 1u);
   EXPECT_EQ(st.failed_restores, 1u);
   EXPECT_EQ(st.cold_requests, 1u);
+  EXPECT_EQ(host_.loads.load(), 2);
+}
+
+TEST_F(LifecycleTest, FailedRetriesByItselfWithADoublingCappedBackoff) {
+  LifecycleOptions o = Options(100 * kSecond);
+  o.retry_backoff_ns = 1 * kSecond;
+  o.retry_backoff_max_ns = 4 * kSecond;
+  std::vector<std::pair<ModelState, ModelState>> seen;
+  Lifecycle lc(&host_, &clock_, o, nullptr,
+               [&](ModelState from, ModelState to) { seen.emplace_back(from, to); });
+  host_.fail_loads_through = 4;
+
+  EXPECT_THAT(lc.Warmup(), StatusIs(StatusCode::kUnavailable, HasSubstr("load 1 failed")));
+  LifecycleStatus st = lc.status();
+  EXPECT_EQ(st.state, ModelState::kFailed);
+  EXPECT_EQ(st.consecutive_failures, 1u);
+  EXPECT_DOUBLE_EQ(st.retry_in_seconds, 1.0);
+
+  // Not before the backoff: Tick leaves FAILED alone.
+  clock_.Advance(kSecond / 2);
+  lc.Tick();
+  EXPECT_EQ(host_.loads.load(), 1);
+  EXPECT_DOUBLE_EQ(lc.status().retry_in_seconds, 0.5);
+
+  // Each failed retry doubles the wait: 1 s, 2 s, then 4 s (the cap), and 4 s again.
+  const int64_t waits[] = {kSecond / 2, 2 * kSecond, 4 * kSecond};
+  const double next[] = {2.0, 4.0, 4.0};
+  for (int i = 0; i < 3; ++i) {
+    clock_.Advance(waits[i] - 1);
+    lc.Tick();
+    EXPECT_EQ(host_.loads.load(), 1 + i) << i;  // 1 ns early: nothing
+    clock_.Advance(1);
+    lc.Tick();
+    EXPECT_EQ(host_.loads.load(), 2 + i) << i;
+    st = lc.status();
+    EXPECT_EQ(st.state, ModelState::kFailed) << i;
+    EXPECT_EQ(st.consecutive_failures, 2u + i) << i;
+    EXPECT_DOUBLE_EQ(st.retry_in_seconds, next[i]) << i;
+    EXPECT_THAT(st.last_error, HasSubstr("load " + std::to_string(2 + i) + " failed"));
+  }
+
+  // The fifth attempt, with no request anywhere, brings the model back.
+  clock_.Advance(4 * kSecond);
+  lc.Tick();
+  st = lc.status();
+  EXPECT_EQ(st.state, ModelState::kWarm);
+  EXPECT_EQ(st.consecutive_failures, 0u);
+  EXPECT_EQ(st.retry_in_seconds, -1);
+  EXPECT_EQ(st.cold_starts, 1u);
+  EXPECT_EQ(st.failed_restores, 4u);
+  EXPECT_EQ(host_.loads.load(), 5);
+  ASSERT_EQ(seen.size(), 10u);
+  for (size_t i = 0; i + 2 < seen.size(); i += 2) {
+    EXPECT_EQ(seen[i].second, ModelState::kRestoring) << i;
+    EXPECT_EQ(seen[i + 1].second, ModelState::kFailed) << i;
+  }
+  EXPECT_EQ(seen.back(), std::make_pair(ModelState::kRestoring, ModelState::kWarm));
+
+  // A later failure starts the backoff from the beginning again.
+  ASSERT_OK(lc.UnloadNow());
+  host_.fail_load_number = 6;
+  EXPECT_FALSE(lc.Warmup().ok());
+  EXPECT_EQ(lc.status().consecutive_failures, 1u);
+  EXPECT_DOUBLE_EQ(lc.status().retry_in_seconds, 1.0);
+}
+
+TEST_F(LifecycleTest, NegativeBackoffLeavesTheRetryToRequests) {
+  LifecycleOptions o = Options(100 * kSecond);
+  o.retry_backoff_ns = -1;
+  Lifecycle lc(&host_, &clock_, o);
+  host_.fail_load_number = 1;
+  EXPECT_FALSE(lc.Warmup().ok());
+  EXPECT_EQ(lc.status().retry_in_seconds, -1);
+  clock_.Advance(3600 * kSecond);
+  lc.Tick();
+  EXPECT_EQ(lc.state(), ModelState::kFailed);
+  EXPECT_EQ(host_.loads.load(), 1);
+  bool cold = false;
+  ExpectEcho(lc.Infer(Inputs("r"), &cold), Inputs("r"));
+  EXPECT_TRUE(cold);
   EXPECT_EQ(host_.loads.load(), 2);
 }
 
