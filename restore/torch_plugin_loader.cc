@@ -84,6 +84,12 @@ StatusOr<TorchPlugin*> LoadTorchPlugin() {
   return s.plugin;
 }
 
+StatusOr<TorchPlugin*> LoadTorchPluginFor(const std::string& device) {
+  STASIS_ASSIGN_OR_RETURN(TorchPlugin * plugin, LoadTorchPlugin());
+  STASIS_RETURN_IF_ERROR(plugin->LoadDeviceSupport(device));
+  return plugin;
+}
+
 std::string LoadedTorchPluginPath() {
   LoadState& s = State();
   return s.plugin.ok() ? s.path : std::string();

@@ -25,6 +25,10 @@ inline constexpr char kTorchPluginFile[] = "libstasis_torch.so";
 // kFailedPrecondition when the plugin's ABI version differs from this binary's.
 StatusOr<TorchPlugin*> LoadTorchPlugin();
 
+// LoadTorchPlugin, then what libtorch needs for `device` (TorchPlugin::LoadDeviceSupport:
+// libtorch_cuda for a cuda device). What a caller that will use `device` loads first.
+StatusOr<TorchPlugin*> LoadTorchPluginFor(const std::string& device);
+
 // The path the plugin was loaded from ("" before a successful LoadTorchPlugin).
 std::string LoadedTorchPluginPath();
 

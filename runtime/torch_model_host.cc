@@ -53,7 +53,8 @@ class TorchModelHost final : public ModelHost {
   Status FirstLoad() {
     StatusOr<std::unique_ptr<RestoredModel>> restored = InternalError("restore did not run");
     std::thread restorer([&] { restored = RestoredModel::Restore(image_, options_); });
-    StatusOr<torch::TorchPlugin*> plugin = torch::LoadTorchPlugin();
+    StatusOr<torch::TorchPlugin*> plugin =
+        torch::LoadTorchPluginFor(DeviceSpecString(options_.device));
     restorer.join();
     STASIS_RETURN_IF_ERROR(plugin.status());
     STASIS_RETURN_IF_ERROR(restored.status());

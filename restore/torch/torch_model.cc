@@ -1,6 +1,7 @@
 #include "restore/torch/torch_model.h"
 
 #include <caffe2/serialize/read_adapter_interface.h>
+#include <dlfcn.h>
 #include <torch/cuda.h>
 #include <torch/version.h>
 #include <xxhash.h>
@@ -515,9 +516,31 @@ std::optional<DType> ToDType(at::ScalarType type) {
   }
 }
 
+Status LoadCudaSupport() {
+  static const Status status = []() -> Status {
+    std::string path = "libtorch_cuda.so";
+    Dl_info info{};
+    if (dladdr(reinterpret_cast<void*>(&at::globalContext), &info) != 0 &&
+        info.dli_fname != nullptr) {
+      const std::string cpu_lib = info.dli_fname;
+      const size_t slash = cpu_lib.rfind('/');
+      if (slash != std::string::npos) path = cpu_lib.substr(0, slash + 1) + path;
+    }
+    // RTLD_GLOBAL, as when linked: its kernels and hooks register with libtorch_cpu's
+    // registries. Never closed.
+    if (dlopen(path.c_str(), RTLD_NOW | RTLD_GLOBAL) != nullptr) return OkStatus();
+    const char* err = dlerror();
+    return UnavailableError("libtorch " TORCH_VERSION " has no usable CUDA part (" +
+                            std::string(err != nullptr ? err : path) + ")");
+  }();
+  return status;
+}
+
 StatusOr<c10::Device> TorchDevice(std::string_view device) {
   STASIS_ASSIGN_OR_RETURN(DeviceSpec spec, ParseDeviceSpec(device));
   if (spec.kind == format::DeviceKind::kCpu) return c10::Device(at::kCPU);
+  if (Status s = LoadCudaSupport(); !s.ok())
+    return UnavailableError("device '" + std::string(device) + "': " + std::string(s.message()));
   bool available = false;
   int64_t count = 0;
   try {

@@ -79,10 +79,19 @@ Status ExceptionStatus(StatusCode code, std::string_view context, std::exception
 std::optional<at::ScalarType> ToScalarType(DType dtype);
 std::optional<DType> ToDType(at::ScalarType type);
 
-// Validates a device string (cpu, cuda, cuda:N) and that this libtorch can use it.
-// kInvalidArgument for a malformed string, kUnavailable when CUDA is not usable, kNotFound
-// for an ordinal past the devices present.
+// Validates a device string (cpu, cuda, cuda:N) and that this libtorch can use it (for
+// cuda, after LoadCudaSupport). kInvalidArgument for a malformed string, kUnavailable when
+// CUDA is not usable, kNotFound for an ordinal past the devices present.
 StatusOr<c10::Device> TorchDevice(std::string_view device);
+
+// libstasis_torch.so links only libtorch's CPU part (libtorch_cpu, libc10), so a process
+// that restores onto the CPU never loads the CUDA part and its libraries (cuBLAS, cuDNN,
+// NCCL: 0.11 s of the 0.29 s that PyTorch 2.11's libtorch.so takes to load here). This
+// loads libtorch_cuda.so, from libtorch_cpu's directory, once per process; it must run
+// before anything asks ATen about CUDA, which caches its answer on first use. A program
+// that links libtorch_cuda itself gets the loaded copy. Thread-safe. Errors: kUnavailable
+// when this libtorch has no CUDA part (Debian's is CPU-only), with the loader's message.
+Status LoadCudaSupport();
 
 // OK when `path` is a TorchScript archive: a zip file (local-file magic "PK\3\4") whose
 // central directory has an entry ending in "data.pkl". kNotFound (no file),

@@ -70,11 +70,17 @@ class TorchPluginImpl final : public TorchPlugin {
   std::string TorchVersion() const override { return TORCH_VERSION; }
 
   bool CudaAvailable() const override {
+    if (!LoadCudaSupport().ok()) return false;
     try {
       return ::torch::cuda::is_available();
     } catch (...) {
       return false;
     }
+  }
+
+  Status LoadDeviceSupport(const std::string& device) override {
+    STASIS_ASSIGN_OR_RETURN(DeviceSpec spec, ParseDeviceSpec(device));
+    return spec.kind == format::DeviceKind::kCuda ? LoadCudaSupport() : OkStatus();
   }
 
   bool IsTorchScript(const std::string& path) const override { return CheckTorchScript(path).ok(); }

@@ -30,7 +30,7 @@ namespace stasis::torch {
 
 // Bumped whenever this header changes incompatibly; the loader refuses a plugin whose
 // stasis_torch_plugin_abi() differs.
-inline constexpr int kTorchPluginAbi = 3;
+inline constexpr int kTorchPluginAbi = 4;
 
 // Image section holding the TorchScript archive with every parameter and buffer emptied
 // (numel 0), and the metadata keys a TorchScript snapshot records.
@@ -127,6 +127,12 @@ class TorchPlugin {
   virtual ~TorchPlugin() = default;
   virtual std::string TorchVersion() const = 0;
   virtual bool CudaAvailable() const = 0;
+
+  // Loads what libtorch needs for `device` beyond its CPU part (libtorch_cuda for a cuda
+  // device; nothing for cpu). Call it before anything else touches that device: ATen
+  // decides once per process whether CUDA exists. Errors: those of TorchDevice's parsing,
+  // and kUnavailable when this libtorch has no CUDA part.
+  virtual Status LoadDeviceSupport(const std::string& device) = 0;
 
   // True when `path` is a TorchScript archive (a zip with a data.pkl), without loading it.
   virtual bool IsTorchScript(const std::string& path) const = 0;

@@ -159,21 +159,12 @@ TEST_F(CudaGpuTest, HintHonouredInAFreshProcess) {
   const uint64_t address = m->address;
   ASSERT_OK(backend_->UnmapRegion(*m));
 
-  char self[4096];
-  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
-  ASSERT_GT(n, 0);
-  self[n] = '\0';
   char hint[32];
   std::snprintf(hint, sizeof(hint), "0x%" PRIx64, address);
-  const std::string command = std::string(kChildHintEnv) + "=" + hint + " '" + self +
-                              "' --gtest_filter=CudaGpuChild.MapAtHint 2>&1";
-  FILE* child = ::popen(command.c_str(), "r");
-  ASSERT_NE(child, nullptr);
-  std::string output;
-  char line[1024];
-  while (std::fgets(line, sizeof(line), child) != nullptr) output += line;
-  const int rc = ::pclose(child);
-  ASSERT_EQ(rc, 0) << output;
+  const testing::CommandResult child =
+      testing::RunThisTestBinary(std::string(kChildHintEnv) + "=" + hint, "CudaGpuChild.MapAtHint");
+  const std::string& output = child.out;
+  ASSERT_EQ(child.exit_code, 0) << output;
   ASSERT_THAT(output, HasSubstr("STASIS_CHILD at_hint="));
   std::printf("[gpu] fresh process asked for %s: %s", hint,
               output.substr(output.find("STASIS_CHILD")).c_str());

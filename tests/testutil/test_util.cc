@@ -125,6 +125,25 @@ CommandResult RunCommand(const std::string& shell_cmd, const TempDir& dir) {
   return r;
 }
 
+CommandResult RunThisTestBinary(const std::string& env_assignment,
+                                const std::string& gtest_filter) {
+  CommandResult r;
+  char self[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
+  if (n <= 0) return r;
+  self[n] = '\0';
+  const std::string cmd =
+      env_assignment + " '" + self + "' --gtest_filter=" + gtest_filter + " 2>&1";
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (p == nullptr) return r;
+  char buf[4096];
+  size_t got;
+  while ((got = std::fread(buf, 1, sizeof(buf), p)) > 0) r.out.append(buf, got);
+  const int status = ::pclose(p);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   std::ostringstream ss;

@@ -48,6 +48,11 @@ struct CommandResult {
 };
 CommandResult RunCommand(const std::string& shell_cmd, const TempDir& dir);
 
+// Runs this test binary again, in a fresh process, with `env_assignment` ("NAME=value",
+// the value shell-quoted by the caller when needed) and --gtest_filter=`gtest_filter`, for
+// checks that need a process of their own. `out` has stdout and stderr together.
+CommandResult RunThisTestBinary(const std::string& env_assignment, const std::string& gtest_filter);
+
 }  // namespace stasis::testing
 
 // EXPECT_THAT(status, StatusIs(StatusCode::kDataLoss, HasSubstr("chunk 3")))

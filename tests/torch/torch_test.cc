@@ -2,11 +2,16 @@
 // tied weights, a transposed parameter, an int64 buffer) is snapshot, restored without
 // deserialising a weight, and must compute bit for bit what the ordinary torch::jit::load
 // path computes; images from safetensors come back as tensors; every failure is a Status.
+#include <ATen/detail/CUDAHooksInterface.h>
 #include <torch/cuda.h>
 #include <torch/script.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -605,6 +610,61 @@ TEST_F(TorchTest, UnavailableDeviceIsAStatus) {
   ro.device = *device;
   EXPECT_FALSE(st::RestoreModule(image_, ro).ok());
   EXPECT_FALSE(st::RestoreTensors(image_, ro).ok());
+}
+
+constexpr char kCudaChildEnv[] = "STASIS_TORCH_CUDA_CHILD";  // "model.pt|image.stasis|spec"
+
+bool LibtorchCudaMapped() {
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  while (std::getline(maps, line))
+    if (line.find("libtorch_cuda") != std::string::npos) return true;
+  return false;
+}
+
+// Run only as a child of CpuWorkNeverLoadsLibtorchCuda, in a fresh process: everything a
+// CPU cold start does (ordinary load and run, restore and bind and run), then the CUDA
+// part, which must still take effect (ATen caches its CUDA hooks on first use).
+TEST(TorchCudaChild, CpuWorkThenCudaSupport) {
+  const char* env = ::getenv(kCudaChildEnv);
+  if (env == nullptr) GTEST_SKIP() << "runs only as a child of CpuWorkNeverLoadsLibtorchCuda";
+  const std::string args = env;
+  const size_t a = args.find('|'), b = args.rfind('|');
+  ASSERT_TRUE(a != std::string::npos && b > a) << args;
+  const std::string model = args.substr(0, a), image = args.substr(a + 1, b - a - 1),
+                    spec = args.substr(b + 1);
+  st::TorchPlugin* plugin = stasis_torch_plugin();
+  ASSERT_OK(plugin->LoadDeviceSupport("cpu"));
+  auto ordinary = plugin->LoadModule(model);
+  ASSERT_OK(ordinary);
+  ASSERT_OK((*ordinary)->ToDevice("cpu"));
+  ASSERT_OK((*ordinary)->Run(spec));
+  auto restored = st::RestoreModule(image, RestoreOptions{});
+  ASSERT_OK(restored);
+  ASSERT_OK(st::RunModule(restored->module, spec));
+  std::printf("STASIS_CHILD cpu_work_mapped_libtorch_cuda=%d\n", LibtorchCudaMapped() ? 1 : 0);
+
+  const stasis::Status cuda = st::LoadCudaSupport();
+  if (!cuda.ok()) {
+    std::printf("STASIS_CHILD no_cuda_part (%s)\n", cuda.ToString().c_str());
+  } else {
+    std::printf("STASIS_CHILD cuda_part mapped=%d hooks=%d\n", LibtorchCudaMapped() ? 1 : 0,
+                at::detail::getCUDAHooks().hasCUDART() ? 1 : 0);
+  }
+  std::fflush(stdout);
+}
+
+TEST_F(TorchTest, CpuWorkNeverLoadsLibtorchCuda) {
+  const stasis::testing::CommandResult child = stasis::testing::RunThisTestBinary(
+      std::string(kCudaChildEnv) + "='" + model_ + "|" + image_ + "|" + spec_ + "'",
+      "TorchCudaChild.CpuWorkThenCudaSupport");
+  const std::string& output = child.out;
+  ASSERT_EQ(child.exit_code, 0) << output;
+  EXPECT_THAT(output, HasSubstr("STASIS_CHILD cpu_work_mapped_libtorch_cuda=0")) << output;
+  if (output.find("STASIS_CHILD no_cuda_part") != std::string::npos)
+    GTEST_SKIP() << "this libtorch has no CUDA part (the CPU half of the test passed)";
+  // Loaded late, it still registered its hooks: CUDA works in this process.
+  EXPECT_THAT(output, HasSubstr("STASIS_CHILD cuda_part mapped=1 hooks=1")) << output;
 }
 
 TEST_F(TorchTest, CorruptedSkeletonIsDataLoss) {
