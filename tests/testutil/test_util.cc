@@ -110,9 +110,10 @@ std::vector<uint8_t> NormalBF16Bytes(size_t count, uint64_t seed) {
   return out;
 }
 
-CommandResult RunCommand(const std::string& shell_cmd, const TempDir& dir) {
-  const std::string err_file = dir.File("stderr.txt");
-  const std::string cmd = shell_cmd + " 2>" + err_file;
+namespace {
+
+// Runs `cmd` with /bin/sh; captures its stdout. exit_code -1 when it did not exit normally.
+CommandResult Popen(const std::string& cmd) {
   CommandResult r;
   FILE* p = ::popen(cmd.c_str(), "r");
   if (p == nullptr) return r;
@@ -121,27 +122,25 @@ CommandResult RunCommand(const std::string& shell_cmd, const TempDir& dir) {
   while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0) r.out.append(buf, n);
   const int status = ::pclose(p);
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+}  // namespace
+
+CommandResult RunCommand(const std::string& shell_cmd, const TempDir& dir) {
+  const std::string err_file = dir.File("stderr.txt");
+  CommandResult r = Popen(shell_cmd + " 2>" + err_file);
   r.err = ReadFile(err_file);
   return r;
 }
 
 CommandResult RunThisTestBinary(const std::string& env_assignment,
                                 const std::string& gtest_filter) {
-  CommandResult r;
   char self[4096];
   const ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
-  if (n <= 0) return r;
+  if (n <= 0) return CommandResult{};
   self[n] = '\0';
-  const std::string cmd =
-      env_assignment + " '" + self + "' --gtest_filter=" + gtest_filter + " 2>&1";
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (p == nullptr) return r;
-  char buf[4096];
-  size_t got;
-  while ((got = std::fread(buf, 1, sizeof(buf), p)) > 0) r.out.append(buf, got);
-  const int status = ::pclose(p);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
+  return Popen(env_assignment + " '" + self + "' --gtest_filter=" + gtest_filter + " 2>&1");
 }
 
 std::string ReadFile(const std::string& path) {
