@@ -59,6 +59,16 @@ if(NOT STASIS_WITH_TORCH STREQUAL "OFF")
   endif()
   find_package(Torch QUIET)
   if(Torch_FOUND)
+    # TorchConfig finds its Caffe2 half with find_package, which can land in another
+    # installation (Debian's libtorch under /usr when Torch_DIR names a pip wheel): the
+    # headers of one and the libraries of the other then fail at link time.
+    get_filename_component(_stasis_torch_cmake "${Torch_DIR}/.." ABSOLUTE)
+    get_filename_component(_stasis_caffe2_cmake "${Caffe2_DIR}/.." ABSOLUTE)
+    if(NOT _stasis_torch_cmake STREQUAL _stasis_caffe2_cmake)
+      message(FATAL_ERROR "libtorch comes from two installations: Torch_DIR=${Torch_DIR}, "
+                          "Caffe2_DIR=${Caffe2_DIR}. Pass -DCaffe2_DIR=<the Caffe2 beside "
+                          "Torch_DIR>, or put that libtorch first on CMAKE_PREFIX_PATH.")
+    endif()
     set(STASIS_HAVE_TORCH ON)
   elseif(STASIS_WITH_TORCH STREQUAL "ON")
     message(FATAL_ERROR "STASIS_WITH_TORCH=ON but libtorch was not found")

@@ -73,9 +73,9 @@ int RunServe(const ServeArgs& a) {
     return ReportError(InvalidArgumentError("--idle-timeout: '" + a.idle_timeout +
                                             "' is not a duration (30s, 500ms, 2m, never)"));
   lo.on_idle = a.on_idle == "exit" ? runtime::OnIdle::kExit : runtime::OnIdle::kUnload;
-  if (!ParseDuration(a.retry_backoff, &lo.retry_backoff_ns))
+  if (!ParseDuration(a.retry_backoff, &lo.retry_backoff_ns) || lo.retry_backoff_ns == 0)
     return ReportError(InvalidArgumentError("--retry-backoff: '" + a.retry_backoff +
-                                            "' is not a duration (1s, 500ms, never)"));
+                                            "' is not a positive duration (1s, 500ms) or never"));
   runtime::ServerOptions so;
   so.host = a.host;
   so.port = a.port;

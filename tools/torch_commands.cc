@@ -570,7 +570,9 @@ int RunBench(const BenchArgs& a) {
     return ReportError(InvalidArgumentError("--runs must be 1..1000"));
   if (!a.hot && !a.cold)
     return ReportError(InvalidArgumentError("nothing to run (--no-hot without --cold)"));
-  auto plugin = torch::LoadTorchPlugin();
+  // The device's part of libtorch before anything else (a stale image is snapshotted on
+  // that device below).
+  auto plugin = torch::LoadTorchPluginFor(a.device);
   if (!plugin.ok()) return ReportError(plugin.status());
   if (!DefaultFileSystem()->Exists(a.model))
     return ReportError(NotFoundError(a.model + ": no such file"));

@@ -227,6 +227,11 @@ TEST_F(ServeCliTest, BadStartupArgumentsAreClearErrors) {
   auto r = testing::RunCommand(kStasis + " serve " + image_ + " --idle-timeout soon", *dir_);
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_THAT(r.err, HasSubstr("idle-timeout"));
+  for (const char* backoff : {"0", "0s", "later"}) {
+    r = testing::RunCommand(kStasis + " serve " + image_ + " --retry-backoff " + backoff, *dir_);
+    EXPECT_EQ(r.exit_code, 2) << backoff;
+    EXPECT_THAT(r.err, HasSubstr("--retry-backoff")) << backoff;
+  }
   r = testing::RunCommand(kStasis + " serve " + dir_->File("missing.stasis"), *dir_);
   EXPECT_EQ(r.exit_code, 2);
   r = testing::RunCommand(kStasis + " serve " + image_ + " --token-file " + dir_->File("no-token"),
