@@ -148,12 +148,14 @@ Status PreadFully(const ReadOp& op, const ReadTarget& target, const FaultHook& h
 class PreadReadQueue final : public ReadQueue {
  public:
   PreadReadQueue(std::shared_ptr<const ReadTarget> target, std::shared_ptr<const FaultHook> hook,
-                 size_t depth, std::vector<std::pair<void*, size_t>> fixed_buffers)
+                 size_t depth, std::vector<std::pair<void*, size_t>> fixed_buffers,
+                 const std::atomic<bool>* yield_io)
       : target_(std::move(target)),
         hook_(std::move(hook)),
         depth_(depth),
         max_threads_(std::min<size_t>(depth, internal::kMaxPreadThreadsPerQueue)),
-        fixed_buffers_(std::move(fixed_buffers)) {}
+        fixed_buffers_(std::move(fixed_buffers)),
+        yield_io_(yield_io) {}
 
   ~PreadReadQueue() override {
     {
@@ -207,6 +209,10 @@ class PreadReadQueue final : public ReadQueue {
 
  private:
   void WorkerLoop() {
+    // The I/O priority is per thread: switch it when yield_io changes, back to the one the
+    // worker started with.
+    const int own_priority = GetThreadIoPriority();
+    bool yielding = false;
     std::unique_lock<std::mutex> lock(mu_);
     for (;;) {
       ++idle_;
@@ -216,6 +222,12 @@ class PreadReadQueue final : public ReadQueue {
       ReadOp op = pending_.front();
       pending_.pop_front();
       lock.unlock();
+      const bool yield = yield_io_ != nullptr && yield_io_->load(std::memory_order_relaxed);
+      if (yield != yielding) {
+        SetThreadIoPriority(yield ? kIdleIoPriority
+                                  : static_cast<uint16_t>(std::max(own_priority, 0)));
+        yielding = yield;
+      }
       Status s = PreadFully(op, *target_, *hook_);
       lock.lock();
       done_.push_back({op.user_data, std::move(s)});
@@ -228,6 +240,7 @@ class PreadReadQueue final : public ReadQueue {
   const size_t depth_;
   const size_t max_threads_;
   const std::vector<std::pair<void*, size_t>> fixed_buffers_;
+  const std::atomic<bool>* const yield_io_;
   size_t in_flight_ = 0;  // owner thread only
 
   std::mutex mu_;
@@ -248,11 +261,13 @@ class PreadReadEngine final : public ReadEngine {
         hook_(std::make_shared<const FaultHook>(options.fault_hook)),
         depth_(static_cast<size_t>(options.queue_depth)),
         fixed_buffers_(options.fixed_buffers),
+        yield_io_(options.yield_io),
         report_(std::move(report)) {}
 
   StatusOr<std::unique_ptr<ReadQueue>> NewQueue() override {
     std::lock_guard<std::mutex> lock(mu_);
-    return std::unique_ptr<ReadQueue>(new PreadReadQueue(target_, hook_, depth_, fixed_buffers_));
+    return std::unique_ptr<ReadQueue>(
+        new PreadReadQueue(target_, hook_, depth_, fixed_buffers_, yield_io_));
   }
   void SetFixedBuffers(std::vector<std::pair<void*, size_t>> buffers) override {
     std::lock_guard<std::mutex> lock(mu_);
@@ -268,6 +283,7 @@ class PreadReadEngine final : public ReadEngine {
   const size_t depth_;
   std::mutex mu_;
   std::vector<std::pair<void*, size_t>> fixed_buffers_;
+  const std::atomic<bool>* const yield_io_;
   const ReadEngineReport report_;
 };
 

@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -17,6 +18,13 @@
 #endif
 
 namespace stasis {
+
+// IOPRIO_WHO_PROCESS with who = 0: the calling thread (I/O priorities are per task).
+bool SetThreadIoPriority(uint16_t priority) {
+  return ::syscall(SYS_ioprio_set, 1, 0, static_cast<int>(priority)) == 0;
+}
+
+int GetThreadIoPriority() { return static_cast<int>(::syscall(SYS_ioprio_get, 1, 0)); }
 namespace {
 
 using internal::ReadTarget;

@@ -25,6 +25,7 @@
 #ifndef STASIS_RESTORE_READ_ENGINE_H_
 #define STASIS_RESTORE_READ_ENGINE_H_
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -64,7 +65,23 @@ struct ReadEngineOptions {
   // range. Both engines call it at the same point, so fault tests run against each. It
   // may be called concurrently from several threads (the pread pool's workers).
   std::function<int64_t(uint64_t offset, uint64_t length, int64_t result)> fault_hook;
+  // While *yield_io is true, reads are issued at the idle I/O priority class
+  // (kIdleIoPriority: an io_uring SQE's ioprio; ioprio_set on a pread worker), which the
+  // mq-deadline and bfq schedulers serve only when no other I/O is queued. A cold start sets
+  // it while libtorch loads, so the loader's page faults are not queued behind a deep
+  // restore. Checked per read, so clearing it takes effect at the next read; null: never.
+  // The flag must outlive every engine and queue opened with it.
+  const std::atomic<bool>* yield_io = nullptr;
 };
+
+// IOPRIO_PRIO_VALUE(IOPRIO_CLASS_IDLE, 0); 0 is "none" (the thread's own priority).
+inline constexpr uint16_t kIdleIoPriority = 3 << 13;
+
+// Sets the calling thread's I/O priority (ioprio_set(IOPRIO_WHO_PROCESS, 0, priority)).
+// Returns false (errno set) where the kernel refuses.
+bool SetThreadIoPriority(uint16_t priority);
+// The calling thread's I/O priority, or -1 (errno set).
+int GetThreadIoPriority();
 
 // What was chosen and why, for logs and `stasis restore` reports.
 struct ReadEngineReport {

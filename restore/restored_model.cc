@@ -341,6 +341,7 @@ StatusOr<std::unique_ptr<RestoredModel>> RestoredModel::Restore(const std::strin
     ro.direct = options.direct;
     ro.queue_depth = options.queue_depth;
     ro.fault_hook = options.fault_hook;
+    ro.yield_io = options.yield_io;
     STASIS_ASSIGN_OR_RETURN(st.engine, OpenReadEngine(image, ro));
   }
   report.io = st.engine->report();

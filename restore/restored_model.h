@@ -50,6 +50,10 @@ struct RestoreOptions {
   // modified in place while restored (stasis never does: it replaces images by rename).
   enum class MapFile { kAuto, kOn, kOff };
   MapFile map_file = MapFile::kAuto;
+  // While *yield_io is true the restore's reads go at the idle I/O priority class, behind
+  // this process's other I/O (ReadEngineOptions::yield_io). The cold starts set it while
+  // libtorch loads. Must outlive the RestoredModel (Reload reads again).
+  const std::atomic<bool>* yield_io = nullptr;
   // Test seams. `fs`: read through the FileSystem seam (pread semantics, no io_uring/direct),
   // e.g. a fault-injecting or in-memory file system. `backend_factory`: the device backend
   // (e.g. the CUDA backend over a fake driver). `fault_hook`: see ReadEngineOptions.

@@ -101,6 +101,7 @@ struct RingConfig {
   size_t depth = 32;
   bool use_fixed_buffers = true;  // READ_FIXED is supported
   std::vector<std::pair<void*, size_t>> fixed_buffers;
+  const std::atomic<bool>* yield_io = nullptr;  // ReadEngineOptions::yield_io
 };
 
 class UringReadQueue final : public ReadQueue {
@@ -262,6 +263,8 @@ class UringReadQueue final : public ReadQueue {
       io_uring_prep_read(sqe, fd, p.dst(), len, p.offset());
     }
     if (file_registered_) sqe->flags |= IOSQE_FIXED_FILE;
+    if (config_->yield_io != nullptr && config_->yield_io->load(std::memory_order_relaxed))
+      sqe->ioprio = kIdleIoPriority;
     io_uring_sqe_set_data(sqe, s);
     return OkStatus();
   }
@@ -344,6 +347,7 @@ class UringReadEngine final : public ReadEngine {
     auto config = std::make_shared<RingConfig>();
     config->depth = static_cast<size_t>(options.queue_depth);
     config->fixed_buffers = options.fixed_buffers;
+    config->yield_io = options.yield_io;
     config_ = std::move(config);
   }
 

@@ -15,7 +15,7 @@ namespace {
 class TorchModelHost final : public ModelHost {
  public:
   TorchModelHost(std::string image, RestoreOptions options)
-      : image_(std::move(image)), options_(std::move(options)) {}
+      : image_(std::move(image)), options_(WithYield(std::move(options), &loading_framework_)) {}
 
   Status Load(RestoreReport* report) override {
     if (memory_ == nullptr) {
@@ -52,9 +52,11 @@ class TorchModelHost final : public ModelHost {
   // (the plugin), as in `stasis coldstart`; then the skeleton is bound once.
   Status FirstLoad() {
     StatusOr<std::unique_ptr<RestoredModel>> restored = InternalError("restore did not run");
+    loading_framework_ = true;  // the restore's reads go behind libtorch's page faults
     std::thread restorer([&] { restored = RestoredModel::Restore(image_, options_); });
     StatusOr<torch::TorchPlugin*> plugin =
         torch::LoadTorchPluginFor(DeviceSpecString(options_.device));
+    loading_framework_ = false;
     restorer.join();
     STASIS_RETURN_IF_ERROR(plugin.status());
     STASIS_RETURN_IF_ERROR(restored.status());
@@ -75,6 +77,12 @@ class TorchModelHost final : public ModelHost {
     return OkStatus();
   }
 
+  static RestoreOptions WithYield(RestoreOptions o, const std::atomic<bool>* flag) {
+    o.yield_io = flag;
+    return o;
+  }
+
+  std::atomic<bool> loading_framework_{false};  // declared before options_, which points at it
   const std::string image_;
   const RestoreOptions options_;
   std::shared_ptr<RestoredModel> memory_;

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -179,7 +180,10 @@ Status ColdStartStasis(const ColdStartArgs& a, PhaseLog* log, Json* out) {
   STASIS_ASSIGN_OR_RETURN(options.device, ParseDeviceSpec(a.device));
   options.threads = a.threads;
   STASIS_RETURN_IF_ERROR(UseDefaultBackend(&options));
-  // The weights do not need the framework: restore them while libtorch loads.
+  // The weights do not need the framework: restore them while libtorch loads, with the
+  // restore's reads behind the loader's page faults (idle I/O priority) until it is loaded.
+  std::atomic<bool> loading_framework{!a.library_first};
+  options.yield_io = &loading_framework;
   StatusOr<std::unique_ptr<RestoredModel>> restored = InternalError("restore did not run");
   double t_restored = 0;
   auto restore = [&] {
@@ -195,6 +199,7 @@ Status ColdStartStasis(const ColdStartArgs& a, PhaseLog* log, Json* out) {
   } else {
     std::thread restorer(restore);
     plugin = torch::LoadTorchPluginFor(a.device);
+    loading_framework = false;
     t_lib = log->Now();
     restorer.join();
   }

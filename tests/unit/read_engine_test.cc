@@ -249,6 +249,47 @@ TEST_P(ReadEngineTest, RandomReadsAreExact) {
   ReadAndVerify(q->get(), RandomReqs(300, 2u << 20, TestSeed() + 1), 2u << 20);
 }
 
+// yield_io: reads go at the idle I/O priority class while the flag is set and at the
+// thread's own priority after; the bytes are exact either way (the kernel accepts the
+// priority: io_uring would fail a read with a priority it rejects). The pread pool's
+// workers are seen switching (the fault hook runs on them); io_uring sets it per SQE.
+TEST_P(ReadEngineTest, YieldIoReadsAtIdlePriorityOnlyWhileSet) {
+  std::atomic<bool> yield{true};
+  std::mutex mu;
+  std::vector<int> priorities;  // pread: each read's worker priority
+  ReadEngineOptions o;
+  o.queue_depth = 4;
+  o.yield_io = &yield;
+  o.fault_hook = [&](uint64_t, uint64_t, int64_t result) {
+    std::lock_guard<std::mutex> lock(mu);
+    priorities.push_back(GetThreadIoPriority());
+    return result;
+  };
+  const int own = GetThreadIoPriority();
+  ASSERT_GE(own, 0) << std::strerror(errno);
+  OPEN_OR_RETURN(engine, o);
+  auto q = engine->NewQueue();
+  ASSERT_OK(q);
+  ReadAndVerify(q->get(), RandomReqs(40, 1u << 20, TestSeed() + 7), 1u << 20);
+  const bool pread = GetParam().backend == IoBackend::kPread;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    ASSERT_FALSE(priorities.empty());
+    if (pread) {
+      for (int p : priorities) EXPECT_EQ(p, kIdleIoPriority);
+    }
+    priorities.clear();
+  }
+  yield = false;
+  ReadAndVerify(q->get(), RandomReqs(40, 1u << 20, TestSeed() + 8), 1u << 20);
+  std::lock_guard<std::mutex> lock(mu);
+  ASSERT_FALSE(priorities.empty());
+  if (pread) {
+    for (int p : priorities) EXPECT_EQ(p, own);
+  }
+  EXPECT_EQ(GetThreadIoPriority(), own) << "the caller's own priority is never changed";
+}
+
 TEST_P(ReadEngineTest, WholeFileIn1MiBReadsIncludingRoundedTail) {
   OPEN_OR_RETURN(engine, ReadEngineOptions());
   auto q = engine->NewQueue();
