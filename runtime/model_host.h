@@ -42,9 +42,12 @@ class ModelHost {
 };
 
 // The real host: a TorchScript image restored with RestoredModel and bound through the
-// torch plugin (loaded on first use). `options.device` says where.
+// torch plugin (loaded on first use). `options.device` says where. `yield_io`: the first
+// restore's reads go at idle I/O priority while libtorch loads alongside
+// (RestoreOptions::yield_io; options.yield_io itself is ignored).
 StatusOr<std::unique_ptr<ModelHost>> NewTorchModelHost(const std::string& image,
-                                                       const RestoreOptions& options);
+                                                       const RestoreOptions& options,
+                                                       bool yield_io = false);
 
 }  // namespace stasis::runtime
 

@@ -14,8 +14,10 @@ namespace {
 
 class TorchModelHost final : public ModelHost {
  public:
-  TorchModelHost(std::string image, RestoreOptions options)
-      : image_(std::move(image)), options_(WithYield(std::move(options), &loading_framework_)) {}
+  TorchModelHost(std::string image, RestoreOptions options, bool yield_io)
+      : yield_io_(yield_io),
+        image_(std::move(image)),
+        options_(WithYield(std::move(options), &loading_framework_)) {}
 
   Status Load(RestoreReport* report) override {
     if (memory_ == nullptr) {
@@ -52,7 +54,7 @@ class TorchModelHost final : public ModelHost {
   // (the plugin), as in `stasis coldstart`; then the skeleton is bound once.
   Status FirstLoad() {
     StatusOr<std::unique_ptr<RestoredModel>> restored = InternalError("restore did not run");
-    loading_framework_ = true;  // the restore's reads go behind libtorch's page faults
+    loading_framework_ = yield_io_;  // the restore's reads behind libtorch's page faults
     std::thread restorer([&] { restored = RestoredModel::Restore(image_, options_); });
     StatusOr<torch::TorchPlugin*> plugin =
         torch::LoadTorchPluginFor(DeviceSpecString(options_.device));
@@ -82,6 +84,7 @@ class TorchModelHost final : public ModelHost {
     return o;
   }
 
+  const bool yield_io_;
   std::atomic<bool> loading_framework_{false};  // declared before options_, which points at it
   const std::string image_;
   const RestoreOptions options_;
@@ -93,10 +96,11 @@ class TorchModelHost final : public ModelHost {
 }  // namespace
 
 StatusOr<std::unique_ptr<ModelHost>> NewTorchModelHost(const std::string& image,
-                                                       const RestoreOptions& options) {
+                                                       const RestoreOptions& options,
+                                                       bool yield_io) {
   RestoreOptions o = options;
   STASIS_RETURN_IF_ERROR(UseDefaultBackend(&o));
-  return std::unique_ptr<ModelHost>(new TorchModelHost(image, std::move(o)));
+  return std::unique_ptr<ModelHost>(new TorchModelHost(image, std::move(o), yield_io));
 }
 
 }  // namespace stasis::runtime

@@ -101,7 +101,7 @@ int RunServe(const ServeArgs& a) {
   auto device = ParseDeviceSpec(a.device);
   if (!device.ok()) return ReportError(device.status());
   ro.device = *device;
-  auto host = runtime::NewTorchModelHost(a.image, ro);
+  auto host = runtime::NewTorchModelHost(a.image, ro, a.yield_io);
   if (!host.ok()) return ReportError(host.status());
   // The image must at least open before the server says it is ready.
   if (!DefaultFileSystem()->Exists(a.image))

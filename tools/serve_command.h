@@ -14,7 +14,7 @@ struct ServeArgs {
                      token_file, log_format = "text", file_root, request_timeout = "60s",
                      max_body = "256MiB", retry_backoff = "1s";
   int port = 8000, max_concurrency = 1, queue = 64, threads = 0;
-  bool warmup = false, verbose = false;
+  bool warmup = false, verbose = false, yield_io = false;
 };
 
 // Serves until SIGTERM/SIGINT (drain in-flight requests, release the device, exit 0) or,

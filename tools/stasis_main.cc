@@ -578,6 +578,7 @@ int main(int argc, char** argv) {
   coldstart->add_option("--spawn-ns", cold.spawn_ns);
   coldstart->add_option("--threads", cold.threads);
   coldstart->add_flag("--library-first", cold.library_first);
+  coldstart->add_flag("--yield-io", cold.yield_io);
 
   ServeArgs serve_args;
   auto* serve = app.add_subcommand(
@@ -588,6 +589,9 @@ int main(int argc, char** argv) {
   serve->add_option("--port", serve_args.port, "port (default 8000; 0: any free port)");
   serve->add_option("--idle-timeout", serve_args.idle_timeout,
                     "unload (or exit) after this long without requests: 30s, 500ms, 2m, never");
+  serve->add_flag("--yield-io", serve_args.yield_io,
+                  "first restore at idle I/O priority while libtorch loads (helps small models "
+                  "on a cold disk; docs/restore-pipeline.md)");
   serve->add_option("--retry-backoff", serve_args.retry_backoff,
                     "after a failed restore, retry it by itself this long later, doubling per "
                     "failure up to 60s (default 1s; never: only requests retry)");
@@ -632,6 +636,8 @@ int main(int argc, char** argv) {
   bench->add_flag("--cold", bench_args.cold, "also measure with the page cache dropped");
   bench->add_flag("!--no-hot", bench_args.hot, "skip the page-cache-hot runs");
   bench->add_flag("--resnapshot", bench_args.force_snapshot, "snapshot again even if fresh");
+  bench->add_flag("--yield-io", bench_args.yield_io,
+                  "stasis path: restore at idle I/O priority while libtorch loads");
 
   std::string image, output;
   bool json = false, force = false;

@@ -182,7 +182,7 @@ Status ColdStartStasis(const ColdStartArgs& a, PhaseLog* log, Json* out) {
   STASIS_RETURN_IF_ERROR(UseDefaultBackend(&options));
   // The weights do not need the framework: restore them while libtorch loads, with the
   // restore's reads behind the loader's page faults (idle I/O priority) until it is loaded.
-  std::atomic<bool> loading_framework{!a.library_first};
+  std::atomic<bool> loading_framework{a.yield_io && !a.library_first};
   options.yield_io = &loading_framework;
   StatusOr<std::unique_ptr<RestoredModel>> restored = InternalError("restore did not run");
   double t_restored = 0;
@@ -652,6 +652,9 @@ int RunBench(const BenchArgs& a) {
   if (a.threads > 0) {
     stasis_args.push_back("--threads");
     stasis_args.push_back(std::to_string(a.threads));
+  }
+  if (a.yield_io) {
+    stasis_args.push_back("--yield-io");
   }
   std::vector<CacheResult> results;
   std::vector<std::string> caches;

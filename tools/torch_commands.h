@@ -35,6 +35,8 @@ struct ColdStartArgs {
   // Load libtorch before restoring instead of alongside: bench/peers times the restore
   // alone, as its Python rows leave `import torch` out.
   bool library_first = false;
+  // The restore's reads at idle I/O priority while libtorch loads (RestoreOptions::yield_io).
+  bool yield_io = false;
 };
 int RunColdStart(const ColdStartArgs& a);
 
@@ -42,7 +44,7 @@ struct BenchArgs {
   std::string model, image, device = "cpu", out = "stasis-bench", input;
   std::string codec = "raw";  // of the image bench makes when none is given
   int runs = 5;
-  bool cold = false, hot = true, force_snapshot = false;
+  bool cold = false, hot = true, force_snapshot = false, yield_io = false;
   int threads = 0;
 };
 int RunBench(const BenchArgs& a);
