@@ -222,7 +222,7 @@ class PreadReadQueue final : public ReadQueue {
       ReadOp op = pending_.front();
       pending_.pop_front();
       lock.unlock();
-      const bool yield = yield_io_ != nullptr && yield_io_->load(std::memory_order_relaxed);
+      const bool yield = YieldingIo(yield_io_);
       if (yield != yielding) {
         SetThreadIoPriority(yield ? kIdleIoPriority
                                   : static_cast<uint16_t>(std::max(own_priority, 0)));

@@ -77,6 +77,11 @@ struct ReadEngineOptions {
 // IOPRIO_PRIO_VALUE(IOPRIO_CLASS_IDLE, 0); 0 is "none" (the thread's own priority).
 inline constexpr uint16_t kIdleIoPriority = 3 << 13;
 
+// Whether a read issued now yields (ReadEngineOptions::yield_io, which may be null).
+inline bool YieldingIo(const std::atomic<bool>* yield_io) {
+  return yield_io != nullptr && yield_io->load(std::memory_order_relaxed);
+}
+
 // Sets the calling thread's I/O priority (ioprio_set(IOPRIO_WHO_PROCESS, 0, priority)).
 // Returns false (errno set) where the kernel refuses.
 bool SetThreadIoPriority(uint16_t priority);

@@ -1,6 +1,5 @@
 #include "restore/restored_model.h"
 
-#include <fcntl.h>
 #include <spdlog/spdlog.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -193,17 +192,20 @@ class PipelineWorker {
     const uint64_t head = c.file_offset - t.read_offset;
     Status s;
     auto verify = [&](const void* bytes, uint64_t n, uint64_t expect, const char* kind) -> Status {
-      if (!verify_stored_ && std::string_view(kind) == "stored") return OkStatus();
       auto start = Clock::now();
       bool ok = Xxh3(bytes, n) == expect;
       times_->verify += Since(start);
       if (!ok) return DataLossError(what + ": checksum mismatch in " + kind + " bytes");
       return OkStatus();
     };
+    // The stored bytes' check, unless the caller turned it off (verify_stored).
+    auto verify_stored = [&](const void* bytes) -> Status {
+      return verify_stored_ ? verify(bytes, c.stored_size, c.stored_xxh3, "stored") : OkStatus();
+    };
     switch (t.route) {
       case ChunkRoute::kMapInPlace: {
         times_->mapped++;
-        return verify(region.host_view + c.dst_offset, c.stored_size, c.stored_xxh3, "stored");
+        return verify_stored(region.host_view + c.dst_offset);
       }
       case ChunkRoute::kReadInPlace: {
         uint8_t* dst = region.host_view + c.dst_offset;
@@ -211,11 +213,11 @@ class PipelineWorker {
           std::memcpy(dst + t.in_place_bytes, Slot(p.read_slot), c.stored_size - t.in_place_bytes);
         Release(p.read_slot);
         times_->in_place++;
-        return verify(dst, c.stored_size, c.stored_xxh3, "stored");
+        return verify_stored(dst);
       }
       case ChunkRoute::kStagedCopy: {
         const uint8_t* src = Slot(p.read_slot) + head;
-        s = verify(src, c.stored_size, c.stored_xxh3, "stored");
+        s = verify_stored(src);
         if (s.ok()) {
           auto start = Clock::now();
           s = backend_->Copy(region.address + c.dst_offset, src, c.raw_size,
@@ -229,7 +231,7 @@ class PipelineWorker {
       case ChunkRoute::kDecodeInPlace:
       case ChunkRoute::kDecodeStaged: {
         const uint8_t* src = Slot(p.read_slot) + head;
-        s = verify(src, c.stored_size, c.stored_xxh3, "stored");
+        s = verify_stored(src);
         int out_slot = -1;
         uint8_t* out = nullptr;
         if (s.ok() && t.route == ChunkRoute::kDecodeInPlace) {

@@ -263,8 +263,7 @@ class UringReadQueue final : public ReadQueue {
       io_uring_prep_read(sqe, fd, p.dst(), len, p.offset());
     }
     if (file_registered_) sqe->flags |= IOSQE_FIXED_FILE;
-    if (config_->yield_io != nullptr && config_->yield_io->load(std::memory_order_relaxed))
-      sqe->ioprio = kIdleIoPriority;
+    if (YieldingIo(config_->yield_io)) sqe->ioprio = kIdleIoPriority;
     io_uring_sqe_set_data(sqe, s);
     return OkStatus();
   }

@@ -15,9 +15,8 @@ namespace {
 class TorchModelHost final : public ModelHost {
  public:
   TorchModelHost(std::string image, RestoreOptions options, bool yield_io)
-      : yield_io_(yield_io),
-        image_(std::move(image)),
-        options_(WithYield(std::move(options), &loading_framework_)) {}
+      : image_(std::move(image)),
+        options_(WithYield(std::move(options), yield_io ? &loading_framework_ : nullptr)) {}
 
   Status Load(RestoreReport* report) override {
     if (memory_ == nullptr) {
@@ -54,7 +53,7 @@ class TorchModelHost final : public ModelHost {
   // (the plugin), as in `stasis coldstart`; then the skeleton is bound once.
   Status FirstLoad() {
     StatusOr<std::unique_ptr<RestoredModel>> restored = InternalError("restore did not run");
-    loading_framework_ = yield_io_;  // the restore's reads behind libtorch's page faults
+    loading_framework_ = true;  // with --yield-io, the restore's reads behind libtorch's faults
     std::thread restorer([&] { restored = RestoredModel::Restore(image_, options_); });
     StatusOr<torch::TorchPlugin*> plugin =
         torch::LoadTorchPluginFor(DeviceSpecString(options_.device));
@@ -84,7 +83,6 @@ class TorchModelHost final : public ModelHost {
     return o;
   }
 
-  const bool yield_io_;
   std::atomic<bool> loading_framework_{false};  // declared before options_, which points at it
   const std::string image_;
   const RestoreOptions options_;
