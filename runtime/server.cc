@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "restore/device_backend.h"
+#include "restore/report_json.h"
 #include "snapshot/dtype.h"
 #include "snapshot/format.h"
 #include "snapshot/safetensors.h"
@@ -1228,22 +1229,7 @@ void Server::Impl::HandleStatus(const httplib::Request&, httplib::Response& res)
       {"consecutive_failures", st.consecutive_failures},
       {"retry_in_seconds", st.retry_in_seconds >= 0 ? json(st.retry_in_seconds) : json(nullptr)}};
   if (st.has_last_restore) {
-    const RestoreReport& r = st.last_restore;
-    j["last_restore"] = json{{"image", r.image},
-                             {"device", DeviceSpecString(r.device)},
-                             {"seconds",
-                              {{"open", r.phases.open},
-                               {"plan", r.phases.plan},
-                               {"map", r.phases.map},
-                               {"read", r.phases.read},
-                               {"verify", r.phases.verify},
-                               {"decompress", r.phases.decompress},
-                               {"copy", r.phases.copy},
-                               {"pipeline_wall", r.phases.pipeline_wall},
-                               {"total", r.phases.total}}},
-                             {"bytes", r.raw_bytes},
-                             {"stored_bytes", r.stored_bytes},
-                             {"gb_per_s", r.raw_gb_per_s()}};
+    j["last_restore"] = RestoreReportJson(st.last_restore);
   } else {
     j["last_restore"] = nullptr;
   }

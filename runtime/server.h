@@ -5,7 +5,7 @@
 //
 //   POST /v1/infer    inputs → outputs (below); restores the model first when it is cold
 //   POST /v1/warmup   Lifecycle::Warmup()          POST /v1/unload   Lifecycle::UnloadNow()
-//   GET  /v1/status   state, counters, the last cold start's phases (JSON)
+//   GET  /v1/status   state, counters, the last cold start's report (restore/report_json.h)
 //   GET  /healthz     200 while the process runs (never needs the token)
 //   GET  /readyz      200 when accepting requests; 503 while draining or FAILED
 //   GET  /metrics     Prometheus text (runtime/metrics.h)

@@ -14,6 +14,7 @@
 #include "common/hash.h"
 #include "common/logging.h"
 #include "restore/default_backend.h"
+#include "restore/report_json.h"
 #include "restore/restored_model.h"
 #include "snapshot/image_reader.h"
 #include "snapshot/image_writer.h"
@@ -342,46 +343,6 @@ StatusOr<RestoreOptions> ToRestoreOptions(const RestoreArgs& a) {
   return o;
 }
 
-Json ReportJson(const RestoreReport& r) {
-  const RestorePhases& p = r.phases;
-  Json j;
-  j["image"] = r.image;
-  j["device"] = DeviceSpecString(r.device);
-  j["seconds"] = p.total;
-  j["raw_bytes"] = r.raw_bytes;
-  j["stored_bytes"] = r.stored_bytes;
-  j["raw_gb_per_s"] = r.raw_gb_per_s();
-  j["stored_gb_per_s"] = p.total > 0 ? r.stored_bytes / p.total / 1e9 : 0.0;
-  j["phases"] = {{"open", p.open},
-                 {"plan", p.plan},
-                 {"map", p.map},
-                 {"pipeline_wall", p.pipeline_wall},
-                 {"read", p.read},
-                 {"verify", p.verify},
-                 {"decompress", p.decompress},
-                 {"copy", p.copy}};
-  j["io"] = {{"backend", std::string(IoBackendName(r.io.backend))},
-             {"reason", r.io.reason},
-             {"direct", r.io.direct},
-             {"direct_reason", r.io.direct_reason},
-             {"alignment", r.io.alignment},
-             {"ring_flags", r.io.ring_flags},
-             {"buffers_registered", r.io.buffers_registered},
-             {"file_registered", r.io.file_registered}};
-  j["workers"] = r.workers;
-  j["chunks"] = r.chunks;
-  j["chunks_read_in_place"] = r.chunks_read_in_place;
-  j["chunks_mapped"] = r.chunks_mapped;
-  j["staging_bytes"] = r.staging_bytes;
-  j["verified_raw"] = r.verified_raw;
-  j["verified_stored"] = r.verified_stored;
-  j["regions"] = r.regions;
-  j["regions_with_hint"] = r.regions_with_hint;
-  j["regions_at_hint"] = r.regions_at_hint;
-  j["addresses_preserved"] = r.regions_at_hint == r.regions_with_hint;
-  return j;
-}
-
 void PrintReport(const RestoreReport& r) {
   const RestorePhases& p = r.phases;
   std::printf("restored %s to %s: %s (%s stored) in %.3f s, %.2f GB/s\n", r.image.c_str(),
@@ -450,7 +411,7 @@ int RunRestore(const RestoreArgs& a) {
   if (a.digest) digest = DigestTensors(**model);
   const std::string hex = Hex64(digest.xxh3);
   if (a.json) {
-    Json j = ReportJson((*model)->report());
+    Json j = RestoreReportJson((*model)->report());
     if (a.digest)
       j["digest"] = {{"xxh3", hex}, {"tensors", digest.tensors}, {"seconds", digest.seconds}};
     std::cout << j.dump(2) << "\n";
@@ -497,7 +458,7 @@ int RunExport(const RestoreArgs& a, const std::string& output, bool force) {
   const RestoreReport& r = (*model)->report();
   if (a.json) {
     Json j = {{"image", a.image},         {"output", output}, {"tensors", m.tensors.size()},
-              {"raw_bytes", r.raw_bytes}, {"seconds", secs},  {"restore", ReportJson(r)}};
+              {"raw_bytes", r.raw_bytes}, {"seconds", secs},  {"restore", RestoreReportJson(r)}};
     std::cout << j.dump(2) << "\n";
   } else {
     std::printf("exported %zu tensors (%s) to %s in %.2f s (restore %.3f s via %s)\n",

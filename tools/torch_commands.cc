@@ -24,6 +24,7 @@
 
 #include "common/file_system.h"
 #include "restore/default_backend.h"
+#include "restore/report_json.h"
 #include "restore/restored_model.h"
 #include "restore/torch_plugin_loader.h"
 #include "snapshot/image_reader.h"
@@ -125,17 +126,6 @@ void RecordResult(double t_ready, double t_result, const torch::InferenceResult&
   (*out)["weight_bytes"] = weight_bytes;
 }
 
-Json RestoreJson(const RestoreReport& r) {
-  return {{"seconds", r.phases.total},
-          {"raw_bytes", r.raw_bytes},
-          {"stored_bytes", r.stored_bytes},
-          {"chunks", r.chunks},
-          {"io_backend", std::string(IoBackendName(r.io.backend))},
-          {"direct", r.io.direct},
-          {"regions_at_hint", r.regions_at_hint},
-          {"regions", r.regions}};
-}
-
 // The end of a checkpoint's cold start on either path: `tensors` became ready after phase
 // `phase` (from `start`), and their checksum is the first result.
 Status FinishTensors(torch::LoadedTensors& tensors, const char* phase, double start, PhaseLog* log,
@@ -209,7 +199,7 @@ Status ColdStartStasis(const ColdStartArgs& a, PhaseLog* log, Json* out) {
   log->Add("weight I/O + copy (restore)", a.library_first ? t_lib : t_main, t_restored);
   std::shared_ptr<RestoredModel> model(std::move(*restored));
   const double t_bind_start = std::max(t_lib, t_restored);
-  (*out)["restore"] = RestoreJson(model->report());
+  (*out)["restore"] = RestoreReportJson(model->report());
   if (a.kind == "tensors") {
     STASIS_ASSIGN_OR_RETURN(auto tensors, (*plugin)->BindTensors(*model, model));
     return FinishTensors(*tensors, "bind weights", t_bind_start, log, out);

@@ -192,7 +192,7 @@ def run_one(loader: str, model: dict, a) -> dict:
         result.update(load_s=restore["seconds"] + bind_s, bytes=j["weight_bytes"],
                       digest=j["output"]["xxh3"],
                       extra={"restore_s": restore["seconds"], "bind_s": bind_s,
-                             "direct": restore["direct"]})
+                             "direct": restore["io"]["direct"]})
     else:
         # On a GPU the restore cannot hash host bytes: its own checksums of every stored and
         # decoded byte stand in, and the C++ API rows compare the digest.

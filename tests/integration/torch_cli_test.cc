@@ -103,6 +103,13 @@ TEST_F(TorchCliTest, RestoredModuleGivesBitwiseTheSameOutputInAnotherProcess) {
   // Each stored byte was read once.
   auto inspect = Json::parse(Sh(kStasis + " inspect " + image_ + " --json", *dir_).out);
   EXPECT_EQ(fast["restore"]["stored_bytes"], inspect["stored_bytes"]);
+  // The restore report has the keys of `stasis restore --json` (restore/report_json.h).
+  auto restored = Json::parse(Sh(kStasis + " restore " + image_ + " --json", *dir_).out);
+  for (const auto& [key, value] : restored.items()) {
+    if (key == "digest") continue;  // --digest only
+    EXPECT_TRUE(fast["restore"].contains(key)) << key;
+  }
+  EXPECT_EQ(fast["restore"]["io"].size(), restored["io"].size());
   // Phases are ordered in time and the process is ready before its first result.
   for (const Json* j : {&base, &fast}) {
     for (const auto& ph : (*j)["phases"]) EXPECT_LE(ph["start"], ph["end"]) << ph.dump();
