@@ -129,6 +129,37 @@ std::string Printable(std::string_view s, size_t max = 256) {
   return out;
 }
 
+// "host[:port]" or "[v6][:port]" into a lower-case host and the port (empty when absent).
+std::pair<std::string, std::string> SplitAuthority(std::string_view authority) {
+  size_t colon = std::string_view::npos;
+  if (!authority.empty() && authority.front() == '[') {
+    const size_t close = authority.find(']');
+    if (close != std::string_view::npos && close + 1 < authority.size() &&
+        authority[close + 1] == ':')
+      colon = close + 1;
+  } else {
+    colon = authority.rfind(':');
+  }
+  std::string host(authority.substr(0, colon));
+  std::transform(host.begin(), host.end(), host.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  std::string port =
+      colon == std::string_view::npos ? "" : std::string(authority.substr(colon + 1));
+  while (port.size() > 1 && port[0] == '0') port.erase(0, 1);  // "080" is port 80
+  return {host, port};
+}
+
+// Whether an http:// input's authority is on the --http-inputs list (ServerOptions).
+bool HttpHostAllowed(std::string_view authority, const std::vector<std::string>& allowed) {
+  const auto [host, port] = SplitAuthority(authority);
+  for (const std::string& entry : allowed) {
+    if (entry == "*") return true;
+    const auto [want_host, want_port] = SplitAuthority(entry);
+    if (want_host == host && (want_port.empty() || want_port == port)) return true;
+  }
+  return false;
+}
+
 // ----- element conversions -----
 
 uint16_t FloatToHalf(float f) {
@@ -1090,9 +1121,6 @@ std::optional<HttpError> Server::Impl::ReadFileUrl(std::string_view rest, uint64
 
 std::optional<HttpError> Server::Impl::FetchHttpUrl(std::string_view url, uint64_t budget,
                                                     std::string* out) {
-  if (!options.allow_http_inputs) {
-    return HttpError{403, "forbidden", "http:// inputs are disabled"};
-  }
   std::string_view rest = url.substr(7);
   const size_t slash = rest.find('/');
   std::string_view authority = rest.substr(0, slash);
@@ -1112,7 +1140,14 @@ std::optional<HttpError> Server::Impl::FetchHttpUrl(std::string_view url, uint64
       return BadRequest("malformed http URL (port): " + Printable(url));
     }
   }
+  if (!HttpHostAllowed(authority, options.http_input_hosts)) {
+    return HttpError{403, "forbidden",
+                     options.http_input_hosts.empty()
+                         ? "http:// inputs are disabled (stasis serve --http-inputs HOST,...)"
+                         : "http:// inputs from " + Printable(authority) + " are not allowed"};
+  }
   httplib::Client cli("http://" + std::string(authority));
+  cli.set_follow_location(false);  // a redirect could lead past the host list
   const auto timeout = std::chrono::nanoseconds(std::max<int64_t>(options.fetch_timeout_ns, 1));
   cli.set_connection_timeout(std::chrono::duration_cast<std::chrono::microseconds>(timeout));
   cli.set_read_timeout(std::chrono::duration_cast<std::chrono::microseconds>(timeout));

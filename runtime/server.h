@@ -28,7 +28,8 @@
 //
 // Errors are JSON {"error":{"code":"...","message":"..."}}: 400 malformed requests (bad
 // JSON, unknown dtype, shape/data mismatch, bad URL), 401 missing/wrong token, 403 a file://
-// input outside file_root (or file inputs disabled), 404 unknown path or input file, 413
+// input outside file_root (or file inputs disabled) or an http:// input from a host not in
+// http_input_hosts, 404 unknown path or input file, 413
 // body over max_body_bytes, 502 an http:// input that could not be fetched, 503 (with
 // Retry-After) queue full, queue timeout or shutting down; errors of the lifecycle map by
 // code (HttpStatusForCode).
@@ -50,6 +51,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "common/clock.h"
 #include "common/status.h"
@@ -69,7 +71,11 @@ struct ServerOptions {
   int64_t request_timeout_ns = 60'000'000'000;  // longest wait for a slot
   // file:// inputs must resolve (realpath) inside this directory; empty: file:// refused.
   std::string file_root;
-  bool allow_http_inputs = true;
+  // Hosts http:// inputs may be fetched from: "host" (any port) or "host:port", compared with
+  // the URL's authority ("[::1]:8080" for IPv6), case-insensitively; "*" allows any host.
+  // Empty: http:// refused (403), so that a client cannot make the server fetch from hosts
+  // only it can reach. Redirects are not followed.
+  std::vector<std::string> http_input_hosts;
   int64_t fetch_timeout_ns = 30'000'000'000;  // connect/read timeout of http:// inputs
   // Worker threads of the HTTP server. The pool gets at least max_concurrency + queue + 2
   // threads, so that admission (not the pool) queues inferences and probes still answer.

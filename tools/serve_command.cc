@@ -82,6 +82,12 @@ int RunServe(const ServeArgs& a) {
   so.max_concurrency = a.max_concurrency;
   so.queue = a.queue;
   so.file_root = a.file_root;
+  for (const std::string& h : a.http_inputs) {
+    if (h.empty() || h.find_first_of("/@?# \t") != std::string::npos)
+      return ReportError(
+          InvalidArgumentError("--http-inputs: '" + h + "' is not HOST or HOST:PORT (or *)"));
+  }
+  so.http_input_hosts = a.http_inputs;
   if (a.threads > 0) so.threads = a.threads;
   if (!ParseDuration(a.request_timeout, &so.request_timeout_ns) || so.request_timeout_ns <= 0)
     return ReportError(InvalidArgumentError("--request-timeout: '" + a.request_timeout +

@@ -6,6 +6,7 @@
 #define STASIS_TOOLS_SERVE_COMMAND_H_
 
 #include <string>
+#include <vector>
 
 namespace stasis::cli {
 
@@ -13,6 +14,7 @@ struct ServeArgs {
   std::string image, device = "cpu", host = "127.0.0.1", idle_timeout = "30s", on_idle = "unload",
                      token_file, log_format = "text", file_root, request_timeout = "60s",
                      max_body = "256MiB", retry_backoff = "1s";
+  std::vector<std::string> http_inputs;  // hosts http:// inputs may come from; "*" any
   int port = 8000, max_concurrency = 1, queue = 64, threads = 0;
   bool warmup = false, verbose = false, yield_io = false;
 };

@@ -566,6 +566,11 @@ int main(int argc, char** argv) {
   serve->add_option("--max-body", serve_args.max_body, "largest request body (default 256MiB)");
   serve->add_option("--file-root", serve_args.file_root,
                     "directory file:// inputs may be read from (default: none allowed)");
+  serve
+      ->add_option("--http-inputs", serve_args.http_inputs,
+                   "hosts http:// inputs may be fetched from: HOST or HOST:PORT, comma-separated, "
+                   "* for any (default: none allowed)")
+      ->delimiter(',');
   serve->add_option("--threads", serve_args.threads, "HTTP worker threads");
   serve->add_flag("--warmup", serve_args.warmup, "restore at start, not on the first request");
   serve->add_option("--token-file", serve_args.token_file,

@@ -445,6 +445,7 @@ TEST_F(ServerTest, MalformedRequestsGetJsonErrorsThenAValidOneSucceeds) {
   ServerOptions o;
   o.max_body_bytes = 64 << 10;
   o.file_root = root.path();
+  o.http_input_hosts = {"127.0.0.1"};
   StartServer(o);
 
   struct Case {
@@ -691,6 +692,7 @@ TEST_F(ServerTest, HttpUrlInputIsFetched) {
 
   ServerOptions o;
   o.max_body_bytes = 100 << 10;
+  o.http_input_hosts = {"127.0.0.1:" + std::to_string(up_port)};
   StartServer(o);
   const std::string base = "http://127.0.0.1:" + std::to_string(up_port);
   auto r = Infer({{{"name", "x"}, {"url", base + "/w.safetensors"}}});
@@ -708,12 +710,41 @@ TEST_F(ServerTest, HttpUrlInputIsFetched) {
   up_thread.join();
 }
 
-TEST_F(ServerTest, HttpUrlInputsCanBeDisabled) {
-  ServerOptions o;
-  o.allow_http_inputs = false;
-  StartServer(o);
+// http:// inputs are refused unless their host is listed: a client must not be able to make
+// the server fetch from hosts only the server can reach.
+TEST_F(ServerTest, HttpUrlInputsOnlyFromAllowedHosts) {
+  StartServer();  // the default: none allowed
   ExpectError(Infer({{{"name", "x"}, {"url", "http://127.0.0.1:1/x"}}}), 403, "forbidden",
-              "http disabled");
+              "http disabled by default");
+  server_.reset();
+  lifecycle_.reset();
+
+  ServerOptions o;
+  o.http_input_hosts = {"LOCALHOST", "127.0.0.1:1", "[::1]:0001"};
+  StartServer(o);
+  // Allowed: fetched, and port 1 refuses the connection (502, not 403).
+  ExpectError(Infer({{{"name", "x"}, {"url", "http://127.0.0.1:1/x"}}}), 502, "bad_gateway",
+              "allowed host and port");
+  ExpectError(Infer({{{"name", "x"}, {"url", "http://localhost:1/x"}}}), 502, "bad_gateway",
+              "host without port allows any port, case-insensitively");
+  ExpectError(Infer({{{"name", "x"}, {"url", "http://[::1]:1/x"}}}), 502, "bad_gateway",
+              "IPv6, port written differently");
+  // Refused: another port of a host listed with one, other hosts, the metadata address.
+  ExpectError(Infer({{{"name", "x"}, {"url", "http://127.0.0.1:2/x"}}}), 403, "forbidden",
+              "other port");
+  ExpectError(Infer({{{"name", "x"}, {"url", "http://127.0.0.1/x"}}}), 403, "forbidden",
+              "no port where one is required");
+  ExpectError(Infer({{{"name", "x"}, {"url", "http://169.254.169.254/latest/meta-data"}}}), 403,
+              "forbidden", "unlisted host");
+  ExpectError(Infer({{{"name", "x"}, {"url", "http://localhost.evil:1/x"}}}), 403, "forbidden",
+              "prefix of a listed host");
+  server_.reset();
+  lifecycle_.reset();
+
+  o.http_input_hosts = {"*"};
+  StartServer(o);
+  ExpectError(Infer({{{"name", "x"}, {"url", "http://127.0.0.1:1/x"}}}), 502, "bad_gateway",
+              "* allows any host");
 }
 
 TEST_F(ServerTest, FullQueueAnswers503WithRetryAfterAndQueuedRequestsTimeOut) {
