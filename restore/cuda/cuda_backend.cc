@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <shared_mutex>
 #include <string>
 #include <vector>
@@ -24,6 +25,9 @@ namespace stasis {
 namespace {
 
 constexpr uint64_t kStagingAlign = 2ull << 20;  // huge-page aligned staging
+// Waiting on an event sleeps instead of spinning (a spinning waiter takes a core from the
+// workers that decode and hash); timing is not needed.
+constexpr unsigned kEventFlags = CU_EVENT_BLOCKING_SYNC | CU_EVENT_DISABLE_TIMING;
 // Limits that keep every size computation below free of overflow; far above any device.
 constexpr uint64_t kMaxHandleSize = 1ull << 46;
 
@@ -78,13 +82,36 @@ class CudaBackend final : public DeviceBackend {
   };
 
   Status Cu(CUresult r, std::string_view what) const { return CuStatus(*api_, r, what); }
-  Status MakeCurrent() const;
+  // Makes the backend's context current on the calling thread for the guard's lifetime and
+  // then puts back whatever was current before: the CUDA runtime (and so PyTorch) reads the
+  // current context as the current device, so a restore onto cuda:1 must not leave cuda:1
+  // current on its caller's thread.
+  class CurrentContext {
+   public:
+    explicit CurrentContext(const CudaBackend& b);
+    ~CurrentContext();
+    CurrentContext(const CurrentContext&) = delete;
+    CurrentContext& operator=(const CurrentContext&) = delete;
+    const Status& status() const { return status_; }
+
+   private:
+    const CudaDriverApi* api_;
+    CUcontext previous_ = nullptr;
+    bool put_back_ = false;
+    Status status_;
+  };
+  // Waits for every copy issued on the stream so far, sleeping rather than spinning (see
+  // kEventFlags). The context must be current.
+  Status SyncStream(std::string_view why);
   // Creates, maps and grants access to memory for the whole of `r`, which must have no
   // handles. On failure undoes its own work (leftovers, if undoing fails, stay in
   // r->handles).
   Status Back(Region* r);
   // Unmaps and releases r->handles; keeps any that failed. Does not synchronise.
   Status ReleaseMemory(Region* r);
+  // Refuses further copies into `r`, then waits for those already issued (the context must
+  // be current). On failure `r` stays loaded.
+  Status StopCopiesAndSync(Region* r, std::string_view why);
   // Finds the region at `address`, which must be the base of one.
   StatusOr<Region*> FindRegion(uint64_t address, std::string_view op);
   // Unregisters and unmaps one staging buffer; false (buffer kept) when unregistering
@@ -97,6 +124,7 @@ class CudaBackend final : public DeviceBackend {
   CUdevice device_ = 0;
   CUcontext ctx_ = nullptr;  // the retained primary context; null until retained
   CUstream stream_ = nullptr;
+  CUevent sync_event_ = nullptr;  // for SyncStream
   CUmemAllocationProp prop_ = {};
   uint64_t granularity_ = 0;
   uint64_t handle_size_ = 0;  // options_.handle_size rounded to the granularity
@@ -114,9 +142,32 @@ class CudaBackend final : public DeviceBackend {
   std::map<uint8_t*, size_t> staging_;  // base -> mapped length
 };
 
-Status CudaBackend::MakeCurrent() const {
-  return Cu(api_->cuCtxSetCurrent(ctx_),
-            "cuCtxSetCurrent(primary context of CUDA device " + std::to_string(ordinal_) + ")");
+CudaBackend::CurrentContext::CurrentContext(const CudaBackend& b) : api_(b.api_) {
+  const CUresult got = api_->cuCtxGetCurrent(&previous_);
+  if (got == CUDA_SUCCESS && previous_ == b.ctx_) return;
+  status_ = b.Cu(api_->cuCtxSetCurrent(b.ctx_), "cuCtxSetCurrent(primary context of CUDA device " +
+                                                    std::to_string(b.ordinal_) + ")");
+  // Not knowing the caller's context is no reason to fail the call; it just stays switched.
+  if (got != CUDA_SUCCESS)
+    spdlog::warn("cuda backend: cuCtxGetCurrent: {}; the caller's context is not put back",
+                 CuErrorName(*api_, got));
+  put_back_ = status_.ok() && got == CUDA_SUCCESS;
+}
+
+CudaBackend::CurrentContext::~CurrentContext() {
+  if (!put_back_) return;
+  const CUresult r = api_->cuCtxSetCurrent(previous_);
+  if (r != CUDA_SUCCESS)
+    spdlog::warn("cuda backend: putting the caller's context back: {}", CuErrorName(*api_, r));
+}
+
+Status CudaBackend::SyncStream(std::string_view why) {
+  // cuStreamSynchronize follows the context's scheduling policy, which spins when there are
+  // fewer contexts than cores; an event with CU_EVENT_BLOCKING_SYNC sleeps. The context is
+  // the primary one, shared with PyTorch, so its flags are left alone. Threads may record
+  // the one event concurrently: a wait then covers at least the caller's own copies.
+  STASIS_RETURN_IF_ERROR(Cu(api_->cuEventRecord(sync_event_, stream_), "cuEventRecord"));
+  return Cu(api_->cuEventSynchronize(sync_event_), "cuEventSynchronize (" + std::string(why) + ")");
 }
 
 Status CudaBackend::Init() {
@@ -143,7 +194,8 @@ Status CudaBackend::Init() {
   STASIS_RETURN_IF_ERROR(
       Cu(api_->cuDevicePrimaryCtxRetain(&ctx, device_), "cuDevicePrimaryCtxRetain"));
   ctx_ = ctx;
-  STASIS_RETURN_IF_ERROR(MakeCurrent());
+  CurrentContext current(*this);
+  STASIS_RETURN_IF_ERROR(current.status());
 
   prop_ = {};
   prop_.type = CU_MEM_ALLOCATION_TYPE_PINNED;
@@ -161,17 +213,25 @@ Status CudaBackend::Init() {
   if (!IsPowerOfTwo(min_gran) || min_gran > kMaxHandleSize)
     return InternalError("cuMemGetAllocationGranularity: unusable minimum granularity " +
                          std::to_string(min_gran));
+  // Reservations, hints and mappings need only the minimum granularity (a larger
+  // recommended one would turn away hints the model's allocator placed 2 MiB apart); the
+  // recommendation sizes the physical handles.
   granularity_ = min_gran;
+  uint64_t handle_granularity = min_gran;
   if (IsPowerOfTwo(rec_gran) && rec_gran > min_gran && rec_gran % min_gran == 0 &&
       rec_gran <= kMaxHandleSize)
-    granularity_ = rec_gran;
-  handle_size_ = format::AlignUp(
-      std::min(std::max(options_.handle_size, granularity_), kMaxHandleSize), granularity_);
+    handle_granularity = rec_gran;
+  handle_size_ =
+      format::AlignUp(std::min(std::max(options_.handle_size, handle_granularity), kMaxHandleSize),
+                      handle_granularity);
 
   CUstream stream = nullptr;
   STASIS_RETURN_IF_ERROR(
       Cu(api_->cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING), "cuStreamCreate"));
   stream_ = stream;
+  CUevent event = nullptr;
+  STASIS_RETURN_IF_ERROR(Cu(api_->cuEventCreate(&event, kEventFlags), "cuEventCreate"));
+  sync_event_ = event;
   return OkStatus();
 }
 
@@ -180,31 +240,42 @@ CudaBackend::~CudaBackend() {
   auto log = [](const Status& s) {
     if (!s.ok()) spdlog::warn("cuda backend teardown: {}", s.ToString());
   };
-  log(MakeCurrent());
-  log(Cu(api_->cuCtxSynchronize(), "cuCtxSynchronize"));
-  for (auto& [base, region] : regions_) {
-    Status s = ReleaseMemory(&region);
-    log(s);
-    if (!s.ok()) {
-      spdlog::warn("cuda backend teardown: keeping the address range at {} reserved", Hex(base));
-      continue;
+  {
+    // Without the context every call below fails: a failed switch is tried once more.
+    std::optional<CurrentContext> current;
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      current.emplace(*this);
+      log(current->status());
+      if (current->status().ok()) break;
+      current.reset();
     }
-    log(Cu(api_->cuMemAddressFree(region.base, region.reserved),
-           "cuMemAddressFree(" + Hex(base) + ")"));
+    log(Cu(api_->cuCtxSynchronize(), "cuCtxSynchronize"));
+    for (auto& [base, region] : regions_) {
+      Status s = ReleaseMemory(&region);
+      log(s);
+      if (!s.ok()) {
+        spdlog::warn("cuda backend teardown: keeping the address range at {} reserved", Hex(base));
+        continue;
+      }
+      log(Cu(api_->cuMemAddressFree(region.base, region.reserved),
+             "cuMemAddressFree(" + Hex(base) + ")"));
+    }
+    regions_.clear();
+    for (auto& [p, len] : staging_) {
+      if (!DestroyStaging(p, len))
+        spdlog::warn("cuda backend teardown: leaking staging buffer at {}",
+                     Hex(reinterpret_cast<uintptr_t>(p)));
+    }
+    staging_.clear();
+    for (CUevent& e : events_) {
+      if (e != nullptr) log(Cu(api_->cuEventDestroy(e), "cuEventDestroy"));
+      e = nullptr;
+    }
+    if (sync_event_ != nullptr) log(Cu(api_->cuEventDestroy(sync_event_), "cuEventDestroy"));
+    sync_event_ = nullptr;
+    if (stream_ != nullptr) log(Cu(api_->cuStreamDestroy(stream_), "cuStreamDestroy"));
+    stream_ = nullptr;
   }
-  regions_.clear();
-  for (auto& [p, len] : staging_) {
-    if (!DestroyStaging(p, len))
-      spdlog::warn("cuda backend teardown: leaking staging buffer at {}",
-                   Hex(reinterpret_cast<uintptr_t>(p)));
-  }
-  staging_.clear();
-  for (CUevent& e : events_) {
-    if (e != nullptr) log(Cu(api_->cuEventDestroy(e), "cuEventDestroy"));
-    e = nullptr;
-  }
-  if (stream_ != nullptr) log(Cu(api_->cuStreamDestroy(stream_), "cuStreamDestroy"));
-  stream_ = nullptr;
   log(Cu(api_->cuDevicePrimaryCtxRelease(device_), "cuDevicePrimaryCtxRelease"));
   ctx_ = nullptr;
 }
@@ -288,7 +359,8 @@ StatusOr<MappedRegion> CudaBackend::MapRegion(const format::RegionInfo& region) 
   if (!IsPowerOfTwo(alignment) || alignment > format::kMaxRegionAlignment)
     return InvalidArgumentError("MapRegion: region alignment " + std::to_string(alignment) +
                                 " is not a power of two up to 1 GiB");
-  STASIS_RETURN_IF_ERROR(MakeCurrent());
+  CurrentContext current(*this);
+  STASIS_RETURN_IF_ERROR(current.status());
 
   Region r;
   r.size = region.size;
@@ -312,6 +384,12 @@ StatusOr<MappedRegion> CudaBackend::MapRegion(const format::RegionInfo& region) 
   }
   STASIS_RETURN_IF_ERROR(Cu(res, "cuMemAddressReserve(" + std::to_string(r.reserved) +
                                      " bytes, hint " + Hex(hint) + ")"));
+  if (base % align != 0) {
+    Status f = Cu(api_->cuMemAddressFree(base, r.reserved), "cuMemAddressFree(" + Hex(base) + ")");
+    if (!f.ok()) spdlog::warn("cuda backend: {}", f.ToString());
+    return InternalError("cuMemAddressReserve returned " + Hex(base) + ", not " +
+                         std::to_string(align) + "-aligned");
+  }
   r.base = base;
 
   Status s = Back(&r);
@@ -342,13 +420,9 @@ StatusOr<MappedRegion> CudaBackend::MapRegion(const format::RegionInfo& region) 
 Status CudaBackend::UnmapRegion(const MappedRegion& region) {
   if (region.address == 0 && region.size == 0) return OkStatus();  // a size-0 region
   STASIS_ASSIGN_OR_RETURN(Region * r, FindRegion(region.address, "UnmapRegion"));
-  {
-    std::unique_lock lock(mu_);
-    r->loaded = false;  // no more copies
-  }
-  STASIS_RETURN_IF_ERROR(MakeCurrent());
-  STASIS_RETURN_IF_ERROR(
-      Cu(api_->cuCtxSynchronize(), "cuCtxSynchronize before unmapping " + Hex(r->base)));
+  CurrentContext current(*this);
+  STASIS_RETURN_IF_ERROR(current.status());
+  STASIS_RETURN_IF_ERROR(StopCopiesAndSync(r, "unmapping"));
   STASIS_RETURN_IF_ERROR(ReleaseMemory(r));
   STASIS_RETURN_IF_ERROR(
       Cu(api_->cuMemAddressFree(r->base, r->reserved), "cuMemAddressFree(" + Hex(r->base) + ")"));
@@ -361,13 +435,9 @@ Status CudaBackend::Unload(const MappedRegion& region) {
   if (region.address == 0 && region.size == 0) return OkStatus();
   STASIS_ASSIGN_OR_RETURN(Region * r, FindRegion(region.address, "Unload"));
   if (!r->loaded && r->handles.empty()) return OkStatus();  // already unloaded
-  {
-    std::unique_lock lock(mu_);
-    r->loaded = false;
-  }
-  STASIS_RETURN_IF_ERROR(MakeCurrent());
-  STASIS_RETURN_IF_ERROR(
-      Cu(api_->cuCtxSynchronize(), "cuCtxSynchronize before unloading " + Hex(r->base)));
+  CurrentContext current(*this);
+  STASIS_RETURN_IF_ERROR(current.status());
+  STASIS_RETURN_IF_ERROR(StopCopiesAndSync(r, "unloading"));
   return ReleaseMemory(r);
 }
 
@@ -375,7 +445,8 @@ Status CudaBackend::Reload(const MappedRegion& region) {
   if (region.address == 0 && region.size == 0) return OkStatus();
   STASIS_ASSIGN_OR_RETURN(Region * r, FindRegion(region.address, "Reload"));
   if (r->loaded) return OkStatus();
-  STASIS_RETURN_IF_ERROR(MakeCurrent());
+  CurrentContext current(*this);
+  STASIS_RETURN_IF_ERROR(current.status());
   // Leftovers of a failed Unload are released first: Back needs an empty range.
   STASIS_RETURN_IF_ERROR(ReleaseMemory(r));
   STASIS_RETURN_IF_ERROR(Back(r));
@@ -418,7 +489,8 @@ StatusOr<uint8_t*> CudaBackend::AllocateStaging(size_t bytes) {
   if (::madvise(p, len, MADV_POPULATE_WRITE) != 0) {
     for (size_t off = 0; off < len; off += page) p[off] = 0;
   }
-  Status s = MakeCurrent();
+  CurrentContext current(*this);
+  Status s = current.status();
   if (s.ok())
     s = Cu(api_->cuMemHostRegister(p, len, 0),
            "cuMemHostRegister(" + std::to_string(len) + " bytes)");
@@ -444,10 +516,11 @@ void CudaBackend::FreeStaging(uint8_t* staging) {
     }
     len = it->second;
   }
-  Status s = MakeCurrent();
+  CurrentContext current(*this);
+  Status s = current.status();
   // Copies from the buffer may still be in flight; the DMA must finish before the pages
   // are unpinned and unmapped.
-  if (s.ok()) s = Cu(api_->cuStreamSynchronize(stream_), "cuStreamSynchronize");
+  if (s.ok()) s = SyncStream("freeing staging");
   if (!s.ok() || !DestroyStaging(staging, len)) {
     // Kept (registered) for the destructor to retry.
     if (!s.ok()) spdlog::warn("cuda backend: FreeStaging: {}", s.ToString());
@@ -461,21 +534,23 @@ Status CudaBackend::Copy(uint64_t dst, const void* src, size_t n, int slot) {
   if (slot < 0 || slot >= kMaxSlots)
     return InvalidArgumentError("Copy: slot " + std::to_string(slot) + " out of range");
   if (n == 0) return OkStatus();
-  {
-    std::shared_lock lock(mu_);
-    auto it = regions_.upper_bound(dst);
-    const Region* r = it == regions_.begin() ? nullptr : &std::prev(it)->second;
-    if (r == nullptr || dst - r->base >= r->size || n > r->size - (dst - r->base))
-      return InvalidArgumentError("Copy: [" + Hex(dst) + ", +" + std::to_string(n) +
-                                  ") is not inside a mapped region");
-    if (!r->loaded)
-      return FailedPreconditionError("Copy: the region at " + Hex(r->base) + " is not loaded");
-  }
-  STASIS_RETURN_IF_ERROR(MakeCurrent());
+  // Held until the copy is enqueued: Unload and UnmapRegion take the lock exclusively to
+  // stop copies, so every copy that passed the check is on the stream before their
+  // synchronisation, and none reaches memory they unmap.
+  std::shared_lock lock(mu_);
+  auto it = regions_.upper_bound(dst);
+  const Region* r = it == regions_.begin() ? nullptr : &std::prev(it)->second;
+  if (r == nullptr || dst - r->base >= r->size || n > r->size - (dst - r->base))
+    return InvalidArgumentError("Copy: [" + Hex(dst) + ", +" + std::to_string(n) +
+                                ") is not inside a mapped region");
+  if (!r->loaded)
+    return FailedPreconditionError("Copy: the region at " + Hex(r->base) + " is not loaded");
+  CurrentContext current(*this);
+  STASIS_RETURN_IF_ERROR(current.status());
   // The event exists before the copy is issued, so no issued copy goes unrecorded.
   if (events_[slot] == nullptr) {
     CUevent e = nullptr;
-    STASIS_RETURN_IF_ERROR(Cu(api_->cuEventCreate(&e, CU_EVENT_DISABLE_TIMING), "cuEventCreate"));
+    STASIS_RETURN_IF_ERROR(Cu(api_->cuEventCreate(&e, kEventFlags), "cuEventCreate"));
     events_[slot] = e;
   }
   STASIS_RETURN_IF_ERROR(
@@ -489,14 +564,31 @@ Status CudaBackend::WaitCopies(int slot) {
   if (slot < 0 || slot >= kMaxSlots)
     return InvalidArgumentError("WaitCopies: slot " + std::to_string(slot) + " out of range");
   if (events_[slot] == nullptr) return OkStatus();  // nothing ever issued on the slot
-  STASIS_RETURN_IF_ERROR(MakeCurrent());
+  CurrentContext current(*this);
+  STASIS_RETURN_IF_ERROR(current.status());
   return Cu(api_->cuEventSynchronize(events_[slot]),
             "cuEventSynchronize(slot " + std::to_string(slot) + ")");
 }
 
 Status CudaBackend::Synchronize() {
-  STASIS_RETURN_IF_ERROR(MakeCurrent());
-  return Cu(api_->cuStreamSynchronize(stream_), "cuStreamSynchronize");
+  CurrentContext current(*this);
+  STASIS_RETURN_IF_ERROR(current.status());
+  return SyncStream("Synchronize");
+}
+
+Status CudaBackend::StopCopiesAndSync(Region* r, std::string_view why) {
+  {
+    std::unique_lock lock(mu_);  // waits for copies being enqueued (see Copy)
+    r->loaded = false;
+  }
+  Status s = Cu(api_->cuCtxSynchronize(),
+                "cuCtxSynchronize before " + std::string(why) + " " + Hex(r->base));
+  if (!s.ok()) {
+    // Still mapped: copies may go on.
+    std::unique_lock lock(mu_);
+    r->loaded = true;
+  }
+  return s;
 }
 
 }  // namespace

@@ -25,11 +25,13 @@
 // and vLLM both hit illegal addresses without it). Unload stops before cuMemAddressFree;
 // Reload creates, maps and grants access again at the same addresses.
 //
-// Granularity: the larger of CU_MEM_ALLOC_GRANULARITY_MINIMUM and _RECOMMENDED (when the
-// recommended one is a multiple of the minimum, as on every known device), queried once at
-// construction with exactly the properties later passed to cuMemCreate: pinned device
-// memory on the backend's device, no compression, no shareable handle types. The recorded
-// va_hint must be a multiple of the reservation alignment to be asked for at all.
+// Granularity: CU_MEM_ALLOC_GRANULARITY_MINIMUM aligns reservations, hints and mappings;
+// physical handles are sized in multiples of _RECOMMENDED (when it is a multiple of the
+// minimum, as on every known device), so a larger recommendation never turns away a hint
+// the model's allocator placed at the minimum. Both are queried once at construction with
+// exactly the properties later passed to cuMemCreate: pinned device memory on the
+// backend's device, no compression, no shareable handle types. The recorded va_hint must
+// be a multiple of the reservation alignment to be asked for at all.
 //
 // Staging memory: anonymous private mappings aligned to 2 MiB (transparent huge pages
 // requested), populated, then registered once with cuMemHostRegister. Anonymous memory
@@ -40,16 +42,21 @@
 //
 // Copies: cuMemcpyHtoDAsync on one non-blocking stream (CU_STREAM_NON_BLOCKING, so no
 // implicit synchronisation with the legacy default stream), then cuEventRecord of the
-// slot's event (created on first use, CU_EVENT_DISABLE_TIMING). One H2D stream is enough:
+// slot's event (created on first use, CU_EVENT_BLOCKING_SYNC | CU_EVENT_DISABLE_TIMING:
+// waits sleep, where the context's default policy would spin a core the pipeline's workers
+// need; Synchronize and FreeStaging wait on such an event too). One H2D stream is enough:
 // copies in one direction serialise on the link anyway. A copy must fall inside a loaded
-// region (checked: a copy to an unmapped address is a sticky error that kills the context).
+// region (checked: a copy to an unmapped address is a sticky error that kills the context;
+// Copy holds the region table's lock until the copy is enqueued, and Unload/UnmapRegion
+// take it exclusively before they synchronise, so no copy can slip past them).
 // When Copy fails, earlier copies may still be in flight: call Synchronize() before reusing
 // their staging memory.
 //
 // Context: the backend retains the device's primary context (the one the CUDA runtime and
-// PyTorch use) and makes it current on the calling thread at the start of every method,
-// since the pipeline calls from several threads. It does not restore the thread's previous
-// context.
+// PyTorch use) and makes it current on the calling thread for the duration of every method,
+// since the pipeline calls from several threads, then puts back the thread's previous
+// context (the runtime reads the current context as the current device: a restore onto
+// cuda:1 must not move its caller to cuda:1).
 //
 // Thread safety: as DeviceBackend states. MapRegion/UnmapRegion/Unload/Reload from one
 // thread at a time; Copy/WaitCopies concurrently for distinct slots, also concurrently with

@@ -36,6 +36,7 @@ Status ResolveAll(void* lib, const std::string& path, CudaDriverApi* api) {
   STASIS_CUDA_RESOLVE_(cuDeviceGetAttribute);
   STASIS_CUDA_RESOLVE_(cuDevicePrimaryCtxRetain);
   STASIS_CUDA_RESOLVE_(cuDevicePrimaryCtxRelease);
+  STASIS_CUDA_RESOLVE_(cuCtxGetCurrent);
   STASIS_CUDA_RESOLVE_(cuCtxSetCurrent);
   STASIS_CUDA_RESOLVE_(cuCtxSynchronize);
   STASIS_CUDA_RESOLVE_(cuMemGetAllocationGranularity);

@@ -50,6 +50,7 @@ struct CudaDriverApi {
   // runtime (and so with PyTorch) in the same process.
   STASIS_CUDA_API_ENTRY_(cuDevicePrimaryCtxRetain);
   STASIS_CUDA_API_ENTRY_(cuDevicePrimaryCtxRelease);
+  STASIS_CUDA_API_ENTRY_(cuCtxGetCurrent);
   STASIS_CUDA_API_ENTRY_(cuCtxSetCurrent);
   STASIS_CUDA_API_ENTRY_(cuCtxSynchronize);
   // Virtual memory management.

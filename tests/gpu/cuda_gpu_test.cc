@@ -14,6 +14,7 @@
 #include <cinttypes>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "restore/cuda/cuda_backend.h"
@@ -61,12 +62,28 @@ class CudaGpuTest : public ::testing::Test {
       GTEST_SKIP() << "no CUDA driver/device: " << b.status();
     ASSERT_OK(b.status());
     backend_ = std::move(*b);
+    // The test calls the driver itself (cuMemGetInfo, cuMemcpyDtoH), so it makes the
+    // device's primary context current on its thread; the backend puts back whatever was
+    // current when it returns.
+    ASSERT_OK(CuStatus(*api_, api_->cuDeviceGet(&device_, 0), "cuDeviceGet"));
+    ASSERT_OK(CuStatus(*api_, api_->cuDevicePrimaryCtxRetain(&ctx_, device_),
+                       "cuDevicePrimaryCtxRetain"));
+    ASSERT_OK(CuStatus(*api_, api_->cuCtxSetCurrent(ctx_), "cuCtxSetCurrent"));
   }
 
-  // Free and total device memory (the backend made its context current on this thread).
+  void TearDown() override {
+    backend_.reset();
+    if (ctx_ != nullptr) {
+      EXPECT_OK(CuStatus(*api_, api_->cuCtxSetCurrent(nullptr), "cuCtxSetCurrent"));
+      EXPECT_OK(
+          CuStatus(*api_, api_->cuDevicePrimaryCtxRelease(device_), "cuDevicePrimaryCtxRelease"));
+    }
+  }
+
+  // Free and total device memory.
   std::pair<size_t, size_t> MemInfo() {
     size_t free_bytes = 0, total = 0;
-    EXPECT_OK(backend_->Synchronize());  // also makes the context current
+    EXPECT_OK(backend_->Synchronize());
     EXPECT_OK(CuStatus(*api_, api_->cuMemGetInfo(&free_bytes, &total), "cuMemGetInfo"));
     return {free_bytes, total};
   }
@@ -95,8 +112,50 @@ class CudaGpuTest : public ::testing::Test {
   }
 
   const CudaDriverApi* api_ = nullptr;
+  CUdevice device_ = 0;
+  CUcontext ctx_ = nullptr;  // retained by the fixture, current on the test's thread
   std::unique_ptr<DeviceBackend> backend_;
 };
+
+// Copies that straddle physical handles (2 MiB each here, so a 3 MiB copy always crosses
+// one): the mappings must form one contiguous range for the DMA.
+TEST_F(CudaGpuTest, CopiesAcrossHandleBoundaries) {
+  auto b = NewCudaBackend(api_, 0, {/*handle_size=*/2 * kMiB});
+  ASSERT_OK(b.status());
+  std::swap(backend_, *b);  // the fixture's helpers use backend_
+  const uint64_t size = 9 * kMiB + 77;
+  auto m = backend_->MapRegion(Region(size));
+  ASSERT_OK(m.status());
+  const auto data = Pattern(size, 7);
+  Restore(m->address, data, /*slot_bytes=*/3 * kMiB + 1);
+  EXPECT_TRUE(ReadBack(m->address, size) == data) << "device bytes differ across handles";
+  ASSERT_OK(backend_->UnmapRegion(*m));
+}
+
+// A thread with no current context (a fresh worker) gets none back, and one with another
+// context keeps it: the runtime, and so PyTorch, reads the current context as the device.
+TEST_F(CudaGpuTest, TheCallersContextIsPutBack) {
+  auto current = [&] {
+    CUcontext c = reinterpret_cast<CUcontext>(1);
+    EXPECT_OK(CuStatus(*api_, api_->cuCtxGetCurrent(&c), "cuCtxGetCurrent"));
+    return c;
+  };
+  std::thread([&] {
+    EXPECT_EQ(current(), nullptr);
+    auto m = backend_->MapRegion(Region(4 * kMiB));
+    ASSERT_OK(m.status());
+    EXPECT_EQ(current(), nullptr) << "MapRegion left its context current";
+    auto staging = backend_->AllocateStaging(kMiB);
+    ASSERT_OK(staging.status());
+    EXPECT_OK(backend_->Copy(m->address, *staging, kMiB, 0));
+    EXPECT_OK(backend_->Synchronize());
+    EXPECT_EQ(current(), nullptr) << "Copy or Synchronize left its context current";
+    backend_->FreeStaging(*staging);
+    EXPECT_OK(backend_->UnmapRegion(*m));
+    EXPECT_EQ(current(), nullptr);
+  }).join();
+  EXPECT_EQ(current(), ctx_) << "the fixture's thread lost its context";
+}
 
 TEST_F(CudaGpuTest, RoundTripThroughStaging) {
   const uint64_t size = 256 * kMiB + 123;

@@ -132,6 +132,7 @@ struct FakeCudaTrampolines {
     api->cuDeviceGetAttribute = &To<&F::DeviceGetAttribute>::Call;
     api->cuDevicePrimaryCtxRetain = &To<&F::DevicePrimaryCtxRetain>::Call;
     api->cuDevicePrimaryCtxRelease = &To<&F::DevicePrimaryCtxRelease>::Call;
+    api->cuCtxGetCurrent = &To<&F::CtxGetCurrent>::Call;
     api->cuCtxSetCurrent = &To<&F::CtxSetCurrent>::Call;
     api->cuCtxSynchronize = &To<&F::CtxSynchronize>::Call;
     api->cuMemGetAllocationGranularity = &To<&F::MemGetAllocationGranularity>::Call;
@@ -487,6 +488,15 @@ CUresult FakeCudaDriver::DevicePrimaryCtxRelease(CUdevice device) {
   if (device < 0 || device >= device_count_) return CUDA_ERROR_INVALID_DEVICE;
   if (ctx_refs_[device] <= 0) return CUDA_ERROR_INVALID_CONTEXT;
   --ctx_refs_[device];
+  return CUDA_SUCCESS;
+}
+
+CUresult FakeCudaDriver::CtxGetCurrent(CUcontext* ctx) {
+  std::lock_guard lock(mu_);
+  if (CUresult r = Enter("cuCtxGetCurrent", "()")) return r;
+  if (CUresult r = RequireInit()) return r;
+  if (ctx == nullptr) return CUDA_ERROR_INVALID_VALUE;
+  *ctx = t_current.generation == generation_ ? t_current.ctx : nullptr;
   return CUDA_SUCCESS;
 }
 

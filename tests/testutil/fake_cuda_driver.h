@@ -162,6 +162,7 @@ class FakeCudaDriver {
   CUresult DeviceGetAttribute(int* value, CUdevice_attribute attr, CUdevice device);
   CUresult DevicePrimaryCtxRetain(CUcontext* ctx, CUdevice device);
   CUresult DevicePrimaryCtxRelease(CUdevice device);
+  CUresult CtxGetCurrent(CUcontext* ctx);
   CUresult CtxSetCurrent(CUcontext ctx);
   CUresult CtxSynchronize();
   CUresult MemGetAllocationGranularity(size_t* granularity, const CUmemAllocationProp* prop,

@@ -39,11 +39,11 @@ std::string Hex(uint64_t v) {
   return buf;
 }
 
-// The calls, without the cuCtxSetCurrent every method starts with.
+// The calls, without the context switching every method starts and ends with.
 std::vector<std::string> DriverCalls(const FakeCudaDriver& fake) {
   std::vector<std::string> out;
   for (const std::string& c : fake.calls())
-    if (c != "cuCtxSetCurrent") out.push_back(c);
+    if (c != "cuCtxSetCurrent" && c != "cuCtxGetCurrent") out.push_back(c);
   return out;
 }
 
@@ -113,13 +113,14 @@ TEST_F(CudaBackendTest, ConstructionSequence) {
   EXPECT_THAT(DriverCalls(fake_),
               ElementsAre("cuInit", "cuDeviceGetCount", "cuDeviceGet", "cuDeviceGetAttribute",
                           "cuDevicePrimaryCtxRetain", "cuMemGetAllocationGranularity",
-                          "cuMemGetAllocationGranularity", "cuStreamCreate"));
+                          "cuMemGetAllocationGranularity", "cuStreamCreate", "cuEventCreate"));
   EXPECT_EQ(fake_.last_stream_flags(), unsigned{CU_STREAM_NON_BLOCKING});
   fake_.ClearCalls();
   b.reset();
-  // No events were ever created: nothing to destroy but the stream and the context.
-  EXPECT_THAT(DriverCalls(fake_),
-              ElementsAre("cuCtxSynchronize", "cuStreamDestroy", "cuDevicePrimaryCtxRelease"));
+  // No copy was ever issued: nothing to destroy but the synchronisation event, the stream
+  // and the context.
+  EXPECT_THAT(DriverCalls(fake_), ElementsAre("cuCtxSynchronize", "cuEventDestroy",
+                                              "cuStreamDestroy", "cuDevicePrimaryCtxRelease"));
   ExpectClean();
 }
 
@@ -136,7 +137,11 @@ TEST_F(CudaBackendTest, CallSequenceForOneRegion) {
   EXPECT_EQ(m->size, 9 * kMiB);
   EXPECT_EQ(m->reserved, 10 * kMiB);  // rounded up to the 2 MiB granularity
   EXPECT_EQ(m->host_view, nullptr);
-  EXPECT_EQ(fake_.calls().front(), "cuCtxSetCurrent");
+  // The caller's context (none, on this thread) is saved, replaced, and put back.
+  ASSERT_GE(fake_.calls().size(), 3u);
+  EXPECT_EQ(fake_.calls()[0], "cuCtxGetCurrent");
+  EXPECT_EQ(fake_.calls()[1], "cuCtxSetCurrent");
+  EXPECT_EQ(fake_.calls().back(), "cuCtxSetCurrent");
   // One reservation at the hint, handles of at most handle_size (4 + 4 + 2 MiB), all
   // created before any is mapped, mapped at consecutive offsets, one access call.
   EXPECT_THAT(DriverCalls(fake_),
@@ -166,16 +171,20 @@ TEST_F(CudaBackendTest, CallSequenceForOneRegion) {
   ExpectClean();
 }
 
-TEST_F(CudaBackendTest, RecommendedGranularityIsUsedWhenItIsAMultipleOfTheMinimum) {
+// The recommended granularity sizes the physical handles only: reservations and hints
+// keep the minimum, so hints 2 MiB apart are still honoured.
+TEST_F(CudaBackendTest, RecommendedGranularitySizesHandlesOnly) {
   fake_.set_granularity(2 * kMiB, 8 * kMiB);
   auto b = Open(/*handle_size=*/5 * kMiB);  // rounds up to 8 MiB
   ASSERT_NE(b, nullptr);
   fake_.ClearCalls();
-  auto m = b->MapRegion(Region(9 * kMiB));
+  const uint64_t hint = FreeAddress(16 * kMiB) + 2 * kMiB;  // 2 MiB-, not 8 MiB-aligned
+  auto m = b->MapRegion(Region(9 * kMiB, hint));
   ASSERT_OK(m.status());
-  EXPECT_EQ(m->reserved, 16 * kMiB);
-  EXPECT_EQ(m->address % (8 * kMiB), 0u);
+  EXPECT_TRUE(m->at_hint);
+  EXPECT_EQ(m->reserved, 10 * kMiB);
   EXPECT_THAT(fake_.call_log(), Contains("cuMemCreate(size=0x800000, flags=0)"));
+  EXPECT_THAT(fake_.call_log(), Contains("cuMemCreate(size=0x200000, flags=0)"));
   EXPECT_EQ(fake_.live_handles(), 2u);
   ASSERT_OK(b->UnmapRegion(*m));
 
@@ -289,7 +298,8 @@ TEST_F(CudaBackendTest, CopiesLandAtTheRightAddresses) {
   CopyThroughStaging(b.get(), m->address, data);
   EXPECT_EQ(ReadBack(m->address, size), data);
   EXPECT_EQ(fake_.unpinned_copies(), 0u);  // every copy came from registered staging
-  EXPECT_EQ(fake_.last_event_flags(), unsigned{CU_EVENT_DISABLE_TIMING});
+  // Waits sleep rather than spin (they share the cores with the pipeline's workers).
+  EXPECT_EQ(fake_.last_event_flags(), unsigned{CU_EVENT_BLOCKING_SYNC | CU_EVENT_DISABLE_TIMING});
 
   // A copy into the middle, from a slot far from 0.
   const auto patch = RandomBytes(4097, TestSeed() + 3);
@@ -477,7 +487,9 @@ TEST_F(CudaBackendTest, StagingIsRegisteredOnce) {
   fake_.ClearCalls();
   b->FreeStaging(*s);
   // In-flight copies from the buffer are waited for before it is unpinned.
-  EXPECT_THAT(DriverCalls(fake_), ElementsAre("cuStreamSynchronize", "cuMemHostUnregister"));
+  // (on an event that sleeps: cuStreamSynchronize would spin under the default policy).
+  EXPECT_THAT(DriverCalls(fake_),
+              ElementsAre("cuEventRecord", "cuEventSynchronize", "cuMemHostUnregister"));
   EXPECT_EQ(fake_.live_registrations(), 0u);
 
   // Registration failing is reported, not papered over.
@@ -540,6 +552,46 @@ TEST_F(CudaBackendTest, EveryMethodMakesTheContextCurrentOnItsThread) {
   std::thread([&] { unmapped = b->UnmapRegion(*m); }).join();
   EXPECT_OK(unmapped);
   std::thread([&] { b.reset(); }).join();
+  ExpectClean();
+}
+
+// A restore onto one device must not move its caller to that device: the CUDA runtime (and
+// PyTorch) reads the current context as the current device.
+TEST_F(CudaBackendTest, TheCallersContextIsPutBack) {
+  fake_.set_device_count(2);
+  fake_.set_defer_copies(true);
+  const CudaDriverApi* api = fake_.api();
+  ASSERT_EQ(api->cuInit(0), CUDA_SUCCESS);
+  CUcontext theirs = nullptr;
+  ASSERT_EQ(api->cuDevicePrimaryCtxRetain(&theirs, 0), CUDA_SUCCESS);
+  ASSERT_EQ(api->cuCtxSetCurrent(theirs), CUDA_SUCCESS);
+  auto current = [&] {
+    CUcontext c = nullptr;
+    EXPECT_EQ(api->cuCtxGetCurrent(&c), CUDA_SUCCESS);
+    return c;
+  };
+  {
+    auto b = NewCudaBackend(api, 1);  // the other device
+    ASSERT_OK(b.status());
+    EXPECT_EQ(current(), theirs) << "after construction";
+    auto m = (*b)->MapRegion(Region(4 * kMiB));
+    ASSERT_OK(m.status());
+    EXPECT_EQ(current(), theirs) << "after MapRegion";
+    auto staging = (*b)->AllocateStaging(kMiB);
+    ASSERT_OK(staging.status());
+    EXPECT_OK((*b)->Copy(m->address, *staging, kMiB, 0));
+    EXPECT_OK((*b)->WaitCopies(0));
+    EXPECT_OK((*b)->Synchronize());
+    EXPECT_OK((*b)->Unload(*m));
+    EXPECT_OK((*b)->Reload(*m));
+    EXPECT_EQ(current(), theirs) << "after copies, Unload and Reload";
+    (*b)->FreeStaging(*staging);
+    EXPECT_OK((*b)->UnmapRegion(*m));
+    EXPECT_EQ(current(), theirs) << "after UnmapRegion";
+  }
+  EXPECT_EQ(current(), theirs) << "after destruction";
+  ASSERT_EQ(api->cuCtxSetCurrent(nullptr), CUDA_SUCCESS);
+  ASSERT_EQ(api->cuDevicePrimaryCtxRelease(0), CUDA_SUCCESS);
   ExpectClean();
 }
 
@@ -676,9 +728,14 @@ TEST(CudaBackendFailureTest, FailureAtEveryCall) {
     }
     if (r.status.ok()) {
       // Absorbed failures: a refused hint is retried elsewhere; FreeStaging returns
-      // nothing and leaves the buffer for the destructor.
+      // nothing and leaves the buffer for the destructor; putting the caller's context
+      // back after a call that succeeded, or not being able to read it, is only logged
+      // (switching to the backend's
+      // context failing is an error, which the branch below checks).
       const bool in_free_staging = k >= r.free_staging_begin && k <= r.free_staging_end;
-      EXPECT_TRUE(fake.injected_function() == "cuMemAddressReserve" || in_free_staging);
+      EXPECT_TRUE(fake.injected_function() == "cuMemAddressReserve" ||
+                  fake.injected_function() == "cuCtxSetCurrent" ||
+                  fake.injected_function() == "cuCtxGetCurrent" || in_free_staging);
     } else {
       EXPECT_THAT(std::string(r.status.message()), HasSubstr(fake.injected_function()));
       EXPECT_NE(r.status.code(), StatusCode::kDataLoss);  // no silently wrong bytes
