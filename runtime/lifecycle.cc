@@ -251,15 +251,22 @@ StatusOr<std::vector<TensorData>> Lifecycle::Infer(const std::vector<TensorData>
   if (cold != nullptr) *cold = was_cold;
   if (!s.ok()) return s;
 
-  StatusOr<std::vector<TensorData>> result = m.host->Infer(inputs);
-  {
-    std::lock_guard l(m.mu);
-    --m.in_flight;
-    m.last_activity_ns = std::max(m.last_activity_ns, m.clock->NowNanos());
-    ++(was_cold ? m.cold_requests : m.warm_requests);
-  }
-  m.cv.notify_all();  // UnloadNow waits for in_flight == 0
-  return result;
+  // Leaves the model however the host's Infer ends: an exception escaping it would otherwise
+  // keep in_flight up, and the model could never be unloaded again.
+  struct Leave {
+    Impl& m;
+    bool was_cold;
+    ~Leave() {
+      {
+        std::lock_guard l(m.mu);
+        --m.in_flight;
+        m.last_activity_ns = std::max(m.last_activity_ns, m.clock->NowNanos());
+        ++(was_cold ? m.cold_requests : m.warm_requests);
+      }
+      m.cv.notify_all();  // UnloadNow waits for in_flight == 0
+    }
+  } leave{m, was_cold};
+  return m.host->Infer(inputs);
 }
 
 Status Lifecycle::Warmup() {

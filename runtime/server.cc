@@ -1,13 +1,16 @@
 #include "runtime/server.h"
 
 #include <fcntl.h>
+#include <linux/openat2.h>
 #include <httplib.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <cerrno>
 #include <charconv>
 #include <chrono>
@@ -129,36 +132,109 @@ std::string Printable(std::string_view s, size_t max = 256) {
   return out;
 }
 
-// "host[:port]" or "[v6][:port]" into a lower-case host and the port (empty when absent).
-std::pair<std::string, std::string> SplitAuthority(std::string_view authority) {
-  size_t colon = std::string_view::npos;
-  if (!authority.empty() && authority.front() == '[') {
-    const size_t close = authority.find(']');
-    if (close != std::string_view::npos && close + 1 < authority.size() &&
-        authority[close + 1] == ':')
-      colon = close + 1;
+// An http:// authority, parsed strictly: a host name ([A-Za-z0-9.-], at most 253
+// characters) or a bracketed IPv6 address ([0-9A-Fa-f:.]), then optionally ':' and a port
+// of 1-5 digits in 1..65535. Anything else (userinfo, percent-encoding, zone ids, stray
+// brackets, overlong or empty parts) is refused here, before any library parses it.
+struct Authority {
+  std::string host;  // lower case; IPv6 without brackets
+  int port = 0;      // 0: none given
+};
+
+std::optional<Authority> ParseAuthority(std::string_view a) {
+  Authority out;
+  std::string_view host, port;
+  bool v6 = false;
+  if (!a.empty() && a.front() == '[') {
+    const size_t close = a.find(']');
+    if (close == std::string_view::npos) return std::nullopt;
+    host = a.substr(1, close - 1);
+    std::string_view rest = a.substr(close + 1);
+    if (!rest.empty()) {
+      if (rest.front() != ':') return std::nullopt;
+      port = rest.substr(1);
+      if (port.empty()) return std::nullopt;
+    }
+    v6 = true;
   } else {
-    colon = authority.rfind(':');
+    const size_t colon = a.find(':');
+    host = a.substr(0, colon);
+    if (colon != std::string_view::npos) {
+      port = a.substr(colon + 1);
+      if (port.empty()) return std::nullopt;
+    }
   }
-  std::string host(authority.substr(0, colon));
-  std::transform(host.begin(), host.end(), host.begin(),
+  if (host.empty() || host.size() > 253) return std::nullopt;
+  for (char c : host) {
+    const bool ok = v6 ? (std::isxdigit(static_cast<unsigned char>(c)) || c == ':' || c == '.')
+                       : (std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-');
+    if (!ok) return std::nullopt;
+  }
+  if (v6 && host.find(':') == std::string_view::npos) return std::nullopt;
+  if (!port.empty()) {
+    if (port.size() > 5) return std::nullopt;
+    auto [ptr, ec] = std::from_chars(port.data(), port.data() + port.size(), out.port);
+    if (ec != std::errc() || ptr != port.data() + port.size() || out.port < 1 || out.port > 65535)
+      return std::nullopt;
+  }
+  out.host.assign(host);
+  std::transform(out.host.begin(), out.host.end(), out.host.begin(),
                  [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  std::string port =
-      colon == std::string_view::npos ? "" : std::string(authority.substr(colon + 1));
-  while (port.size() > 1 && port[0] == '0') port.erase(0, 1);  // "080" is port 80
-  return {host, port};
+  return out;
 }
 
-// Whether an http:// input's authority is on the --http-inputs list (ServerOptions).
-bool HttpHostAllowed(std::string_view authority, const std::vector<std::string>& allowed) {
-  const auto [host, port] = SplitAuthority(authority);
+// Whether an http:// input's authority is on the --http-inputs list (ServerOptions): "*",
+// the same host with any port ("host"), or the same host and port ("host:port").
+bool HttpHostAllowed(const Authority& url, const std::vector<std::string>& allowed) {
   for (const std::string& entry : allowed) {
     if (entry == "*") return true;
-    const auto [want_host, want_port] = SplitAuthority(entry);
-    if (want_host == host && (want_port.empty() || want_port == port)) return true;
+    const std::optional<Authority> want = ParseAuthority(entry);
+    if (want && want->host == url.host && (want->port == 0 || want->port == url.port)) return true;
   }
   return false;
 }
+
+// Opens `real` (resolved by realpath, under `root`) for reading. Where the kernel has
+// openat2 (5.6+) the walk from the root is done again with RESOLVE_BENEATH |
+// RESOLVE_NO_SYMLINKS, so a directory swapped for a symlink after realpath cannot lead out
+// of the root; elsewhere O_NOFOLLOW guards the last component only. O_NONBLOCK: a FIFO put
+// there must not block the request before the regular-file check.
+int OpenBeneath(const std::string& root, const std::string& real) {
+  constexpr int kFlags = O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK;
+#if defined(SYS_openat2) && defined(RESOLVE_BENEATH)
+  if (real.size() > root.size() + 1 && real.compare(0, root.size(), root) == 0 &&
+      real[root.size()] == '/') {
+    const int dir = ::open(root.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (dir >= 0) {
+      struct open_how how = {};
+      how.flags = static_cast<uint64_t>(kFlags);
+      how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS;
+      const std::string relative = real.substr(root.size() + 1);
+      const long fd = ::syscall(SYS_openat2, dir, relative.c_str(), &how, sizeof(how));
+      const int err = errno;
+      ::close(dir);
+      if (fd >= 0 || err != ENOSYS) {
+        errno = err;
+        return static_cast<int>(fd);
+      }
+    }
+  }
+#endif
+  return ::open(real.c_str(), kFlags);
+}
+
+}  // namespace
+
+Status CheckHttpInputHosts(const std::vector<std::string>& hosts) {
+  for (const std::string& h : hosts) {
+    if (h != "*" && !ParseAuthority(h))
+      return InvalidArgumentError("http input host '" + Printable(h) +
+                                  "' is not HOST, HOST:PORT, [IPv6]:PORT or *");
+  }
+  return OkStatus();
+}
+
+namespace {
 
 // ----- element conversions -----
 
@@ -616,6 +692,12 @@ struct Server::Impl {
   void LogRequest(const httplib::Request& req, const httplib::Response& res);
   bool Enter();  // false while draining
   void Leave();
+  // Leave() when it goes, however the handler ends (httplib turns an exception into a 500;
+  // a skipped Leave() would make Shutdown wait forever).
+  struct ActiveRequest {
+    Impl* impl;
+    ~ActiveRequest() { impl->Leave(); }
+  };
 
   // Endpoints.
   void HandleInfer(const httplib::Request& req, httplib::Response& res);
@@ -837,10 +919,10 @@ void Server::Impl::HandleInfer(const httplib::Request& req, httplib::Response& r
     ObserveInfer(req, res, true);
     return;
   }
+  ActiveRequest active_request{this};
   std::optional<HttpError> err = RunInfer(req, res);
   if (err) SendError(res, *err);
   ObserveInfer(req, res, err && err->rejected);
-  Leave();
 }
 
 std::optional<HttpError> Server::Impl::RunInfer(const httplib::Request& req,
@@ -888,8 +970,14 @@ std::optional<HttpError> Server::Impl::RunInfer(const httplib::Request& req,
   }
   metrics->Set("stasis_queued", admission.queued());
   bool cold = false;
-  StatusOr<std::vector<TensorData>> result = lifecycle->Infer(inputs, &cold);
-  admission.Release();
+  StatusOr<std::vector<TensorData>> result = InternalError("not run");
+  {
+    struct Slot {  // released however Infer ends
+      Admission* a;
+      ~Slot() { a->Release(); }
+    } slot{&admission};
+    result = lifecycle->Infer(inputs, &cold);
+  }
   tls_request.cold = cold ? 1 : 0;
   if (!result.ok()) return FromStatus(result.status());
 
@@ -1089,7 +1177,7 @@ std::optional<HttpError> Server::Impl::ReadFileUrl(std::string_view rest, uint64
   if (!IsUnder(real, file_root_real)) {
     return HttpError{403, "forbidden", "file input outside the file root"};
   }
-  const int fd = ::open(real.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  const int fd = OpenBeneath(file_root_real, real);
   if (fd < 0) {
     return HttpError{errno == ENOENT ? 404 : 403, errno == ENOENT ? "not_found" : "forbidden",
                      "cannot open input file: " + Printable(path)};
@@ -1125,35 +1213,31 @@ std::optional<HttpError> Server::Impl::FetchHttpUrl(std::string_view url, uint64
   const size_t slash = rest.find('/');
   std::string_view authority = rest.substr(0, slash);
   const std::string path = slash == std::string_view::npos ? "/" : std::string(rest.substr(slash));
-  if (authority.empty() || authority.find('@') != std::string_view::npos ||
-      std::any_of(authority.begin(), authority.end(), [](char c) {
-        return static_cast<unsigned char>(c) <= 0x20 || c == '?' || c == '#';
+  if (std::any_of(path.begin(), path.end(), [](char c) {
+        return static_cast<unsigned char>(c) <= 0x20 || c == 0x7f || c == '#';
       })) {
-    return BadRequest("malformed http URL: " + Printable(url));
+    return BadRequest("malformed http URL (path): " + Printable(url));
   }
-  const size_t colon = authority.rfind(':');
-  if (colon != std::string_view::npos && authority.find(']') == std::string_view::npos) {
-    int port = 0;
-    std::string_view p = authority.substr(colon + 1);
-    auto [ptr, ec] = std::from_chars(p.data(), p.data() + p.size(), port);
-    if (ec != std::errc() || ptr != p.data() + p.size() || port <= 0 || port > 65535) {
-      return BadRequest("malformed http URL (port): " + Printable(url));
-    }
+  const std::optional<Authority> parsed = ParseAuthority(authority);
+  if (!parsed) {
+    return BadRequest("malformed http URL (expected http://HOST[:PORT]/...): " + Printable(url));
   }
-  if (!HttpHostAllowed(authority, options.http_input_hosts)) {
+  if (!HttpHostAllowed(*parsed, options.http_input_hosts)) {
     return HttpError{403, "forbidden",
                      options.http_input_hosts.empty()
                          ? "http:// inputs are disabled (stasis serve --http-inputs HOST,...)"
                          : "http:// inputs from " + Printable(authority) + " are not allowed"};
   }
-  httplib::Client cli("http://" + std::string(authority));
+  // Host and port as parsed above: httplib never parses the client's text itself.
+  httplib::Client cli(parsed->host, parsed->port == 0 ? 80 : parsed->port);
   cli.set_follow_location(false);  // a redirect could lead past the host list
   const auto timeout = std::chrono::nanoseconds(std::max<int64_t>(options.fetch_timeout_ns, 1));
   cli.set_connection_timeout(std::chrono::duration_cast<std::chrono::microseconds>(timeout));
   cli.set_read_timeout(std::chrono::duration_cast<std::chrono::microseconds>(timeout));
   cli.set_write_timeout(std::chrono::duration_cast<std::chrono::microseconds>(timeout));
   int status = 0;
-  bool too_big = false;
+  bool too_big = false, timed_out = false;
+  const int64_t deadline_ns = clock->NowNanos() + std::max<int64_t>(options.fetch_timeout_ns, 1);
   auto result = cli.Get(
       path,
       [&](const httplib::Response& r) {
@@ -1176,9 +1260,20 @@ std::optional<HttpError> Server::Impl::FetchHttpUrl(std::string_view url, uint64
           too_big = true;
           return false;
         }
+        // The timeouts above bound each read; this bounds the whole fetch (an upstream
+        // sending a byte now and then would otherwise hold the request forever).
+        if (clock->NowNanos() > deadline_ns) {
+          timed_out = true;
+          return false;
+        }
         out->append(data, len);
         return true;
       });
+  if (timed_out) {
+    return HttpError{502, "bad_gateway",
+                     "fetching " + Printable(url) + " took longer than " +
+                         Fixed3(static_cast<double>(options.fetch_timeout_ns) / 1e9) + " s"};
+  }
   if (too_big) {
     return HttpError{
         413, "payload_too_large",
@@ -1203,6 +1298,7 @@ void Server::Impl::HandleWarmup(const httplib::Request& req, httplib::Response& 
     SendError(res, {503, "shutting_down", "the server is shutting down", true});
     return;
   }
+  ActiveRequest active_request{this};
   const bool was_warm = lifecycle->state() == ModelState::kWarm;
   const int64_t start = clock->NowNanos();
   Status s = lifecycle->Warmup();
@@ -1216,7 +1312,6 @@ void Server::Impl::HandleWarmup(const httplib::Request& req, httplib::Response& 
   } else {
     SendError(res, FromStatus(s));
   }
-  Leave();
 }
 
 void Server::Impl::HandleUnload(const httplib::Request& req, httplib::Response& res) {
@@ -1224,6 +1319,7 @@ void Server::Impl::HandleUnload(const httplib::Request& req, httplib::Response& 
     SendError(res, {503, "shutting_down", "the server is shutting down", true});
     return;
   }
+  ActiveRequest active_request{this};
   const bool was_warm = lifecycle->state() == ModelState::kWarm;
   Status s = lifecycle->UnloadNow();
   metrics->SyncLifecycle(lifecycle->status());
@@ -1232,7 +1328,6 @@ void Server::Impl::HandleUnload(const httplib::Request& req, httplib::Response& 
   } else {
     SendError(res, FromStatus(s));
   }
-  Leave();
 }
 
 void Server::Impl::HandleStatus(const httplib::Request&, httplib::Response& res) {
@@ -1316,6 +1411,7 @@ StatusOr<std::unique_ptr<Server>> Server::Start(Lifecycle* lifecycle, Metrics* m
     return InvalidArgumentError("server: max_concurrency must be at least 1");
   }
   if (options.queue < 0) return InvalidArgumentError("server: queue must be >= 0");
+  STASIS_RETURN_IF_ERROR(CheckHttpInputHosts(options.http_input_hosts).WithContext("server"));
   if (options.port < 0 || options.port > 65535) {
     return InvalidArgumentError("server: port out of range: " + std::to_string(options.port));
   }

@@ -75,7 +75,7 @@ struct ServerOptions {
   // the URL's authority ("[::1]:8080" for IPv6), case-insensitively; "*" allows any host.
   // Empty: http:// refused (403), so that a client cannot make the server fetch from hosts
   // only it can reach. Redirects are not followed.
-  std::vector<std::string> http_input_hosts;
+  std::vector<std::string> http_input_hosts;  // checked by CheckHttpInputHosts
   int64_t fetch_timeout_ns = 30'000'000'000;  // connect/read timeout of http:// inputs
   // Worker threads of the HTTP server. The pool gets at least max_concurrency + queue + 2
   // threads, so that admission (not the pool) queues inferences and probes still answer.
@@ -95,6 +95,10 @@ int HttpStatusForCode(StatusCode code);
 
 // Constant-time (in the length of `expected`) string comparison, for tokens.
 bool ConstantTimeEquals(std::string_view given, std::string_view expected);
+
+// kInvalidArgument unless every entry is "*", HOST, HOST:PORT or [IPv6][:PORT] (host names
+// of [A-Za-z0-9.-], ports 1..65535): the form ServerOptions::http_input_hosts takes.
+Status CheckHttpInputHosts(const std::vector<std::string>& hosts);
 
 class Server {
  public:

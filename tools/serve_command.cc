@@ -82,11 +82,8 @@ int RunServe(const ServeArgs& a) {
   so.max_concurrency = a.max_concurrency;
   so.queue = a.queue;
   so.file_root = a.file_root;
-  for (const std::string& h : a.http_inputs) {
-    if (h.empty() || h.find_first_of("/@?# \t") != std::string::npos)
-      return ReportError(
-          InvalidArgumentError("--http-inputs: '" + h + "' is not HOST or HOST:PORT (or *)"));
-  }
+  if (Status s = runtime::CheckHttpInputHosts(a.http_inputs); !s.ok())
+    return ReportError(s.WithContext("--http-inputs"));
   so.http_input_hosts = a.http_inputs;
   if (a.threads > 0) so.threads = a.threads;
   if (!ParseDuration(a.request_timeout, &so.request_timeout_ns) || so.request_timeout_ns <= 0)
@@ -159,6 +156,16 @@ int RunServe(const ServeArgs& a) {
     Status s = lifecycle.Warmup();
     if (!s.ok()) spdlog::error("warmup failed (the first request retries): {}", s.ToString());
   }
+  // A SIGTERM that came during the warmup waits, blocked, for sigwait: answer it before
+  // the listener opens rather than accept requests only to drain them.
+  sigset_t pending;
+  if (sigpending(&pending) == 0 &&
+      (sigismember(&pending, SIGTERM) == 1 || sigismember(&pending, SIGINT) == 1)) {
+    spdlog::info("stopped by a signal before serving");
+    Status s = lifecycle.UnloadNow();
+    if (!s.ok()) spdlog::warn("releasing the device failed: {}", s.ToString());
+    return kExitOk;
+  }
   auto server = runtime::Server::Start(&lifecycle, &metrics, RealClock(), so);
   if (!server.ok()) return ReportError(server.status());
   spdlog::info("serving {} on http://{}:{} (idle timeout {}, on idle {})", (*host)->Describe(),
@@ -169,8 +176,10 @@ int RunServe(const ServeArgs& a) {
   while (sigwait(&signals, &sig) != 0) {
   }
   spdlog::info("{}: draining in-flight requests", sig == SIGUSR1 ? "idle exit" : strsignal(sig));
-  lifecycle.StopTimer();
+  // Draining first: the timer thread may be inside a long retry restore, and requests must
+  // be refused while StopTimer waits for it.
   (*server)->Shutdown();
+  lifecycle.StopTimer();
   Status s = lifecycle.UnloadNow();
   if (!s.ok()) spdlog::warn("releasing the device failed: {}", s.ToString());
   spdlog::info("stopped");

@@ -6,6 +6,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -440,6 +441,7 @@ TEST_F(ServerTest, TokenIsRequiredEverywhereButHealthz) {
 TEST_F(ServerTest, MalformedRequestsGetJsonErrorsThenAValidOneSucceeds) {
   testing::TempDir root, outside;
   testing::WriteFile(root.File("not.safetensors"), "definitely not safetensors");
+  ASSERT_EQ(::mkfifo(root.File("fifo.safetensors").c_str(), 0600), 0);  // must not block a reader
   testing::WriteFile(outside.File("w.safetensors"),
                      Safetensors({Tensor<float>("a", DType::kF32, {1}, {1})}));
   ServerOptions o;
@@ -512,6 +514,9 @@ TEST_F(ServerTest, MalformedRequestsGetJsonErrorsThenAValidOneSucceeds) {
        "application/json", 404, "not_found"},
       {"file that is not safetensors",
        InferBody({{{"name", "x"}, {"url", "file://" + root.File("not.safetensors")}}}),
+       "application/json", 400, "bad_request"},
+      {"FIFO under the root",
+       InferBody({{{"name", "x"}, {"url", "file://" + root.File("fifo.safetensors")}}}),
        "application/json", 400, "bad_request"},
       {"unreachable http input",
        InferBody({{{"name", "x"}, {"url", "http://127.0.0.1:1/x.safetensors"}}}),
@@ -738,8 +743,33 @@ TEST_F(ServerTest, HttpUrlInputsOnlyFromAllowedHosts) {
               "forbidden", "unlisted host");
   ExpectError(Infer({{{"name", "x"}, {"url", "http://localhost.evil:1/x"}}}), 403, "forbidden",
               "prefix of a listed host");
+  // Authorities that are not HOST[:PORT] are refused before any library parses them (a long
+  // run of digits once overflowed the stack of httplib's URL regex; a huge port made it
+  // throw).
+  for (const std::string& bad : std::vector<std::string>{
+           "http://localhost:" + std::string(200000, '1') + "]/x", "http://[::1]:99999999999/x",
+           "http://[::1]:0/x", "http://localhost:/x", "http://user@localhost:1/x",
+           "http://local%68ost:1/x", "http://localhost\\@evil:1/x", "http://[fe80::1%25eth0]:1/x",
+           "http://[::1/x", "http://::1:1/x", "http://" + std::string(300, 'a') + "/x", "http:///x",
+           "http://localhost:1]/x", "http://localhost:1#x"}) {
+    ExpectError(Infer({{{"name", "x"}, {"url", bad}}}), 400, "bad_request", bad.substr(0, 80));
+  }
   server_.reset();
   lifecycle_.reset();
+
+  // IPv6 with hex digits (IPv4-mapped 127.0.0.1): allowed, fetched, refused on port 1.
+  o.http_input_hosts = {"[::FFFF:7f00:1]:1"};
+  StartServer(o);
+  ExpectError(Infer({{{"name", "x"}, {"url", "http://[::ffff:7f00:1]:1/x"}}}), 502, "bad_gateway",
+              "hex IPv6");
+  server_.reset();
+  lifecycle_.reset();
+
+  // Malformed entries are refused when the server starts.
+  o.http_input_hosts = {"host/path"};
+  Lifecycle idle(host_.get(), &clock_, LifecycleOptions{});
+  EXPECT_THAT(Server::Start(&idle, &metrics_, &clock_, o).status(),
+              StatusIs(StatusCode::kInvalidArgument, HasSubstr("host/path")));
 
   o.http_input_hosts = {"*"};
   StartServer(o);

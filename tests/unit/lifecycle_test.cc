@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <utility>
@@ -70,6 +71,7 @@ class FakeModelHost final : public ModelHost {
     if (!inputs.empty() && inputs[0].name == "fail") {
       return StatusOr<std::vector<TensorData>>(InvalidArgumentError("bad input"));
     }
+    if (!inputs.empty() && inputs[0].name == "throw") throw std::runtime_error("host threw");
     return inputs;
   }
 
@@ -260,6 +262,22 @@ TEST_F(LifecycleTest, RequestDuringUnloadWaitsThenRestores) {
   EXPECT_EQ(st.cold_requests, 1u);
   EXPECT_EQ(host_.loads.load(), 2);
   EXPECT_EQ(host_.unloads.load(), 1);
+}
+
+// A host whose Infer throws must not leave the request counted in flight: the idle
+// timeout and UnloadNow wait for in_flight == 0.
+TEST_F(LifecycleTest, AThrowingInferLeavesNothingInFlight) {
+  Lifecycle lc(&host_, &clock_, Options(10 * kSecond));
+  std::vector<TensorData> in = Inputs("x");
+  in[0].name = "throw";
+  EXPECT_THROW((void)lc.Infer(in, nullptr), std::runtime_error);
+  EXPECT_EQ(lc.status().in_flight, 0);
+  clock_.Advance(10 * kSecond);
+  lc.Tick();
+  EXPECT_EQ(lc.state(), ModelState::kCold) << "the idle unload never came";
+  ASSERT_OK(lc.Infer(Inputs("y"), nullptr));
+  EXPECT_OK(lc.UnloadNow());  // would wait forever on a leaked in_flight
+  EXPECT_EQ(host_.unloads.load(), 2);
 }
 
 TEST_F(LifecycleTest, NegativeIdleTimeoutNeverUnloads) {
