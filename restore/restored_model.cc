@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -20,6 +21,21 @@
 
 namespace stasis {
 namespace {
+
+// The reader and the engine open the path separately. A rename between the two (`stasis
+// snapshot --force` replaces images that way) would pair one image's manifest with another
+// file's bytes: wrong bytes without checksums, SIGBUS where chunks are mapped past its end.
+Status CheckSameFile(const std::string& image, const RandomAccessFile& manifest_file,
+                     const ReadEngine& engine) {
+  bool same = engine.file_size() == manifest_file.Size();
+  struct stat a, b;
+  if (same && manifest_file.fd() >= 0 && engine.MappableFd() >= 0 &&
+      ::fstat(manifest_file.fd(), &a) == 0 && ::fstat(engine.MappableFd(), &b) == 0)
+    same = a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+  if (same) return OkStatus();
+  return Status(StatusCode::kAborted,
+                image + " was replaced while it was being opened; restore it again");
+}
 
 using Clock = std::chrono::steady_clock;
 
@@ -90,7 +106,8 @@ class PipelineWorker {
   struct Pending {
     size_t task = 0;
     int read_slot = -1;
-    int ops = 0;  // reads outstanding
+    int out_slot = -1;  // a staged decode's output, taken with its read slot
+    int ops = 0;        // reads outstanding
     Status status;
   };
 
@@ -98,7 +115,7 @@ class PipelineWorker {
   uint8_t* Slot(int s) const { return staging_ + static_cast<uint64_t>(s) * plan_.slot_size; }
 
   StatusOr<int> TakeSlot() {
-    // Submission leaves a slot free for every decode output, so this cannot run dry.
+    // Submission takes every slot a task needs (SlotsNeeded), so this cannot run dry.
     if (free_slots_.empty()) return InternalError("restore pipeline ran out of staging slots");
     int s = free_slots_.back();
     free_slots_.pop_back();
@@ -123,6 +140,14 @@ class PipelineWorker {
       default:
         return 1;
     }
+  }
+
+  // Reads a task submits at once.
+  size_t ReadsOf(const ChunkTask& t) const {
+    if (t.route == ChunkRoute::kMapInPlace) return 0;
+    if (t.route != ChunkRoute::kReadInPlace) return 1;
+    const uint64_t stored = m_.chunks[t.chunk].stored_size;
+    return (t.in_place_bytes > 0 ? 1 : 0) + (t.in_place_bytes < stored ? 1 : 0);
   }
 
   Status SubmitTask(size_t ti) {
@@ -169,6 +194,11 @@ class PipelineWorker {
       return OkStatus();
     }
     STASIS_ASSIGN_OR_RETURN(p.read_slot, TakeSlot());
+    // A staged decode's output slot is taken now, not when its read completes: tasks
+    // submitted meanwhile could otherwise take it, leaving the decode none.
+    if (t.route == ChunkRoute::kDecodeStaged) {
+      STASIS_ASSIGN_OR_RETURN(p.out_slot, TakeSlot());
+    }
     // Slots lie in the staging area: fixed buffer 0 where the kernel registered it.
     STASIS_RETURN_IF_ERROR(
         queue_->Submit({t.read_offset, t.read_length, Slot(p.read_slot), tag, 0}));
@@ -232,18 +262,9 @@ class PipelineWorker {
       case ChunkRoute::kDecodeStaged: {
         const uint8_t* src = Slot(p.read_slot) + head;
         s = verify_stored(src);
-        int out_slot = -1;
-        uint8_t* out = nullptr;
-        if (s.ok() && t.route == ChunkRoute::kDecodeInPlace) {
-          out = region.host_view + c.dst_offset;
-        } else if (s.ok()) {
-          auto taken = TakeSlot();
-          s = taken.status();
-          if (s.ok()) {
-            out_slot = *taken;
-            out = Slot(out_slot);
-          }
-        }
+        const int out_slot = p.out_slot;
+        uint8_t* out = t.route == ChunkRoute::kDecodeInPlace ? region.host_view + c.dst_offset
+                                                             : Slot(out_slot);
         if (s.ok()) {
           auto start = Clock::now();
           s = decoder_.Decode(c, t.chunk, src, out);
@@ -273,16 +294,22 @@ class PipelineWorker {
       // Fill the queue while slots and queue depth allow.
       while (next < n) {
         const ChunkTask& t = work_.tasks[next];
-        int need = SlotsNeeded(t);
-        int ops = t.route == ChunkRoute::kReadInPlace  ? 2
-                  : t.route == ChunkRoute::kMapInPlace ? 0
-                                                       : 1;
+        const int need = SlotsNeeded(t);
+        const size_t ops = ReadsOf(t);
         if (static_cast<int>(free_slots_.size()) < need) break;
-        if (queue_->in_flight() + static_cast<size_t>(ops) > queue_->depth()) break;
+        if (queue_->in_flight() + ops > queue_->depth()) break;
         STASIS_RETURN_IF_ERROR(SubmitTask(next));
         ++next;
       }
-      if (pending_.empty()) continue;
+      if (pending_.empty()) {
+        if (next == n) continue;  // the last tasks completed on submission (mapped)
+        // Nothing in flight and the next task still does not fit: it never will.
+        return InternalError("restore pipeline stalled: chunk " + Num(work_.tasks[next].chunk) +
+                             " needs " + Num(SlotsNeeded(work_.tasks[next])) + " slots and " +
+                             Num(ReadsOf(work_.tasks[next])) + " reads; the worker has " +
+                             Num(free_slots_.size()) + " slots and queue depth " +
+                             Num(queue_->depth()));
+      }
       done.clear();
       auto start = Clock::now();
       STASIS_RETURN_IF_ERROR(queue_->Wait(1, &done));
@@ -330,6 +357,11 @@ StatusOr<std::unique_ptr<RestoredModel>> RestoredModel::Restore(const std::strin
   report.image = image;
   report.device = options.device;
 
+  if (options.queue_depth < 2 || options.queue_depth > 4096)
+    return InvalidArgumentError(
+        "restore: queue depth must be 2..4096 (a chunk read in place "
+        "can need two reads at once), not " +
+        std::to_string(options.queue_depth));
   // Open: footer, manifest (validated), and the read engine.
   auto t = Clock::now();
   STASIS_ASSIGN_OR_RETURN(st.reader, ImageReader::Open(image, options.fs));
@@ -347,6 +379,7 @@ StatusOr<std::unique_ptr<RestoredModel>> RestoredModel::Restore(const std::strin
     STASIS_ASSIGN_OR_RETURN(st.engine, OpenReadEngine(image, ro));
   }
   report.io = st.engine->report();
+  STASIS_RETURN_IF_ERROR(CheckSameFile(image, st.reader->file(), *st.engine));
   report.phases.open = Since(t);
 
   // The device backend, then every region mapped (at its recorded address when free).
@@ -422,8 +455,25 @@ Status RestoredModel::RunPipeline() {
                                   (st.options.map_file == RestoreOptions::MapFile::kAuto &&
                                    !io.direct && io.resident_fraction >= 0.9));
   po.page_size = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
-  // Slots are addressed by global index in the backend.
-  STASIS_ASSIGN_OR_RETURN(RestorePlan plan, PlanRestore(m, po));
+  // Slots are addressed by global index in the backend, which tracks kMaxSlots.
+  const int slots_cap = po.max_slots_per_worker;
+  auto cap_slots = [&] {
+    po.max_slots_per_worker =
+        std::max(2, std::min(slots_cap, DeviceBackend::kMaxSlots / std::max(po.workers, 1)));
+  };
+  cap_slots();
+  StatusOr<RestorePlan> planned = PlanRestore(m, po);
+  // The default worker count follows the cores; with many cores and large chunks it can ask
+  // for more slots than the staging memory holds. Fewer workers then, not an error (an
+  // explicit --threads keeps its error).
+  while (!planned.ok() && st.options.threads <= 0 && po.workers > 1 &&
+         planned.status().code() == StatusCode::kInvalidArgument) {
+    po.workers = std::max(1, po.workers / 2);
+    cap_slots();
+    planned = PlanRestore(m, po);
+  }
+  STASIS_RETURN_IF_ERROR(planned.status());
+  RestorePlan plan = std::move(planned).value();
   report.phases.plan = Since(t);
   report.workers = static_cast<int>(plan.workers.size());
   report.staging_bytes = plan.staging_bytes;

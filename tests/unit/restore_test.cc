@@ -87,6 +87,34 @@ class FailingBackend final : public DeviceBackend {
   int staging_ = 0;
 };
 
+// Host memory presented as a device: regions have no host view, so every chunk goes
+// through staging slots and Copy, as on a GPU.
+class DeviceLikeBackend final : public DeviceBackend {
+ public:
+  DeviceLikeBackend() : base_(NewHostBackend()) {}
+  DeviceSpec device() const override { return base_->device(); }
+  StatusOr<MappedRegion> MapRegion(const format::RegionInfo& r) override {
+    STASIS_ASSIGN_OR_RETURN(MappedRegion m, base_->MapRegion(r));
+    m.host_view = nullptr;
+    m.host_view_mappable = false;
+    return m;
+  }
+  Status UnmapRegion(const MappedRegion& r) override { return base_->UnmapRegion(r); }
+  Status Unload(const MappedRegion& r) override { return base_->Unload(r); }
+  Status Reload(const MappedRegion& r) override { return base_->Reload(r); }
+  StatusOr<uint8_t*> AllocateStaging(size_t n) override { return base_->AllocateStaging(n); }
+  void FreeStaging(uint8_t* p) override { base_->FreeStaging(p); }
+  Status Copy(uint64_t d, const void* s, size_t n, int) override {
+    std::memcpy(reinterpret_cast<void*>(d), s, n);
+    return OkStatus();
+  }
+  Status WaitCopies(int) override { return OkStatus(); }
+  Status Synchronize() override { return OkStatus(); }
+
+ private:
+  std::unique_ptr<DeviceBackend> base_;
+};
+
 // Host backend that checks, when destroyed, that everything it mapped was released.
 std::function<StatusOr<std::unique_ptr<DeviceBackend>>(const DeviceSpec&)> CheckedHostBackend() {
   return [](const DeviceSpec&) -> StatusOr<std::unique_ptr<DeviceBackend>> {
@@ -148,6 +176,106 @@ TEST_P(RestoreTest, ByteIdenticalForEveryWorkerCountAndStagingSize) {
       EXPECT_TRUE(r.verified_raw);
     }
   }
+}
+
+TEST_P(RestoreTest, QueueDepthBelowTwoIsRefused) {
+  RestoreOptions o;
+  o.fs = DefaultFileSystem();
+  o.queue_depth = 1;  // a chunk read in place can need two reads at once
+  EXPECT_THAT(RestoredModel::Restore(image(), o).status(),
+              StatusIs(StatusCode::kInvalidArgument, HasSubstr("queue depth")));
+}
+
+// The default worker count follows the cores; when the staging memory cannot give each of
+// them two slots, fewer workers run. An explicit thread count keeps its error.
+TEST_P(RestoreTest, DefaultWorkersShrinkToFitTheStaging) {
+  RestoreOptions o;
+  o.fs = DefaultFileSystem();
+  o.threads = 64;
+  o.staging_bytes = 200 << 10;            // two 64 KiB slots for one worker, not for two
+  if (GetParam() != CodecChoice::kRaw) {  // raw chunks are read in place, without slots
+    EXPECT_THAT(RestoredModel::Restore(image(), o).status(),
+                StatusIs(StatusCode::kInvalidArgument, HasSubstr("too small")));
+  }
+  o.threads = 0;
+  auto model = RestoredModel::Restore(image(), o);
+  ASSERT_OK(model.status());
+  ExpectIdentical(**model);
+  EXPECT_LE((*model)->report().workers, 2);
+}
+
+// On a device, a compressed chunk needs a slot for its stored bytes and one for its decoded
+// bytes; raw chunks submitted meanwhile must not take the second (they did: "ran out of
+// staging slots").
+TEST(RestoreStagingTest, MixedChunksOnADeviceNeverRunOutOfSlots) {
+  TempDir dir;
+  std::vector<uint8_t> bytes;
+  for (int i = 0; i < 40; ++i) {
+    auto part =
+        i % 2 ? RandomBytes(64 << 10, TestSeed() + i) : NormalBF16Bytes(32 << 10, TestSeed() + i);
+    bytes.insert(bytes.end(), part.begin(), part.end());
+  }
+  std::vector<HostTensor> tensors = {{"mixed",
+                                      DType::kBF16,
+                                      {static_cast<int64_t>(bytes.size() / 2)},
+                                      {},
+                                      bytes.data(),
+                                      bytes.size(),
+                                      0}};
+  WriterOptions wo;
+  wo.codec = CodecChoice::kAuto;
+  wo.chunk_size = 64 << 10;
+  const std::string image = dir.File("mixed.stasis");
+  ASSERT_OK(SnapshotHostTensors(tensors, {}, image, wo));
+  RestoreOptions o;
+  o.fs = DefaultFileSystem();
+  o.threads = 1;
+  o.backend_factory = [](const DeviceSpec&) -> StatusOr<std::unique_ptr<DeviceBackend>> {
+    return std::unique_ptr<DeviceBackend>(new DeviceLikeBackend());
+  };
+  auto model = RestoredModel::Restore(image, o);
+  ASSERT_OK(model.status());
+  const RestoredTensor* t = (*model)->FindTensor("mixed");
+  ASSERT_NE(t, nullptr);
+  EXPECT_EQ(0, std::memcmp(reinterpret_cast<const void*>(t->address), bytes.data(), bytes.size()));
+}
+
+// The reader and the read engine open the image separately; if the path names another file
+// by the time the engine opens it, the restore stops instead of mixing the two.
+TEST_P(RestoreTest, ImageReplacedBetweenOpensIsAborted) {
+  // A file system whose second open of the image yields another file.
+  class SwappingFileSystem final : public FileSystem {
+   public:
+    SwappingFileSystem(std::string image, std::string other)
+        : image_(std::move(image)), other_(std::move(other)) {}
+    StatusOr<std::unique_ptr<RandomAccessFile>> OpenRandomAccess(const std::string& p) override {
+      const bool swap = p == image_ && ++opens_ == 2;
+      return DefaultFileSystem()->OpenRandomAccess(swap ? other_ : p);
+    }
+    StatusOr<std::unique_ptr<WritableFile>> CreateExclusive(const std::string& p) override {
+      return DefaultFileSystem()->CreateExclusive(p);
+    }
+    Status Rename(const std::string& a, const std::string& b) override {
+      return DefaultFileSystem()->Rename(a, b);
+    }
+    Status Remove(const std::string& p) override { return DefaultFileSystem()->Remove(p); }
+    Status SyncParentDir(const std::string& p) override {
+      return DefaultFileSystem()->SyncParentDir(p);
+    }
+    bool Exists(const std::string& p) override { return DefaultFileSystem()->Exists(p); }
+
+   private:
+    std::string image_, other_;
+    int opens_ = 0;
+  };
+  std::vector<HostTensor> other_tensors = {tensors_[3]};  // a different, smaller image
+  const std::string other = dir_.File("other.stasis");
+  ASSERT_OK(SnapshotHostTensors(other_tensors, {}, other, WriterOptions{}));
+  SwappingFileSystem fs(image(), other);
+  RestoreOptions o;
+  o.fs = &fs;
+  EXPECT_THAT(RestoredModel::Restore(image(), o).status(),
+              StatusIs(StatusCode::kAborted, HasSubstr("replaced")));
 }
 
 TEST_P(RestoreTest, ShortReadsAndEagainStormsStillRestore) {
