@@ -883,7 +883,8 @@ void Server::Impl::Install() {
         } catch (...) {
         }
         spdlog::error("request {}: unhandled exception: {}", tls_request.id, what);
-        SendError(res, {500, "internal", "internal error: " + what});
+        // The text stays in the log: it may name internals the client has no use for.
+        SendError(res, {500, "internal", "internal error (request " + tls_request.id + ")"});
         ObserveInfer(req, res, false);
       });
 
