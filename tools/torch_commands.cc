@@ -259,9 +259,17 @@ struct ChildResult {
   double max_rss_mb = 0;
 };
 
-// Runs `stasis coldstart ...` in a fresh process; its stdout is the JSON report.
-StatusOr<ChildResult> SpawnColdStart(const std::vector<std::string>& args,
-                                     const std::string& stderr_path) {
+struct SelfRun {
+  std::string output;  // its stdout
+  rusage usage{};
+};
+
+// Runs this binary (`stasis <args>`) in a fresh process, stdout captured, stderr to
+// `stderr_path`. When `spawn_ns_last` is set, the last argument is replaced by the
+// CLOCK_MONOTONIC time just before the spawn (coldstart's --spawn-ns). A failed child is an
+// error carrying its stderr.
+StatusOr<SelfRun> RunSelf(std::vector<std::string> full_args, const std::string& stderr_path,
+                          bool spawn_ns_last) {
   std::string exe = std::filesystem::read_symlink("/proc/self/exe").string();
   int out_pipe[2];
   if (pipe2(out_pipe, O_CLOEXEC) != 0) return ErrnoToStatus(errno, "pipe");
@@ -270,13 +278,11 @@ StatusOr<ChildResult> SpawnColdStart(const std::vector<std::string>& args,
   posix_spawn_file_actions_adddup2(&fa, out_pipe[1], STDOUT_FILENO);
   posix_spawn_file_actions_addopen(&fa, STDERR_FILENO, stderr_path.c_str(),
                                    O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  std::vector<std::string> full = {exe, "coldstart"};
-  full.insert(full.end(), args.begin(), args.end());
-  full.push_back("--spawn-ns");
-  full.push_back("");  // filled in just before the spawn
+  std::vector<std::string> full = {exe};
+  full.insert(full.end(), full_args.begin(), full_args.end());
   std::vector<char*> argv;
   pid_t pid = 0;
-  full.back() = std::to_string(MonotonicNs());
+  if (spawn_ns_last) full.back() = std::to_string(MonotonicNs());
   for (auto& s : full) argv.push_back(s.data());
   argv.push_back(nullptr);
   int rc = posix_spawn(&pid, exe.c_str(), &fa, nullptr, argv.data(), environ);
@@ -298,8 +304,8 @@ StatusOr<ChildResult> SpawnColdStart(const std::vector<std::string>& args,
   }
   close(out_pipe[0]);
   int status = 0;
-  rusage usage{};
-  while (wait4(pid, &status, 0, &usage) < 0) {
+  SelfRun run;
+  while (wait4(pid, &status, 0, &run.usage) < 0) {
     if (errno != EINTR) return ErrnoToStatus(errno, "wait4");
   }
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
@@ -308,14 +314,28 @@ StatusOr<ChildResult> SpawnColdStart(const std::vector<std::string>& args,
     ss << err.rdbuf();
     std::string why = ss.str();
     while (!why.empty() && why.back() == '\n') why.pop_back();
-    return InternalError("cold-start child (" + full[2] + " " + full[3] + ") failed: " +
+    std::string what;
+    for (size_t i = 1; i < full.size() && i < 4; ++i) what += (i > 1 ? " " : "") + full[i];
+    return InternalError("child `stasis " + what + " ...` failed: " +
                          (why.empty() ? "exit status " + std::to_string(status) : why));
   }
+  run.output = std::move(output);
+  return run;
+}
+
+// Runs `stasis coldstart ...` in a fresh process; its stdout is the JSON report.
+StatusOr<ChildResult> SpawnColdStart(const std::vector<std::string>& args,
+                                     const std::string& stderr_path) {
+  std::vector<std::string> full = {"coldstart"};
+  full.insert(full.end(), args.begin(), args.end());
+  full.push_back("--spawn-ns");
+  full.push_back("");  // the spawn time, filled in by RunSelf
+  STASIS_ASSIGN_OR_RETURN(SelfRun run, RunSelf(std::move(full), stderr_path, true));
   ChildResult r;
-  r.report = Json::parse(output, nullptr, /*allow_exceptions=*/false);
+  r.report = Json::parse(run.output, nullptr, /*allow_exceptions=*/false);
   if (r.report.is_discarded() || !r.report.is_object())
-    return InternalError("cold-start child printed no JSON report: " + output);
-  r.max_rss_mb = static_cast<double>(usage.ru_maxrss) / 1024.0;
+    return InternalError("cold-start child printed no JSON report: " + run.output);
+  r.max_rss_mb = static_cast<double>(run.usage.ru_maxrss) / 1024.0;
   return r;
 }
 
@@ -609,16 +629,19 @@ int RunBench(const BenchArgs& a) {
     }
   } else if (a.force_snapshot || stale) {
     std::fprintf(stderr, "bench: snapshotting %s into %s\n", a.model.c_str(), image.c_str());
-    torch::TorchSnapshotOptions opt;
-    opt.device = a.device;
-    opt.warmup_input = a.input;
-    opt.writer.overwrite = true;
-    auto codec = ParseCodecChoice(a.codec);
-    if (!codec.ok()) return ReportError(codec.status());
-    opt.writer.codec = *codec;
-    torch::TorchSnapshotReport r;
-    if (Status s = (*plugin)->SnapshotModule(a.model, image, opt, &r); !s.ok())
-      return ReportError(s);
+    // In a child: the snapshot loads the model onto the device and runs it, and the
+    // framework's allocator keeps that memory cached for its process; the cold starts
+    // measured next must not share the device with it.
+    std::vector<std::string> args = {"snapshot", a.model,   "-o",    image,     "--device",
+                                     a.device,   "--codec", a.codec, "--force", "--quiet"};
+    if (!a.input.empty()) {
+      args.push_back("--warmup-input");
+      args.push_back(a.input);
+    }
+    std::filesystem::create_directories(a.out);
+    auto run =
+        RunSelf(args, (std::filesystem::path(a.out) / "snapshot-stderr.txt").string(), false);
+    if (!run.ok()) return ReportError(run.status());
   }
   std::string input = a.input;
   if (input.empty() && module) {

@@ -135,6 +135,17 @@ TEST_F(TorchCliTest, BenchComparesBothPathsAndDrawsThem) {
   EXPECT_THAT(svg, HasSubstr("<svg"));
   EXPECT_THAT(svg, HasSubstr("first inference"));
   EXPECT_THAT(svg, HasSubstr("skeleton load"));
+
+  // A missing image is snapshotted first, in a child process of its own (its device memory
+  // must not stay with the parent while the cold starts run).
+  const std::string fresh = dir_->File("fresh.stasis");
+  r = Sh(kStasis + " bench " + model_ + " --image " + fresh + " --input " + spec_ +
+             " --runs 1 --out " + out + "2",
+         *dir_);
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_THAT(r.err, HasSubstr("bench: snapshotting"));
+  EXPECT_TRUE(std::filesystem::exists(fresh));
+  EXPECT_THAT(r.out, HasSubstr("outputs identical across paths and runs: yes"));
 }
 
 TEST_F(TorchCliTest, BenchOfASafetensorsCheckpointComparesTensorLoads) {
