@@ -177,7 +177,14 @@ Status ColdStartStasis(const ColdStartArgs& a, PhaseLog* log, Json* out) {
   StatusOr<std::unique_ptr<RestoredModel>> restored = InternalError("restore did not run");
   double t_restored = 0;
   auto restore = [&] {
-    restored = RestoredModel::Restore(a.path, options);
+    // On a thread of its own: nothing may escape it (std::terminate).
+    try {
+      restored = RestoredModel::Restore(a.path, options);
+    } catch (const std::exception& e) {
+      restored = InternalError(std::string("restore threw: ") + e.what());
+    } catch (...) {
+      restored = InternalError("restore threw");
+    }
     t_restored = log->Now();
   };
   StatusOr<torch::TorchPlugin*> plugin = InternalError("libtorch not loaded");

@@ -156,9 +156,13 @@ class RegionStorages {
  private:
   at::Storage Blob(uint64_t address, uint64_t size, const c10::Device& device) {
     std::shared_ptr<void> keep = keep_alive_;
-    return ::torch::from_blob(
-               reinterpret_cast<void*>(address), {static_cast<int64_t>(size)}, [keep](void*) {},
-               at::TensorOptions().dtype(at::kByte).device(device))
+    // target_device: the memory is on `device` by construction (stasis mapped it there), so
+    // libtorch need not ask the CUDA runtime which device owns the pointer.
+    return at::for_blob(reinterpret_cast<void*>(address), {static_cast<int64_t>(size)})
+        .deleter([keep](void*) {})
+        .options(at::TensorOptions().dtype(at::kByte).device(device))
+        .target_device(device)
+        .make_tensor()
         .storage();
   }
 
@@ -185,6 +189,41 @@ std::vector<NamedTensor> ModuleTensors(const ::torch::jit::Module& module) {
   for (const auto& b : module.named_buffers(/*recurse=*/true))
     if (b.value.defined() && names.insert(b.name).second) out.push_back({b.name, b.value, false});
   return out;
+}
+
+// Weights a snapshot could not move out of the skeleton: tensors held as plain attributes
+// rather than parameters or buffers. (A torch.jit.freeze'd module keeps its weights as
+// constants of its code instead, with no parameters at all; SnapshotInto refuses that too.)
+// A few small ones (masks, constants) may stay; more than this many bytes may not, or the
+// cold start would deserialise weights after all.
+constexpr uint64_t kMaxSkeletonTensorBytes = 1 << 20;
+// A skeleton is code and small metadata (76 KB for the 1.3B demo model); far more means
+// weights it should not hold.
+constexpr uint64_t kMaxSkeletonBytes = 16 << 20;
+
+Status CheckNoWeightsOutsideParameters(const ::torch::jit::Module& module,
+                                       const std::vector<NamedTensor>& moved,
+                                       const std::string& module_path) {
+  std::unordered_set<std::string> names;
+  for (const NamedTensor& n : moved) names.insert(n.name);
+  uint64_t bytes = 0;
+  std::vector<std::string> left;
+  for (const auto& a : module.named_attributes(/*recurse=*/true)) {
+    if (!a.value.isTensor() || names.count(a.name)) continue;
+    const at::Tensor& t = a.value.toTensor();
+    if (!t.defined() || t.numel() == 0) continue;
+    bytes += static_cast<uint64_t>(t.numel()) * t.element_size();
+    left.push_back(a.name);
+  }
+  if (bytes <= kMaxSkeletonTensorBytes) return OkStatus();
+  std::string list;
+  for (size_t i = 0; i < left.size() && i < 5; ++i) list += (i ? ", " : "") + left[i];
+  if (left.size() > 5) list += ", ...";
+  return FailedPreconditionError(
+      module_path + " holds " + std::to_string(bytes) + " bytes in " + std::to_string(left.size()) +
+      " tensor attributes that are neither parameters nor " + "buffers (" + list +
+      "): they would stay in the skeleton and be deserialised on every " +
+      "cold start; register them as buffers");
 }
 
 // Restore options for torch: the CUDA backend for a cuda device, after checking that
@@ -340,9 +379,11 @@ Status SnapshotInto(const std::string& module_path, const c10::Device& device,
   }
 
   try {
+    std::vector<NamedTensor> named = ModuleTensors(module);
+    STASIS_RETURN_IF_ERROR(CheckNoWeightsOutsideParameters(module, named, module_path));
     std::vector<SnapshotTensor> tensors;
     std::unordered_set<const void*> storages;
-    for (NamedTensor& n : ModuleTensors(module)) {
+    for (NamedTensor& n : named) {
       const at::Tensor& t = n.tensor;
       if (t.layout() != at::kStrided || t.is_quantized())
         return InvalidArgumentError("tensor '" + n.name + "' is not a dense tensor (layout " +
@@ -400,6 +441,16 @@ Status SnapshotInto(const std::string& module_path, const c10::Device& device,
     module.save(skeleton);
     const std::string bytes = skeleton.str();
     report->skeleton_bytes = bytes.size();
+    // Weights kept where no parameter or buffer reaches them (the constants of a
+    // torch.jit.freeze'd module) stay in the skeleton: refuse rather than pretend.
+    const uint64_t limit = named.empty() ? kMaxSkeletonTensorBytes : kMaxSkeletonBytes;
+    if (bytes.size() > limit)
+      return FailedPreconditionError(
+          module_path + ": the skeleton still holds " + std::to_string(bytes.size()) +
+          " bytes after " + std::to_string(named.size()) +
+          " parameters and buffers were moved out, so weights are kept elsewhere (e.g. as "
+          "constants of a torch.jit.freeze'd module) and every cold start would deserialise "
+          "them; snapshot the module before freezing it");
     STASIS_RETURN_IF_ERROR(writer->AddSection(kSkeletonSection, bytes));
   } catch (...) {
     return ExceptionStatus(StatusCode::kInternal, "snapshotting " + module_path,
@@ -989,8 +1040,6 @@ StatusOr<std::vector<std::pair<std::string, at::Tensor>>> ViewRestoredTensors(
 
 StatusOr<std::vector<std::pair<std::string, at::Tensor>>> LoadSafetensorsTensors(
     const std::string& path, const c10::Device& device) {
-  STASIS_ASSIGN_OR_RETURN(SafetensorsHeader header,
-                          ReadSafetensorsHeader(DefaultFileSystem(), path));
   STASIS_ASSIGN_OR_RETURN(std::unique_ptr<RandomAccessFile> file,
                           DefaultFileSystem()->OpenRandomAccess(path));
   const uint64_t size = file->Size();
@@ -998,6 +1047,17 @@ StatusOr<std::vector<std::pair<std::string, at::Tensor>>> LoadSafetensorsTensors
   auto buffer = std::shared_ptr<uint8_t[]>(new (std::nothrow) uint8_t[std::max<uint64_t>(size, 1)]);
   if (buffer == nullptr) return ResourceExhaustedError("no memory for " + path);
   STASIS_RETURN_IF_ERROR(file->ReadExact(0, size, buffer.get(), path));
+  // The header is parsed from these bytes, checked against this file's size: every view
+  // below then lies inside the buffer (a second open could have found another file).
+  if (size < 8) return InvalidArgumentError(path + ": not a safetensors file (truncated)");
+  uint64_t header_len = 0;
+  std::memcpy(&header_len, buffer.get(), 8);  // little-endian host
+  if (header_len > size - 8)
+    return InvalidArgumentError(path + ": safetensors header runs past the end of the file");
+  auto parsed = ParseSafetensorsHeader(
+      std::string_view(reinterpret_cast<const char*>(buffer.get()) + 8, header_len), size);
+  if (!parsed.ok()) return parsed.status().WithContext(path);
+  const SafetensorsHeader& header = *parsed;
   try {
     std::vector<std::pair<std::string, at::Tensor>> out;
     out.reserve(header.entries.size());

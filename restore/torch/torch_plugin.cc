@@ -120,15 +120,24 @@ class TorchPluginImpl final : public TorchPlugin {
 
   StatusOr<std::unique_ptr<LoadedTensors>> LoadSafetensors(const std::string& path,
                                                            const std::string& device) override {
-    STASIS_ASSIGN_OR_RETURN(c10::Device target, TorchDevice(device));
-    STASIS_ASSIGN_OR_RETURN(auto tensors, LoadSafetensorsTensors(path, target));
-    return std::unique_ptr<LoadedTensors>(new TorchLoadedTensors(std::move(tensors)));
+    try {
+      STASIS_ASSIGN_OR_RETURN(c10::Device target, TorchDevice(device));
+      STASIS_ASSIGN_OR_RETURN(auto tensors, LoadSafetensorsTensors(path, target));
+      return std::unique_ptr<LoadedTensors>(new TorchLoadedTensors(std::move(tensors)));
+    } catch (...) {
+      return ExceptionStatus(StatusCode::kInternal, "loading " + path, std::current_exception());
+    }
   }
 
   StatusOr<std::unique_ptr<LoadedTensors>> BindTensors(const RestoredModel& memory,
                                                        std::shared_ptr<void> keep_alive) override {
-    STASIS_ASSIGN_OR_RETURN(auto tensors, ViewRestoredTensors(memory, std::move(keep_alive)));
-    return std::unique_ptr<LoadedTensors>(new TorchLoadedTensors(std::move(tensors)));
+    try {
+      STASIS_ASSIGN_OR_RETURN(auto tensors, ViewRestoredTensors(memory, std::move(keep_alive)));
+      return std::unique_ptr<LoadedTensors>(new TorchLoadedTensors(std::move(tensors)));
+    } catch (...) {
+      return ExceptionStatus(StatusCode::kInternal, "viewing the restored tensors",
+                             std::current_exception());
+    }
   }
 
   Status GenerateGpt2(const std::string& path, const std::string& preset, uint64_t seed,
