@@ -509,6 +509,14 @@ StatusOr<int64_t> ParsePositive(std::string_view s, std::string_view what, int64
 
 }  // namespace
 
+// Unsigned 16-64 bit and float8 tensors: libtorch 2.7 has every one the image format does
+// (1.13 has none of them).
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 7)
+#define STASIS_TORCH_HAS_FP8_AND_UINT 1
+#else
+#define STASIS_TORCH_HAS_FP8_AND_UINT 0
+#endif
+
 std::optional<at::ScalarType> ToScalarType(DType dtype) {
   switch (dtype) {
     case DType::kBool:
@@ -533,6 +541,24 @@ std::optional<at::ScalarType> ToScalarType(DType dtype) {
       return at::kBFloat16;
     case DType::kC64:
       return at::kComplexFloat;
+#if STASIS_TORCH_HAS_FP8_AND_UINT
+    case DType::kU16:
+      return at::ScalarType::UInt16;
+    case DType::kU32:
+      return at::ScalarType::UInt32;
+    case DType::kU64:
+      return at::ScalarType::UInt64;
+    case DType::kF8E5M2:
+      return at::ScalarType::Float8_e5m2;
+    case DType::kF8E4M3:
+      return at::ScalarType::Float8_e4m3fn;
+    case DType::kF8E8M0:
+      return at::ScalarType::Float8_e8m0fnu;
+    case DType::kF8E4M3Fnuz:
+      return at::ScalarType::Float8_e4m3fnuz;
+    case DType::kF8E5M2Fnuz:
+      return at::ScalarType::Float8_e5m2fnuz;
+#endif
     default:
       return std::nullopt;
   }
@@ -562,6 +588,24 @@ std::optional<DType> ToDType(at::ScalarType type) {
       return DType::kBF16;
     case at::kComplexFloat:
       return DType::kC64;
+#if STASIS_TORCH_HAS_FP8_AND_UINT
+    case at::ScalarType::UInt16:
+      return DType::kU16;
+    case at::ScalarType::UInt32:
+      return DType::kU32;
+    case at::ScalarType::UInt64:
+      return DType::kU64;
+    case at::ScalarType::Float8_e5m2:
+      return DType::kF8E5M2;
+    case at::ScalarType::Float8_e4m3fn:
+      return DType::kF8E4M3;
+    case at::ScalarType::Float8_e8m0fnu:
+      return DType::kF8E8M0;
+    case at::ScalarType::Float8_e4m3fnuz:
+      return DType::kF8E4M3Fnuz;
+    case at::ScalarType::Float8_e5m2fnuz:
+      return DType::kF8E5M2Fnuz;
+#endif
     default:
       return std::nullopt;
   }

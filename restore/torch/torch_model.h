@@ -16,8 +16,10 @@
 //
 // Lifetime: every bound storage holds a reference to the RestoredModel, so the memory lives
 // as long as any tensor viewing it (the `memory` member may be dropped). Unload()/Reload()
-// on it keep the addresses, so bound tensors survive a cycle (their contents are undefined
-// while unloaded).
+// on it keep the addresses, so bound tensors survive a cycle. While unloaded they must not
+// be touched: on the host their contents are undefined, and on a GPU the addresses are
+// unmapped, so a kernel reading them is an illegal-address error that breaks the process's
+// CUDA context for good (the runtime's lifecycle runs no inference while unloaded).
 //
 // Errors are Status values; no exception (c10::Error or other) escapes any function here.
 // Thread safety: the functions are reentrant; a returned module is used like any other.

@@ -5,6 +5,7 @@
 #include <ATen/detail/CUDAHooksInterface.h>
 #include <torch/cuda.h>
 #include <torch/script.h>
+#include <torch/version.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -469,13 +470,19 @@ TEST_F(TorchTest, RestoreTensorsOfASafetensorsImage) {
     std::vector<uint8_t> bytes;
   };
   std::vector<Item> items = {
-      {"a.f32", DType::kF32, {17, 5}, at::kFloat, {}},
-      {"b.bf16", DType::kBF16, {3, 7, 2}, at::kBFloat16, {}},
-      {"c.f16", DType::kF16, {9}, at::kHalf, {}},
-      {"d.i64", DType::kI64, {4, 4}, at::kLong, {}},
-      {"e.u8", DType::kU8, {13}, at::kByte, {}},
-      {"f.scalar", DType::kF64, {}, at::kDouble, {}},
-      {"g.empty", DType::kI32, {0, 3}, at::kInt, {}},
+    {"a.f32", DType::kF32, {17, 5}, at::kFloat, {}},
+    {"b.bf16", DType::kBF16, {3, 7, 2}, at::kBFloat16, {}},
+    {"c.f16", DType::kF16, {9}, at::kHalf, {}},
+    {"d.i64", DType::kI64, {4, 4}, at::kLong, {}},
+    {"e.u8", DType::kU8, {13}, at::kByte, {}},
+    {"f.scalar", DType::kF64, {}, at::kDouble, {}},
+    {"g.empty", DType::kI32, {0, 3}, at::kInt, {}},
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 7)
+    // Types libtorch 1.13 lacks (compared by bytes: torch::equal has no float8 kernel).
+    {"h.f8e4m3", DType::kF8E4M3, {6}, at::ScalarType::Float8_e4m3fn, {}},
+    {"i.f8e5m2", DType::kF8E5M2, {2, 3}, at::ScalarType::Float8_e5m2, {}},
+    {"j.u16", DType::kU16, {5}, at::ScalarType::UInt16, {}},
+#endif
   };
   std::vector<stasis::SafetensorsTensorOut> out;
   for (size_t i = 0; i < items.size(); ++i) {
@@ -514,6 +521,8 @@ TEST_F(TorchTest, RestoreTensorsOfASafetensorsImage) {
     if (!it.bytes.empty()) {
       EXPECT_EQ(std::memcmp(t.data_ptr(), it.bytes.data(), it.bytes.size()), 0);
     }
+    if (it.dtype == DType::kF8E4M3 || it.dtype == DType::kF8E5M2 || it.dtype == DType::kU16)
+      continue;
     at::Tensor want = torch::from_blob(it.bytes.data(), it.shape, at::TensorOptions(it.type));
     EXPECT_TRUE(torch::equal(t, want));
   }
