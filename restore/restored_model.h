@@ -34,7 +34,7 @@ struct RestoreOptions {
   DeviceSpec device;  // default cpu
   IoBackend io = IoBackend::kAuto;
   ReadEngineOptions::Direct direct = ReadEngineOptions::Direct::kAuto;
-  int threads = 0;  // workers; <= 0: one per hardware thread, two per thread for direct reads
+  int threads = 0;       // workers; <= 0: one per hardware thread, two per thread for direct reads
   int queue_depth = 32;  // reads in flight per worker, 2..4096
   uint64_t staging_bytes = 256ull << 20;  // bound on staging memory, whatever the model size
   bool huge_pages = false;                // host backend: see NewHostBackend

@@ -1,12 +1,14 @@
 #include "runtime/server.h"
 
 #include <fcntl.h>
-#include <linux/openat2.h>
 #include <httplib.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#if __has_include(<linux/openat2.h>)  // kernel headers >= 5.6
+#include <linux/openat2.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
