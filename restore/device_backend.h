@@ -65,8 +65,9 @@ class DeviceBackend {
   virtual Status Reload(const MappedRegion& region) = 0;
 
   // Staging memory for copies: `bytes` of host memory the backend can copy from at full
-  // speed (pinned and registered for CUDA), split by the caller into slots. Owned by the
-  // backend, freed by FreeStaging or the destructor.
+  // speed (pinned and registered for CUDA), split by the caller into slots, aligned to
+  // 2 MiB (so to any direct-I/O alignment). Owned by the backend, freed by FreeStaging or
+  // the destructor.
   virtual StatusOr<uint8_t*> AllocateStaging(size_t bytes) = 0;
   virtual void FreeStaging(uint8_t* staging) = 0;
 
