@@ -63,6 +63,9 @@ struct RestoredModel::State {
   RestoreOptions options;
   std::unique_ptr<ImageReader> reader;
   std::unique_ptr<ReadEngine> engine;
+  // A worker's queue kept reads it could not reap: the kernel may still write into the
+  // staging and the regions, so neither is ever freed (see ~RestoredModel).
+  bool abandoned_reads = false;
 };
 
 // One worker of the pipeline: runs its share of the plan with its own read queue, staging
@@ -97,10 +100,14 @@ class PipelineWorker {
       done.clear();
       if (!queue_->Wait(queue_->in_flight(), &done).ok()) break;
     }
+    abandoned_reads_ = queue_->in_flight() > 0;
     Status sync = backend_->Synchronize();
     if (status.ok()) status = sync;
     return status;
   }
+
+  // Whether Run ended with reads the queue could not reap (the kernel may still write).
+  bool abandoned_reads() const { return abandoned_reads_; }
 
  private:
   struct Pending {
@@ -342,6 +349,7 @@ class PipelineWorker {
   std::vector<int> free_slots_;
   std::vector<bool> slot_has_copy_;
   std::map<size_t, Pending> pending_;
+  bool abandoned_reads_ = false;
   ChunkDecoder decoder_;
 };
 
@@ -491,7 +499,7 @@ Status RestoredModel::RunPipeline() {
     STASIS_ASSIGN_OR_RETURN(staging, backend_->AllocateStaging(plan.staging_bytes));
     st.engine->SetFixedBuffers({{staging, plan.staging_bytes}});
   }
-  std::atomic<bool> cancel{false};
+  std::atomic<bool> cancel{false}, abandoned{false};
   std::vector<WorkerTimes> times(plan.workers.size());
   std::vector<Status> results(plan.workers.size());
   {
@@ -504,9 +512,21 @@ Status RestoredModel::RunPipeline() {
                               st.options.verify_stored, &cancel);
         results[w] = worker.Run(&times[w]);
         if (!results[w].ok()) cancel = true;
+        if (worker.abandoned_reads()) abandoned = true;
       });
     }
     for (auto& th : threads) th.join();
+  }
+  if (abandoned) {
+    // Never hand memory the kernel may still write back to the allocator.
+    st.abandoned_reads = true;
+    spdlog::error(
+        "restore of {}: reads that could not be reaped are still in flight; "
+        "leaking the staging memory and the regions",
+        st.image);
+    for (const Status& r : results)
+      if (!r.ok()) return r.WithContext("reads could not be reaped");
+    return InternalError("restore of " + st.image + ": reads could not be reaped");
   }
   if (staging) backend_->FreeStaging(staging);
   report.phases.pipeline_wall = Since(t);
@@ -533,6 +553,10 @@ Status RestoredModel::RunPipeline() {
 
 RestoredModel::~RestoredModel() {
   if (!backend_) return;
+  if (state_ && state_->abandoned_reads) {
+    (void)backend_.release();  // its staging and regions may still be written by the kernel
+    return;
+  }
   for (const auto& r : regions_) {
     Status s = backend_->UnmapRegion(r);
     if (!s.ok()) spdlog::warn("unmapping a region failed: {}", s.ToString());
