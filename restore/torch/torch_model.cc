@@ -817,16 +817,24 @@ c10::Device ModuleDevice(const ::torch::jit::Module& module) {
 }
 
 uint64_t ModuleWeightBytes(const ::torch::jit::Module& module) {
-  std::unordered_set<const void*> seen;
-  uint64_t bytes = 0;
+  // The bytes the tensors span, shared ones once: not their storages' sizes, which on the
+  // stasis path are whole regions (alignment gaps included, 2 MiB granules on a GPU).
+  std::vector<Span> spans;
   try {
     for (const NamedTensor& n : ModuleTensors(module)) {
-      if (!n.tensor.has_storage()) continue;
-      const at::Storage& s = n.tensor.storage();
-      if (seen.insert(s.unsafeGetStorageImpl()).second) bytes += s.nbytes();
+      const at::Tensor& t = n.tensor;
+      if (!t.has_storage() || t.numel() == 0) continue;
+      uint64_t last = 0;  // offset of the last element, in elements
+      for (int64_t d = 0; d < t.dim(); ++d)
+        last += static_cast<uint64_t>(t.size(d) - 1) * static_cast<uint64_t>(t.stride(d));
+      const auto begin = reinterpret_cast<uintptr_t>(t.storage().data()) +
+                         static_cast<uintptr_t>(t.storage_offset()) * t.element_size();
+      spans.push_back({begin, begin + (last + 1) * t.element_size(), 0});
     }
   } catch (...) {
   }
+  uint64_t bytes = 0;
+  for (const Span& s : MergeSpans(std::move(spans))) bytes += s.end - s.begin;
   return bytes;
 }
 
