@@ -92,6 +92,11 @@ class DeviceBackend {
 // and the first such run took 3.4 s (docs/benchmarks.md, "Huge pages").
 std::unique_ptr<DeviceBackend> NewHostBackend(bool huge_pages = false);
 
+// For backends: a private anonymous read-write mapping (MAP_NORESERVE) of `length` bytes, a
+// multiple of the page size, starting at a multiple of `align` (a power of two; address
+// space is over-mapped by `align` and trimmed at both ends). Release it with munmap.
+StatusOr<uint8_t*> MapAlignedAnonymous(uint64_t length, uint64_t align);
+
 }  // namespace stasis
 
 #endif  // STASIS_RESTORE_DEVICE_BACKEND_H_

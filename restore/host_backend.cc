@@ -1,7 +1,6 @@
 // The host device backend: regions are anonymous private mappings, asked for at the
 // image's address with MAP_FIXED_NOREPLACE and relocated when that address is taken.
 #include <sys/mman.h>
-#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -49,18 +48,10 @@ class HostBackend final : public DeviceBackend {
       }
     }
     if (!out.at_hint) {
-      // Over-reserve so the region can start at its alignment, then trim both ends.
-      const uint64_t span = out.reserved + (align > kPage ? align : 0);
-      void* p = ::mmap(nullptr, span, PROT_READ | PROT_WRITE, flags, -1, 0);
-      if (p == MAP_FAILED)
-        return ErrnoToStatus(errno,
-                             "map a host region of " + std::to_string(region.size) + " bytes");
-      uint64_t base = reinterpret_cast<uint64_t>(p);
-      uint64_t aligned = AlignUp(base, align);
-      if (aligned > base) ::munmap(p, aligned - base);
-      uint64_t end = base + span, used_end = aligned + out.reserved;
-      if (end > used_end) ::munmap(reinterpret_cast<void*>(used_end), end - used_end);
-      out.address = aligned;
+      auto p = MapAlignedAnonymous(out.reserved, align);
+      if (!p.ok())
+        return p.status().WithContext("host region of " + std::to_string(region.size) + " bytes");
+      out.address = reinterpret_cast<uint64_t>(*p);
     }
     out.host_view = reinterpret_cast<uint8_t*>(out.address);
     out.host_view_mappable = true;
@@ -92,24 +83,14 @@ class HostBackend final : public DeviceBackend {
   StatusOr<uint8_t*> AllocateStaging(size_t bytes) override {
     // 2 MiB aligned (DeviceBackend's contract): every direct-I/O memory alignment a file
     // system can ask for divides it, so staged O_DIRECT reads never fail on the buffer.
-    constexpr uintptr_t kAlign = 2u << 20;
     if (bytes == 0 || bytes > (1ull << 46))
       return InvalidArgumentError("staging of " + std::to_string(bytes) + " bytes");
-    void* raw = ::mmap(nullptr, bytes + kAlign, PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (raw == MAP_FAILED)
-      return ErrnoToStatus(errno, "allocate " + std::to_string(bytes) + " bytes of staging");
-    const uintptr_t start = reinterpret_cast<uintptr_t>(raw);
-    const uintptr_t aligned = (start + kAlign - 1) & ~(kAlign - 1);
-    if (aligned > start) ::munmap(raw, aligned - start);
-    const uintptr_t tail = aligned + bytes, end = start + bytes + kAlign;
-    const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
-    const uintptr_t tail_page = (tail + page - 1) & ~(page - 1);
-    if (end > tail_page) ::munmap(reinterpret_cast<void*>(tail_page), end - tail_page);
-    auto* p = reinterpret_cast<uint8_t*>(aligned);
+    const size_t len = AlignUp(bytes, kPage);
+    auto p = MapAlignedAnonymous(len, kHugePage);
+    if (!p.ok()) return p.status().WithContext("staging");
     std::lock_guard<std::mutex> lock(mu_);
-    staging_.push_back({p, static_cast<size_t>(tail_page - aligned)});
-    return p;
+    staging_.push_back({*p, len});
+    return *p;
   }
 
   void FreeStaging(uint8_t* staging) override {

@@ -470,18 +470,7 @@ StatusOr<uint8_t*> CudaBackend::AllocateStaging(size_t bytes) {
   const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
   if (bytes > (1ull << 46)) return ResourceExhaustedError("AllocateStaging: too large");
   const size_t len = format::AlignUp(bytes, page);
-  // Over-map by the alignment and trim, for a 2 MiB aligned start.
-  void* raw = ::mmap(nullptr, len + kStagingAlign, PROT_READ | PROT_WRITE,
-                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (raw == MAP_FAILED)
-    return ErrnoToStatus(errno, "mmap staging (" + std::to_string(len) + " bytes)");
-  const uintptr_t start = reinterpret_cast<uintptr_t>(raw);
-  const uintptr_t aligned = format::AlignUp(start, kStagingAlign);
-  if (aligned > start) ::munmap(raw, aligned - start);
-  const uintptr_t tail = aligned + len;
-  const uintptr_t end = start + len + kStagingAlign;
-  if (end > tail) ::munmap(reinterpret_cast<void*>(tail), end - tail);
-  auto* p = reinterpret_cast<uint8_t*>(aligned);
+  STASIS_ASSIGN_OR_RETURN(uint8_t * p, MapAlignedAnonymous(len, kStagingAlign));
   // Huge pages make both the pinning and the DMA descriptors cheaper; best effort.
   ::madvise(p, len, MADV_HUGEPAGE);
   // Fault the pages in before registering: the driver pins under a global lock, which is
