@@ -185,15 +185,33 @@ std::optional<Authority> ParseAuthority(std::string_view a) {
   return out;
 }
 
-// Whether an http:// input's authority is on the --http-inputs list (ServerOptions): "*",
-// the same host with any port ("host"), or the same host and port ("host:port").
-bool HttpHostAllowed(const Authority& url, const std::vector<std::string>& allowed) {
-  for (const std::string& entry : allowed) {
-    if (entry == "*") return true;
-    const std::optional<Authority> want = ParseAuthority(entry);
-    if (want && want->host == url.host && (want->port == 0 || want->port == url.port)) return true;
+// The --http-inputs list (ServerOptions::http_input_hosts), parsed once when the server
+// starts: "*", a host with any port ("host"), or a host and port ("host:port").
+struct HttpHostList {
+  bool any = false;
+  std::vector<Authority> hosts;
+
+  bool Allows(const Authority& url) const {
+    return any || std::any_of(hosts.begin(), hosts.end(), [&](const Authority& want) {
+             return want.host == url.host && (want.port == 0 || want.port == url.port);
+           });
   }
-  return false;
+};
+
+StatusOr<HttpHostList> ParseHttpHostList(const std::vector<std::string>& entries) {
+  HttpHostList list;
+  for (const std::string& entry : entries) {
+    if (entry == "*") {
+      list.any = true;
+      continue;
+    }
+    std::optional<Authority> a = ParseAuthority(entry);
+    if (!a)
+      return InvalidArgumentError("http input host '" + Printable(entry) +
+                                  "' is not HOST, HOST:PORT, [IPv6]:PORT or *");
+    list.hosts.push_back(std::move(*a));
+  }
+  return list;
 }
 
 // Opens `real` (resolved by realpath, under `root`) for reading. Where the kernel has
@@ -224,19 +242,6 @@ int OpenBeneath(const std::string& root, const std::string& real) {
 #endif
   return ::open(real.c_str(), kFlags);
 }
-
-}  // namespace
-
-Status CheckHttpInputHosts(const std::vector<std::string>& hosts) {
-  for (const std::string& h : hosts) {
-    if (h != "*" && !ParseAuthority(h))
-      return InvalidArgumentError("http input host '" + Printable(h) +
-                                  "' is not HOST, HOST:PORT, [IPv6]:PORT or *");
-  }
-  return OkStatus();
-}
-
-namespace {
 
 // ----- element conversions -----
 
@@ -722,6 +727,7 @@ struct Server::Impl {
   Clock* const clock;
   const ServerOptions options;
   std::string file_root_real;  // realpath of options.file_root ("" when unset)
+  HttpHostList http_hosts;     // options.http_input_hosts, parsed
   Admission admission;
   httplib::Server http;
   int port = 0;
@@ -1225,7 +1231,7 @@ std::optional<HttpError> Server::Impl::FetchHttpUrl(std::string_view url, uint64
   if (!parsed) {
     return BadRequest("malformed http URL (expected http://HOST[:PORT]/...): " + Printable(url));
   }
-  if (!HttpHostAllowed(*parsed, options.http_input_hosts)) {
+  if (!http_hosts.Allows(*parsed)) {
     return HttpError{403, "forbidden",
                      options.http_input_hosts.empty()
                          ? "http:// inputs are disabled (stasis serve --http-inputs HOST,...)"
@@ -1405,6 +1411,10 @@ Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Server::~Server() { Shutdown(); }
 
+Status CheckHttpInputHosts(const std::vector<std::string>& hosts) {
+  return ParseHttpHostList(hosts).status();
+}
+
 StatusOr<std::unique_ptr<Server>> Server::Start(Lifecycle* lifecycle, Metrics* metrics,
                                                 Clock* clock, ServerOptions options) {
   if (lifecycle == nullptr || metrics == nullptr || clock == nullptr) {
@@ -1414,7 +1424,8 @@ StatusOr<std::unique_ptr<Server>> Server::Start(Lifecycle* lifecycle, Metrics* m
     return InvalidArgumentError("server: max_concurrency must be at least 1");
   }
   if (options.queue < 0) return InvalidArgumentError("server: queue must be >= 0");
-  STASIS_RETURN_IF_ERROR(CheckHttpInputHosts(options.http_input_hosts).WithContext("server"));
+  auto http_hosts = ParseHttpHostList(options.http_input_hosts);
+  if (!http_hosts.ok()) return http_hosts.status().WithContext("server");
   if (options.port < 0 || options.port > 65535) {
     return InvalidArgumentError("server: port out of range: " + std::to_string(options.port));
   }
@@ -1422,6 +1433,7 @@ StatusOr<std::unique_ptr<Server>> Server::Start(Lifecycle* lifecycle, Metrics* m
     return InvalidArgumentError("server: max_body_bytes must be positive");
   }
   auto impl = std::make_unique<Impl>(lifecycle, metrics, clock, std::move(options));
+  impl->http_hosts = std::move(http_hosts).value();
   const ServerOptions& o = impl->options;
   if (!o.file_root.empty()) {
     char* resolved = ::realpath(o.file_root.c_str(), nullptr);
