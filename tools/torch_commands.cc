@@ -272,11 +272,11 @@ struct SelfRun {
 };
 
 // Runs this binary (`stasis <args>`) in a fresh process, stdout captured, stderr to
-// `stderr_path`. When `spawn_ns_last` is set, the last argument is replaced by the
-// CLOCK_MONOTONIC time just before the spawn (coldstart's --spawn-ns). A failed child is an
+// `stderr_path`. With `pass_spawn_time`, `--spawn-ns <CLOCK_MONOTONIC now>` is appended just
+// before the spawn (coldstart times its own process start from it). A failed child is an
 // error carrying its stderr.
-StatusOr<SelfRun> RunSelf(std::vector<std::string> full_args, const std::string& stderr_path,
-                          bool spawn_ns_last) {
+StatusOr<SelfRun> RunSelf(const std::vector<std::string>& args, const std::string& stderr_path,
+                          bool pass_spawn_time) {
   std::string exe = std::filesystem::read_symlink("/proc/self/exe").string();
   int out_pipe[2];
   if (pipe2(out_pipe, O_CLOEXEC) != 0) return ErrnoToStatus(errno, "pipe");
@@ -286,10 +286,13 @@ StatusOr<SelfRun> RunSelf(std::vector<std::string> full_args, const std::string&
   posix_spawn_file_actions_addopen(&fa, STDERR_FILENO, stderr_path.c_str(),
                                    O_WRONLY | O_CREAT | O_TRUNC, 0644);
   std::vector<std::string> full = {exe};
-  full.insert(full.end(), full_args.begin(), full_args.end());
+  full.insert(full.end(), args.begin(), args.end());
   std::vector<char*> argv;
   pid_t pid = 0;
-  if (spawn_ns_last) full.back() = std::to_string(MonotonicNs());
+  if (pass_spawn_time) {
+    full.push_back("--spawn-ns");
+    full.push_back(std::to_string(MonotonicNs()));
+  }
   for (auto& s : full) argv.push_back(s.data());
   argv.push_back(nullptr);
   int rc = posix_spawn(&pid, exe.c_str(), &fa, nullptr, argv.data(), environ);
@@ -335,9 +338,7 @@ StatusOr<ChildResult> SpawnColdStart(const std::vector<std::string>& args,
                                      const std::string& stderr_path) {
   std::vector<std::string> full = {"coldstart"};
   full.insert(full.end(), args.begin(), args.end());
-  full.push_back("--spawn-ns");
-  full.push_back("");  // the spawn time, filled in by RunSelf
-  STASIS_ASSIGN_OR_RETURN(SelfRun run, RunSelf(std::move(full), stderr_path, true));
+  STASIS_ASSIGN_OR_RETURN(SelfRun run, RunSelf(full, stderr_path, /*pass_spawn_time=*/true));
   ChildResult r;
   r.report = Json::parse(run.output, nullptr, /*allow_exceptions=*/false);
   if (r.report.is_discarded() || !r.report.is_object())
@@ -646,8 +647,8 @@ int RunBench(const BenchArgs& a) {
       args.push_back(a.input);
     }
     std::filesystem::create_directories(a.out);
-    auto run =
-        RunSelf(args, (std::filesystem::path(a.out) / "snapshot-stderr.txt").string(), false);
+    auto run = RunSelf(args, (std::filesystem::path(a.out) / "snapshot-stderr.txt").string(),
+                       /*pass_spawn_time=*/false);
     if (!run.ok()) return ReportError(run.status());
   }
   std::string input = a.input;
