@@ -475,16 +475,7 @@ std::optional<uint64_t> ByteSize(DType t, const std::vector<int64_t>& shape) {
 
 // The tensors of a safetensors file held in memory, in header order.
 StatusOr<std::vector<TensorData>> ParseSafetensorsBytes(std::string_view bytes) {
-  if (bytes.size() < 8) return InvalidArgumentError("safetensors: shorter than 8 bytes");
-  uint64_t n = 0;
-  for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(bytes[i]);
-  if (n > kMaxSafetensorsHeaderSize) {
-    return InvalidArgumentError("safetensors: header length " + std::to_string(n) +
-                                " exceeds the limit");
-  }
-  if (n > bytes.size() - 8) return InvalidArgumentError("safetensors: truncated header");
-  STASIS_ASSIGN_OR_RETURN(SafetensorsHeader header,
-                          ParseSafetensorsHeader(bytes.substr(8, n), bytes.size()));
+  STASIS_ASSIGN_OR_RETURN(SafetensorsHeader header, ParseSafetensorsFileBytes(bytes));
   std::vector<TensorData> out;
   out.reserve(header.entries.size());
   for (const SafetensorsEntry& e : header.entries) {

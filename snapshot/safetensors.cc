@@ -623,6 +623,28 @@ StatusOr<IndexContents> ReadIndex(FileSystem* fs, const std::string& index_path,
   return std::move(sax.contents());
 }
 
+// The 8-byte header length `n` of a file of `size` bytes, checked before anything is
+// allocated for it: the length is the first thing a hostile file controls. A length the
+// file cannot hold says "not safetensors" (e.g. a text file), which is more useful to the
+// user than a limit.
+Status CheckHeaderLength(uint64_t n, uint64_t size) {
+  if (n > size - kLengthPrefixSize) {
+    return InvalidArgumentError("not a safetensors file, or truncated: header length " + Num(n) +
+                                " but only " + Num(size - kLengthPrefixSize) + " bytes follow it");
+  }
+  if (n > kMaxSafetensorsHeaderSize) {
+    return ResourceExhaustedError("header length " + Num(n) + " exceeds the limit of " +
+                                  Num(kMaxSafetensorsHeaderSize) + " bytes");
+  }
+  return OkStatus();
+}
+
+Status CheckHasLengthPrefix(uint64_t size) {
+  if (size >= kLengthPrefixSize) return OkStatus();
+  return InvalidArgumentError("truncated: the file has " + Num(size) +
+                              " bytes, less than the 8-byte header length");
+}
+
 // ReadSafetensorsHeader, also returning the file size.
 StatusOr<SafetensorsHeader> ReadHeader(FileSystem* fs, const std::string& path,
                                        uint64_t* file_size) {
@@ -630,25 +652,11 @@ StatusOr<SafetensorsHeader> ReadHeader(FileSystem* fs, const std::string& path,
     STASIS_ASSIGN_OR_RETURN(std::unique_ptr<RandomAccessFile> file, fs->OpenRandomAccess(path));
     uint64_t size = file->Size();
     *file_size = size;
-    if (size < kLengthPrefixSize) {
-      return InvalidArgumentError("truncated: the file has " + Num(size) +
-                                  " bytes, less than the 8-byte header length");
-    }
+    STASIS_RETURN_IF_ERROR(CheckHasLengthPrefix(size));
     uint8_t prefix[kLengthPrefixSize];
     STASIS_RETURN_IF_ERROR(file->ReadExact(0, sizeof(prefix), prefix, "header length"));
     uint64_t n = LoadU64LE(prefix);
-    // Bound before allocating: the length is the first thing a hostile file controls. A
-    // length the file cannot hold says "not safetensors" (e.g. a text file), which is more
-    // useful to the user than a limit.
-    if (n > size - kLengthPrefixSize) {
-      return InvalidArgumentError("not a safetensors file, or truncated: header length " + Num(n) +
-                                  " but only " + Num(size - kLengthPrefixSize) +
-                                  " bytes follow it");
-    }
-    if (n > kMaxSafetensorsHeaderSize) {
-      return ResourceExhaustedError("header length " + Num(n) + " exceeds the limit of " +
-                                    Num(kMaxSafetensorsHeaderSize) + " bytes");
-    }
+    STASIS_RETURN_IF_ERROR(CheckHeaderLength(n, size));
     std::string json(n, '\0');
     STASIS_RETURN_IF_ERROR(file->ReadExact(kLengthPrefixSize, n, json.data(), "header"));
     return ParseSafetensorsHeader(json, size);
@@ -778,6 +786,13 @@ StatusOr<SafetensorsHeader> ParseSafetensorsHeader(std::string_view header_json,
 StatusOr<SafetensorsHeader> ReadSafetensorsHeader(FileSystem* fs, const std::string& path) {
   uint64_t size = 0;
   return ReadHeader(fs, path, &size);
+}
+
+StatusOr<SafetensorsHeader> ParseSafetensorsFileBytes(std::string_view file) {
+  STASIS_RETURN_IF_ERROR(CheckHasLengthPrefix(file.size()));
+  const uint64_t n = LoadU64LE(reinterpret_cast<const uint8_t*>(file.data()));
+  STASIS_RETURN_IF_ERROR(CheckHeaderLength(n, file.size()));
+  return ParseSafetensorsHeader(file.substr(kLengthPrefixSize, n), file.size());
 }
 
 StatusOr<std::vector<std::string>> ReadSafetensorsIndex(FileSystem* fs,

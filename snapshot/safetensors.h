@@ -81,6 +81,10 @@ StatusOr<SafetensorsHeader> ParseSafetensorsHeader(std::string_view header_json,
 // Errors carry the path as context.
 StatusOr<SafetensorsHeader> ReadSafetensorsHeader(FileSystem* fs, const std::string& path);
 
+// The header of a safetensors file held whole in memory (`file`: every byte of it), with
+// ReadSafetensorsHeader's checks; its entries then lie inside `file`.
+StatusOr<SafetensorsHeader> ParseSafetensorsFileBytes(std::string_view file);
+
 // Reads a sharded checkpoint's index (`{"metadata": {...}, "weight_map": {tensor: file}}`,
 // at most kMaxSafetensorsIndexSize bytes) and returns the distinct shard paths, resolved
 // against the index's directory, in order of first appearance. Rejects a missing or empty

@@ -221,9 +221,9 @@ Status CheckNoWeightsOutsideParameters(const ::torch::jit::Module& module,
   if (left.size() > 5) list += ", ...";
   return FailedPreconditionError(
       module_path + " holds " + std::to_string(bytes) + " bytes in " + std::to_string(left.size()) +
-      " tensor attributes that are neither parameters nor " + "buffers (" + list +
-      "): they would stay in the skeleton and be deserialised on every " +
-      "cold start; register them as buffers");
+      " tensor attributes that are neither parameters nor buffers (" + list +
+      "): they would stay in the skeleton and be deserialised on "
+      "every cold start; register them as buffers");
 }
 
 // Restore options for torch: the CUDA backend for a cuda device, after checking that
@@ -1099,15 +1099,10 @@ StatusOr<std::vector<std::pair<std::string, at::Tensor>>> LoadSafetensorsTensors
   auto buffer = std::shared_ptr<uint8_t[]>(new (std::nothrow) uint8_t[std::max<uint64_t>(size, 1)]);
   if (buffer == nullptr) return ResourceExhaustedError("no memory for " + path);
   STASIS_RETURN_IF_ERROR(file->ReadExact(0, size, buffer.get(), path));
-  // The header is parsed from these bytes, checked against this file's size: every view
-  // below then lies inside the buffer (a second open could have found another file).
-  if (size < 8) return InvalidArgumentError(path + ": not a safetensors file (truncated)");
-  uint64_t header_len = 0;
-  std::memcpy(&header_len, buffer.get(), 8);  // little-endian host
-  if (header_len > size - 8)
-    return InvalidArgumentError(path + ": safetensors header runs past the end of the file");
-  auto parsed = ParseSafetensorsHeader(
-      std::string_view(reinterpret_cast<const char*>(buffer.get()) + 8, header_len), size);
+  // The header is parsed from these bytes: every view below then lies inside the buffer (a
+  // second open could have found another file).
+  auto parsed = ParseSafetensorsFileBytes(
+      std::string_view(reinterpret_cast<const char*>(buffer.get()), size));
   if (!parsed.ok()) return parsed.status().WithContext(path);
   const SafetensorsHeader& header = *parsed;
   try {

@@ -349,6 +349,23 @@ TEST_F(SafetensorsTest, ReadHeaderFromFile) {
               StatusCode::kNotFound, "missing");
 }
 
+// A file held in memory gets the checks a file on disk gets.
+TEST_F(SafetensorsTest, ParseFileBytesMatchesReadingTheFile) {
+  std::string json = "{" + Entry("w", "F32", "[3]", 0, 12) + "}";
+  const std::string file = MakeFile(json, 12);
+  auto h = ParseSafetensorsFileBytes(file);
+  ASSERT_TRUE(h.ok()) << h.status();
+  EXPECT_EQ(h->data_start, 8 + json.size());
+  EXPECT_EQ(h->entries.at(0).name, "w");
+  ExpectError(ParseSafetensorsFileBytes(std::string("\x02\0\0", 3)).status(),
+              StatusCode::kInvalidArgument, "truncated");
+  ExpectError(ParseSafetensorsFileBytes(U64LE(100) + "{}        ").status(),
+              StatusCode::kInvalidArgument,
+              "truncated: header length 100 but only 10 bytes follow");
+  ExpectError(ParseSafetensorsFileBytes(file + "x").status(), StatusCode::kInvalidArgument,
+              "1 trailing bytes");
+}
+
 TEST_F(SafetensorsTest, ReadRejectsBadLengths) {
   FileSystem* fs = DefaultFileSystem();
   // Too short for the length prefix.
