@@ -507,108 +507,49 @@ StatusOr<int64_t> ParsePositive(std::string_view s, std::string_view what, int64
   return v;
 }
 
-}  // namespace
-
+// The dtypes a stasis image and libtorch share, one pair each, for both directions.
+struct DTypePair {
+  DType dtype;
+  at::ScalarType type;
+};
+constexpr DTypePair kDTypePairs[] = {
+    {DType::kBool, at::kBool},
+    {DType::kU8, at::kByte},
+    {DType::kI8, at::kChar},
+    {DType::kI16, at::kShort},
+    {DType::kI32, at::kInt},
+    {DType::kI64, at::kLong},
+    {DType::kF16, at::kHalf},
+    {DType::kF32, at::kFloat},
+    {DType::kF64, at::kDouble},
+    {DType::kBF16, at::kBFloat16},
+    {DType::kC64, at::kComplexFloat},
 // Unsigned 16-64 bit and float8 tensors: libtorch 2.7 has every one the image format does
 // (1.13 has none of them).
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 7)
-#define STASIS_TORCH_HAS_FP8_AND_UINT 1
-#else
-#define STASIS_TORCH_HAS_FP8_AND_UINT 0
+    {DType::kU16, at::ScalarType::UInt16},
+    {DType::kU32, at::ScalarType::UInt32},
+    {DType::kU64, at::ScalarType::UInt64},
+    {DType::kF8E5M2, at::ScalarType::Float8_e5m2},
+    {DType::kF8E4M3, at::ScalarType::Float8_e4m3fn},
+    {DType::kF8E8M0, at::ScalarType::Float8_e8m0fnu},
+    {DType::kF8E4M3Fnuz, at::ScalarType::Float8_e4m3fnuz},
+    {DType::kF8E5M2Fnuz, at::ScalarType::Float8_e5m2fnuz},
 #endif
+};
+
+}  // namespace
 
 std::optional<at::ScalarType> ToScalarType(DType dtype) {
-  switch (dtype) {
-    case DType::kBool:
-      return at::kBool;
-    case DType::kU8:
-      return at::kByte;
-    case DType::kI8:
-      return at::kChar;
-    case DType::kI16:
-      return at::kShort;
-    case DType::kI32:
-      return at::kInt;
-    case DType::kI64:
-      return at::kLong;
-    case DType::kF16:
-      return at::kHalf;
-    case DType::kF32:
-      return at::kFloat;
-    case DType::kF64:
-      return at::kDouble;
-    case DType::kBF16:
-      return at::kBFloat16;
-    case DType::kC64:
-      return at::kComplexFloat;
-#if STASIS_TORCH_HAS_FP8_AND_UINT
-    case DType::kU16:
-      return at::ScalarType::UInt16;
-    case DType::kU32:
-      return at::ScalarType::UInt32;
-    case DType::kU64:
-      return at::ScalarType::UInt64;
-    case DType::kF8E5M2:
-      return at::ScalarType::Float8_e5m2;
-    case DType::kF8E4M3:
-      return at::ScalarType::Float8_e4m3fn;
-    case DType::kF8E8M0:
-      return at::ScalarType::Float8_e8m0fnu;
-    case DType::kF8E4M3Fnuz:
-      return at::ScalarType::Float8_e4m3fnuz;
-    case DType::kF8E5M2Fnuz:
-      return at::ScalarType::Float8_e5m2fnuz;
-#endif
-    default:
-      return std::nullopt;
-  }
+  for (const DTypePair& p : kDTypePairs)
+    if (p.dtype == dtype) return p.type;
+  return std::nullopt;
 }
 
 std::optional<DType> ToDType(at::ScalarType type) {
-  switch (type) {
-    case at::kBool:
-      return DType::kBool;
-    case at::kByte:
-      return DType::kU8;
-    case at::kChar:
-      return DType::kI8;
-    case at::kShort:
-      return DType::kI16;
-    case at::kInt:
-      return DType::kI32;
-    case at::kLong:
-      return DType::kI64;
-    case at::kHalf:
-      return DType::kF16;
-    case at::kFloat:
-      return DType::kF32;
-    case at::kDouble:
-      return DType::kF64;
-    case at::kBFloat16:
-      return DType::kBF16;
-    case at::kComplexFloat:
-      return DType::kC64;
-#if STASIS_TORCH_HAS_FP8_AND_UINT
-    case at::ScalarType::UInt16:
-      return DType::kU16;
-    case at::ScalarType::UInt32:
-      return DType::kU32;
-    case at::ScalarType::UInt64:
-      return DType::kU64;
-    case at::ScalarType::Float8_e5m2:
-      return DType::kF8E5M2;
-    case at::ScalarType::Float8_e4m3fn:
-      return DType::kF8E4M3;
-    case at::ScalarType::Float8_e8m0fnu:
-      return DType::kF8E8M0;
-    case at::ScalarType::Float8_e4m3fnuz:
-      return DType::kF8E4M3Fnuz;
-    case at::ScalarType::Float8_e5m2fnuz:
-      return DType::kF8E5M2Fnuz;
-#endif
-    default:
-      return std::nullopt;
-  }
+  for (const DTypePair& p : kDTypePairs)
+    if (p.type == type) return p.dtype;
+  return std::nullopt;
 }
 
 Status LoadCudaSupport() {
