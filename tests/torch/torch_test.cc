@@ -435,31 +435,29 @@ TEST_F(TorchTest, EdgeModulesRoundTrip) {
 // Weights that no parameter or buffer reaches would stay in the skeleton and be
 // deserialised on every cold start: the snapshot refuses them, and writes nothing.
 TEST_F(TorchTest, WeightsOutsideParametersAndBuffersAreRefused) {
+  auto expect_refused = [&](const std::string& name, torch::jit::Module m, const std::string& why) {
+    SCOPED_TRACE(name);
+    const std::string model = dir_->File(name + ".pt"), image = dir_->File(name + ".stasis");
+    m.save(model);
+    st::TorchSnapshotReport r;
+    EXPECT_THAT(plugin_->SnapshotModule(model, image, {}, &r),
+                StatusIs(StatusCode::kFailedPrecondition, HasSubstr(why)));
+    EXPECT_FALSE(DefaultFileSystem()->Exists(image));
+  };
   const at::Tensor big = torch::ones({1 << 19});  // 2 MiB of f32
   {
     torch::jit::Module m("Attribute");
     m.register_parameter("w", torch::ones({4}), false);
     m.register_attribute("table", c10::TensorType::get(), big);
     m.define("def forward(self, x):\n  return x * self.w.sum() + self.table.sum()\n");
-    const std::string model = dir_->File("attr.pt"), image = dir_->File("attr.stasis");
-    m.save(model);
-    st::TorchSnapshotReport r;
-    EXPECT_THAT(plugin_->SnapshotModule(model, image, {}, &r),
-                StatusIs(StatusCode::kFailedPrecondition, HasSubstr("table")));
-    EXPECT_FALSE(DefaultFileSystem()->Exists(image));
+    expect_refused("attr", m, "table");
   }
   {
     torch::jit::Module m("Frozen");
     m.register_parameter("w", big, false);
     m.define("def forward(self, x):\n  return x + self.w\n");  // nothing to fold away
     m.eval();
-    torch::jit::Module frozen = torch::jit::freeze(m);
-    const std::string model = dir_->File("frozen.pt"), image = dir_->File("frozen.stasis");
-    frozen.save(model);
-    st::TorchSnapshotReport r;
-    EXPECT_THAT(plugin_->SnapshotModule(model, image, {}, &r),
-                StatusIs(StatusCode::kFailedPrecondition, HasSubstr("freeze")));
-    EXPECT_FALSE(DefaultFileSystem()->Exists(image));
+    expect_refused("frozen", torch::jit::freeze(m), "freeze");
   }
 }
 
