@@ -244,25 +244,16 @@ TEST(RestoreStagingTest, MixedChunksOnADeviceNeverRunOutOfSlots) {
 // by the time the engine opens it, the restore stops instead of mixing the two.
 TEST_P(RestoreTest, ImageReplacedBetweenOpensIsAborted) {
   // A file system whose second open of the image yields another file.
-  class SwappingFileSystem final : public FileSystem {
+  class SwappingFileSystem final : public FileSystemWrapper {
    public:
     SwappingFileSystem(std::string image, std::string other)
-        : image_(std::move(image)), other_(std::move(other)) {}
+        : FileSystemWrapper(DefaultFileSystem()),
+          image_(std::move(image)),
+          other_(std::move(other)) {}
     StatusOr<std::unique_ptr<RandomAccessFile>> OpenRandomAccess(const std::string& p) override {
       const bool swap = p == image_ && ++opens_ == 2;
-      return DefaultFileSystem()->OpenRandomAccess(swap ? other_ : p);
+      return FileSystemWrapper::OpenRandomAccess(swap ? other_ : p);
     }
-    StatusOr<std::unique_ptr<WritableFile>> CreateExclusive(const std::string& p) override {
-      return DefaultFileSystem()->CreateExclusive(p);
-    }
-    Status Rename(const std::string& a, const std::string& b) override {
-      return DefaultFileSystem()->Rename(a, b);
-    }
-    Status Remove(const std::string& p) override { return DefaultFileSystem()->Remove(p); }
-    Status SyncParentDir(const std::string& p) override {
-      return DefaultFileSystem()->SyncParentDir(p);
-    }
-    bool Exists(const std::string& p) override { return DefaultFileSystem()->Exists(p); }
 
    private:
     std::string image_, other_;
