@@ -326,10 +326,7 @@ StatusOr<RestoreOptions> ToRestoreOptions(const RestoreArgs& a) {
     o.direct = ReadEngineOptions::Direct::kOff;
   else
     return InvalidArgumentError("--direct must be auto, on or off");
-  // 2 at least: a chunk read in place can need two reads at once (its aligned body and
-  // its tail).
-  if (a.queue_depth < 2 || a.queue_depth > 4096)
-    return InvalidArgumentError("--queue-depth must be 2..4096");
+  // --queue-depth is bounded by RestoredModel::Restore (2..4096), where every caller meets it.
   if (a.staging_mb < 1 || a.staging_mb > (64u << 10))
     return InvalidArgumentError("--staging-mb must be 1..65536");
   o.threads = a.threads;
