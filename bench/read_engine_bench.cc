@@ -30,7 +30,7 @@
 #include <vector>
 
 #include "bench/bench_util.h"
-#include "restore/read_engine.h"
+#include "restore/io/read_engine.h"
 
 namespace {
 

@@ -25,8 +25,9 @@
 #include <vector>
 
 #include "bench/bench_util.h"
-#include "restore/restored_model.h"
-#include "snapshot/image_writer.h"
+#include "common/float16.h"
+#include "stasis/image.h"
+#include "stasis/restore.h"
 
 namespace {
 

@@ -24,7 +24,8 @@
 #include <vector>
 
 #include "bench/bench_util.h"
-#include "snapshot/image_writer.h"
+#include "common/float16.h"
+#include "stasis/image.h"
 
 namespace {
 

@@ -18,11 +18,11 @@ find_package(nlohmann_json 3 REQUIRED)
 find_package(CLI11 REQUIRED)
 
 # Optional: liburing.
-set(STASIS_HAVE_URING OFF)
+set(STASIS_URING_FOUND OFF)
 if(NOT STASIS_WITH_URING STREQUAL "OFF")
   pkg_check_modules(URING IMPORTED_TARGET liburing)
   if(URING_FOUND)
-    set(STASIS_HAVE_URING ON)
+    set(STASIS_URING_FOUND ON)
   elseif(STASIS_WITH_URING STREQUAL "ON")
     message(FATAL_ERROR "STASIS_WITH_URING=ON but liburing was not found (apt-get install liburing-dev)")
   else()
@@ -31,11 +31,11 @@ if(NOT STASIS_WITH_URING STREQUAL "OFF")
 endif()
 
 # Optional: CUDA toolkit headers (driver API only; the driver is dlopen'ed at run time).
-set(STASIS_HAVE_CUDA OFF)
+set(STASIS_CUDA_FOUND OFF)
 if(NOT STASIS_WITH_CUDA STREQUAL "OFF")
   find_package(CUDAToolkit QUIET)
   if(CUDAToolkit_FOUND)
-    set(STASIS_HAVE_CUDA ON)
+    set(STASIS_CUDA_FOUND ON)
   elseif(STASIS_WITH_CUDA STREQUAL "ON")
     message(FATAL_ERROR "STASIS_WITH_CUDA=ON but the CUDA toolkit was not found")
   else()
@@ -43,8 +43,8 @@ if(NOT STASIS_WITH_CUDA STREQUAL "OFF")
   endif()
 endif()
 
-# Optional: libtorch (adapter lives in its own target; later issue).
-set(STASIS_HAVE_TORCH OFF)
+# Optional: libtorch (the adapter in torch_adapter/: libstasis_torch.so).
+set(STASIS_TORCH_FOUND OFF)
 if(NOT STASIS_WITH_TORCH STREQUAL "OFF")
   # A CUDA build of PyTorch (the pip wheels, the H200 machine's 2.11) enables the CUDA
   # language in its config and try_runs a GPU probe. stasis compiles no CUDA sources,
@@ -69,7 +69,7 @@ if(NOT STASIS_WITH_TORCH STREQUAL "OFF")
                           "Caffe2_DIR=${Caffe2_DIR}. Pass -DCaffe2_DIR=<the Caffe2 beside "
                           "Torch_DIR>, or put that libtorch first on CMAKE_PREFIX_PATH.")
     endif()
-    set(STASIS_HAVE_TORCH ON)
+    set(STASIS_TORCH_FOUND ON)
   elseif(STASIS_WITH_TORCH STREQUAL "ON")
     message(FATAL_ERROR "STASIS_WITH_TORCH=ON but libtorch was not found")
   else()

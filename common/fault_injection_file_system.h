@@ -15,7 +15,7 @@
 #include <set>
 #include <string>
 
-#include "common/file_system.h"
+#include "stasis/file_system.h"
 
 namespace stasis {
 

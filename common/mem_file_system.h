@@ -13,7 +13,7 @@
 #include <mutex>
 #include <string>
 
-#include "common/file_system.h"
+#include "stasis/file_system.h"
 
 namespace stasis {
 

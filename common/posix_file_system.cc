@@ -5,7 +5,7 @@
 #include <cerrno>
 #include <string>
 
-#include "common/file_system.h"
+#include "stasis/file_system.h"
 
 namespace stasis {
 namespace {

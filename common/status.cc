@@ -1,4 +1,4 @@
-#include "common/status.h"
+#include "stasis/status.h"
 
 #include <cerrno>
 #include <cstring>

@@ -9,7 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "restore/restored_model.h"
+#include "stasis/restore.h"
 
 namespace stasis {
 

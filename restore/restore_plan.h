@@ -11,8 +11,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "common/status.h"
 #include "snapshot/format.h"
+#include "stasis/status.h"
 
 namespace stasis {
 

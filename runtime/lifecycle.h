@@ -36,8 +36,8 @@
 #include <vector>
 
 #include "common/clock.h"
-#include "common/status.h"
 #include "runtime/model_host.h"
+#include "stasis/status.h"
 
 namespace stasis::runtime {
 

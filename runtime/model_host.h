@@ -3,7 +3,9 @@
 // What the runtime's lifecycle drives: one model that can be brought warm (restored onto its
 // device and bound into the framework), released (device memory freed, addresses kept) and
 // run. The lifecycle (lifecycle.h) decides when; a ModelHost only does what it is told, so
-// tests substitute a fake one to exercise every transition without a framework.
+// tests substitute a fake one to exercise every transition without a framework. The runtime
+// knows no framework: `stasis serve` hands it a TorchScript host
+// (tools/stasis/torch_model_host.h).
 //
 // Thread safety: Load and Unload never run concurrently with anything else (the lifecycle
 // serialises them); Infer may run concurrently with itself (the server's
@@ -16,13 +18,11 @@
 #include <string>
 #include <vector>
 
-#include "common/status.h"
-#include "restore/restored_model.h"
-#include "restore/torch/torch_plugin.h"
+#include "stasis/restore.h"
+#include "stasis/status.h"
+#include "stasis/tensor.h"
 
 namespace stasis::runtime {
-
-using torch::TensorData;
 
 class ModelHost {
  public:
@@ -40,14 +40,6 @@ class ModelHost {
   // A human-readable name for logs and status ("model.stasis on cpu").
   virtual std::string Describe() const = 0;
 };
-
-// The real host: a TorchScript image restored with RestoredModel and bound through the
-// torch plugin (loaded on first use). `options.device` says where. `yield_io`: the first
-// restore's reads go at idle I/O priority while libtorch loads alongside
-// (RestoreOptions::yield_io; options.yield_io itself is ignored).
-StatusOr<std::unique_ptr<ModelHost>> NewTorchModelHost(const std::string& image,
-                                                       const RestoreOptions& options,
-                                                       bool yield_io = false);
 
 }  // namespace stasis::runtime
 

@@ -31,11 +31,12 @@
 #include <utility>
 #include <vector>
 
-#include "restore/device_backend.h"
+#include "common/float16.h"
 #include "restore/report_json.h"
 #include "snapshot/dtype.h"
 #include "snapshot/format.h"
 #include "snapshot/safetensors.h"
+#include "stasis/device_backend.h"
 
 namespace stasis::runtime {
 
@@ -244,57 +245,6 @@ int OpenBeneath(const std::string& root, const std::string& real) {
 }
 
 // ----- element conversions -----
-
-uint16_t FloatToHalf(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  const uint32_t sign = (x >> 16) & 0x8000;
-  uint32_t mant = x & 0x7fffff;
-  const int32_t exp = static_cast<int32_t>((x >> 23) & 0xff);
-  if (exp == 255) return static_cast<uint16_t>(sign | 0x7c00 | (mant != 0 ? 0x200 : 0));
-  const int32_t e = exp - 127 + 15;
-  if (e >= 31) return static_cast<uint16_t>(sign | 0x7c00);
-  if (e <= 0) {
-    if (e < -10) return static_cast<uint16_t>(sign);
-    mant |= 0x800000;
-    const int shift = 14 - e;
-    uint32_t half = mant >> shift;
-    const uint32_t rem = mant & ((1u << shift) - 1);
-    const uint32_t halfway = 1u << (shift - 1);
-    if (rem > halfway || (rem == halfway && (half & 1))) ++half;
-    return static_cast<uint16_t>(sign | half);
-  }
-  uint32_t half = sign | (static_cast<uint32_t>(e) << 10) | (mant >> 13);
-  const uint32_t rem = mant & 0x1fff;
-  if (rem > 0x1000 || (rem == 0x1000 && (half & 1))) ++half;  // a carry rounds up correctly
-  return static_cast<uint16_t>(half);
-}
-
-float HalfToFloat(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
-  const uint32_t exp = (h >> 10) & 0x1f;
-  const uint32_t mant = h & 0x3ff;
-  uint32_t x;
-  if (exp == 0) {
-    const float f = std::ldexp(static_cast<float>(mant), -24);
-    return sign != 0 ? -f : f;
-  }
-  if (exp == 31) {
-    x = sign | 0x7f800000 | (mant << 13);
-  } else {
-    x = sign | ((exp - 15 + 127) << 23) | (mant << 13);
-  }
-  float f;
-  std::memcpy(&f, &x, 4);
-  return f;
-}
-
-float Bf16ToFloat(uint16_t h) {
-  const uint32_t x = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &x, 4);
-  return f;
-}
 
 // A float as the double whose shortest form is the float's shortest form, so that JSON
 // shows 0.1 rather than 0.10000000149011612.

@@ -54,9 +54,9 @@
 #include <vector>
 
 #include "common/clock.h"
-#include "common/status.h"
 #include "runtime/lifecycle.h"
 #include "runtime/metrics.h"
+#include "stasis/status.h"
 
 namespace stasis::runtime {
 

@@ -14,22 +14,14 @@
 #include <string_view>
 #include <vector>
 
-#include "common/status.h"
 #include "snapshot/format.h"
+#include "stasis/image.h"
+#include "stasis/status.h"
 
 struct ZSTD_CCtx_s;
 struct ZSTD_DCtx_s;
 
 namespace stasis {
-
-// What the writer may choose for a chunk.
-enum class CodecChoice {
-  kAuto,  // grouped for float data (element size 2/4), zstd otherwise; raw if < 5% saved
-  kZstd,  // plain zstd for everything; raw if < 5% saved
-  kRaw,   // always raw
-};
-// Parses "auto", "zstd", "raw" (the --codec flags). kInvalidArgument otherwise.
-StatusOr<CodecChoice> ParseCodecChoice(std::string_view text);
 
 // A compression must save at least this fraction of the input to be kept.
 inline constexpr double kMinSavings = 0.05;

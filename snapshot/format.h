@@ -1,8 +1,9 @@
 // File: snapshot/format.h
 //
 // The stasis image format, version 1. See docs/image-format.md: it is the specification and
-// this header only mirrors its constants and records. Encoding and decoding here are pure
-// functions on bytes (no I/O), so the writer, the readers and the fuzzers share them.
+// this header only mirrors its constants (the records are public: stasis/image.h).
+// Encoding and decoding here are pure functions on bytes (no I/O), so the writer, the
+// readers and the fuzzers share them.
 #ifndef STASIS_SNAPSHOT_FORMAT_H_
 #define STASIS_SNAPSHOT_FORMAT_H_
 
@@ -12,12 +13,12 @@
 #include <utility>
 #include <vector>
 
-#include "common/status.h"
 #include "snapshot/dtype.h"
+#include "stasis/image.h"
+#include "stasis/status.h"
 
 namespace stasis::format {
 
-inline constexpr uint32_t kFormatVersion = 1;
 inline constexpr uint64_t kBlockAlign = 4096;
 // Writers place a raw chunk of at least kMapPhase bytes at a file offset congruent to its
 // dst_offset modulo kMapPhase (more zero padding), so that a restorer mapping it into a
@@ -53,70 +54,6 @@ inline constexpr size_t kMaxSectionNameLen = 256;
 inline constexpr uint64_t kMaxMetadata = 4096;
 inline constexpr size_t kMaxMetadataKeyLen = 256;
 inline constexpr size_t kMaxMetadataValueLen = 1u << 20;
-
-enum class Codec : uint8_t { kRaw = 0, kZstd = 1, kGrouped = 2 };
-enum class DeviceKind : uint32_t { kCpu = 0, kCuda = 1 };
-
-std::string_view CodecName(Codec c);
-
-struct RegionInfo {
-  uint64_t size = 0;
-  uint64_t alignment = 1;
-  uint64_t va_hint = 0;
-  DeviceKind device_kind = DeviceKind::kCpu;
-  int32_t device_ordinal = -1;
-};
-
-struct ChunkInfo {
-  uint64_t file_offset = 0;
-  uint64_t stored_size = 0;
-  uint64_t raw_size = 0;
-  uint64_t dst_offset = 0;
-  uint32_t region_id = 0;
-  Codec codec = Codec::kRaw;
-  uint8_t element_size = 0;
-  uint64_t stored_xxh3 = 0;
-  uint64_t raw_xxh3 = 0;
-};
-
-struct TensorInfo {
-  std::string name;
-  DType dtype = DType::kU8;
-  std::vector<int64_t> shape;
-  std::vector<int64_t> strides;  // in elements
-  uint32_t region_id = 0;
-  uint64_t byte_offset = 0;
-  uint64_t byte_size = 0;
-};
-
-struct SectionInfo {
-  std::string name;
-  uint64_t file_offset = 0;
-  uint64_t size = 0;
-  uint64_t xxh3 = 0;
-};
-
-struct Manifest {
-  std::vector<RegionInfo> regions;
-  std::vector<ChunkInfo> chunks;
-  std::vector<TensorInfo> tensors;
-  std::vector<SectionInfo> sections;
-  std::vector<std::pair<std::string, std::string>> metadata;
-
-  const TensorInfo* FindTensor(std::string_view name) const;
-  const SectionInfo* FindSection(std::string_view name) const;
-  const std::string* FindMetadata(std::string_view key) const;
-  // Totals over all chunks: bytes as stored in the file, and restored bytes.
-  uint64_t StoredBytes() const;
-  uint64_t RawBytes() const;
-};
-
-struct Footer {
-  uint64_t manifest_offset = 0;
-  uint64_t manifest_size = 0;
-  uint64_t manifest_xxh3 = 0;
-  uint64_t file_size = 0;
-};
 
 // Element count of a shape (1 for rank 0). Fails on negative dims or overflow past 2^62.
 StatusOr<uint64_t> ElementCount(const std::vector<int64_t>& shape);

@@ -1,11 +1,12 @@
-#include "snapshot/image_reader.h"
-
 #include <algorithm>
 #include <atomic>
 #include <mutex>
 
 #include "common/hash.h"
 #include "common/thread_pool.h"
+#include "snapshot/codec.h"
+#include "snapshot/format.h"
+#include "stasis/image.h"
 
 namespace stasis {
 namespace {

@@ -1,5 +1,3 @@
-#include "snapshot/image_writer.h"
-
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
@@ -15,6 +13,9 @@
 
 #include "common/hash.h"
 #include "common/thread_pool.h"
+#include "snapshot/codec.h"
+#include "snapshot/format.h"
+#include "stasis/image.h"
 
 namespace stasis {
 namespace {

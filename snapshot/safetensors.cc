@@ -14,7 +14,7 @@
 #include <unordered_set>
 
 #include "snapshot/format.h"
-#include "snapshot/image_writer.h"
+#include "stasis/image.h"
 
 namespace stasis {
 namespace {

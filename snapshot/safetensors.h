@@ -24,9 +24,9 @@
 #include <utility>
 #include <vector>
 
-#include "common/file_system.h"
-#include "common/status.h"
 #include "snapshot/dtype.h"
+#include "stasis/file_system.h"
+#include "stasis/status.h"
 
 namespace stasis {
 

@@ -1,10 +1,9 @@
-#include "snapshot/tensor_snapshot.h"
-
 #include <algorithm>
 #include <numeric>
 #include <unordered_set>
 
 #include "snapshot/format.h"
+#include "stasis/image.h"
 
 namespace stasis {
 namespace {

@@ -7,8 +7,8 @@
 #include <string>
 
 #include "common/mem_file_system.h"
-#include "restore/restored_model.h"
-#include "snapshot/image_reader.h"
+#include "stasis/image.h"
+#include "stasis/restore.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace stasis;

@@ -17,8 +17,9 @@
 #include <thread>
 #include <vector>
 
-#include "restore/cuda/cuda_backend.h"
-#include "restore/cuda/cuda_driver.h"
+#include "restore/device/cuda_backend.h"
+#include "restore/device/cuda_driver.h"
+#include "snapshot/format.h"
 #include "tests/testutil/test_util.h"
 
 namespace stasis {

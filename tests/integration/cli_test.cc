@@ -3,8 +3,8 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 
-#include "common/file_system.h"
 #include "snapshot/safetensors.h"
+#include "stasis/file_system.h"
 #include "tests/testutil/test_util.h"
 
 namespace stasis {

@@ -13,7 +13,7 @@
 #include <random>
 #include <thread>
 
-#include "restore/torch_plugin_loader.h"
+#include "stasis/torch_plugin.h"
 #include "tests/testutil/test_util.h"
 
 namespace stasis {
@@ -155,13 +155,13 @@ class ServeCliTest : public ::testing::Test {
 
   static TempDir* dir_;
   static std::string model_, image_;
-  static torch::TensorData input_, expected_;
+  static TensorData input_, expected_;
   static std::vector<int64_t>* tokens_;
 };
 
 TempDir* ServeCliTest::dir_ = nullptr;
 std::string ServeCliTest::model_, ServeCliTest::image_;
-torch::TensorData ServeCliTest::input_, ServeCliTest::expected_;
+TensorData ServeCliTest::input_, ServeCliTest::expected_;
 std::vector<int64_t>* ServeCliTest::tokens_ = nullptr;
 
 TEST_F(ServeCliTest, ColdWarmIdleUnloadColdAgainThenSigtermDrains) {

@@ -33,7 +33,7 @@
 #include <string>
 #include <vector>
 
-#include "restore/read_engine.h"
+#include "restore/io/read_engine.h"
 #include "tests/testutil/test_util.h"
 
 namespace stasis {

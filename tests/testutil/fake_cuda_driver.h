@@ -33,7 +33,7 @@
 #include <string>
 #include <vector>
 
-#include "restore/cuda/cuda_driver.h"
+#include "restore/device/cuda_driver.h"
 
 namespace stasis::testing {
 

@@ -5,7 +5,7 @@
 #ifndef STASIS_TESTS_TESTUTIL_RESTORE_UTIL_H_
 #define STASIS_TESTS_TESTUTIL_RESTORE_UTIL_H_
 
-#include "restore/restored_model.h"
+#include "stasis/restore.h"
 
 namespace stasis::testing {
 

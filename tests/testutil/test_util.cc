@@ -13,6 +13,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "common/float16.h"
 #include "snapshot/dtype.h"
 
 namespace stasis::testing {

@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "common/status.h"
+#include "stasis/status.h"
 
 namespace stasis::testing {
 

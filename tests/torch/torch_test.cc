@@ -2,6 +2,8 @@
 // tied weights, a transposed parameter, an int64 buffer) is snapshot, restored without
 // deserialising a weight, and must compute bit for bit what the ordinary torch::jit::load
 // path computes; images from safetensors come back as tensors; every failure is a Status.
+#include "stasis/torch.h"
+
 #include <ATen/detail/CUDAHooksInterface.h>
 #include <torch/cuda.h>
 #include <torch/script.h>
@@ -19,15 +21,17 @@
 #include <string>
 #include <vector>
 
-#include "common/file_system.h"
-#include "restore/restored_model.h"
-#include "restore/torch/torch_model.h"
-#include "restore/torch/torch_plugin.h"
-#include "snapshot/image_reader.h"
-#include "snapshot/image_writer.h"
 #include "snapshot/safetensors.h"
-#include "snapshot/tensor_snapshot.h"
+#include "stasis/file_system.h"
+#include "stasis/image.h"
+#include "stasis/restore.h"
+#include "stasis/torch_plugin.h"
 #include "tests/testutil/test_util.h"
+#include "tools/genmodel/gpt2_presets.h"
+#include "torch_adapter/archive.h"
+#include "torch_adapter/forward.h"
+#include "torch_adapter/input_spec.h"
+#include "torch_adapter/module_tensors.h"
 
 namespace {
 
@@ -53,6 +57,9 @@ std::map<std::string, at::Tensor> Tensors(const torch::jit::Module& m) {
   return out;
 }
 
+// The demo's smallest GPT-2 preset.
+const ::stasis::Gpt2Preset& Tiny() { return *::stasis::FindGpt2Preset("tiny").value(); }
+
 at::Tensor Forward(torch::jit::Module& m, const std::string& spec) {
   auto parsed = st::ParseInputSpec(spec);
   EXPECT_OK(parsed);
@@ -72,10 +79,8 @@ class TorchTest : public ::testing::Test {
     ASSERT_NE(plugin_, nullptr);
     model_ = dir_->File("gpt2-tiny-mixed.pt");
     image_ = dir_->File("gpt2-tiny-mixed.stasis");
-    ASSERT_OK(plugin_->GenerateGpt2(model_, "tiny", TestSeed(), /*mixed=*/true));
-    auto spec = plugin_->Gpt2InputSpec("tiny");
-    ASSERT_OK(spec);
-    spec_ = *spec;
+    ASSERT_OK(plugin_->GenerateGpt2(model_, Tiny().shape(), TestSeed(), /*mixed=*/true));
+    spec_ = ::stasis::Gpt2InputSpec(Tiny());
     st::TorchSnapshotOptions o;
     o.warmup_input = spec_;
     report_ = new st::TorchSnapshotReport();
@@ -199,7 +204,7 @@ TEST_F(TorchTest, RestoredWeightsKeepAliasingStridesAndDtypes) {
   EXPECT_EQ(got.at("position_ids").scalar_type(), at::kLong);
   EXPECT_TRUE(torch::equal(got.at("position_ids"), torch::arange(64, torch::kLong)));
   // Every weight is a view of restored memory.
-  const auto& regions = restored->memory->regions();
+  const auto& regions = restored->restored->regions();
   ASSERT_EQ(regions.size(), 1u);
   for (const auto& [name, g] : got) {
     const auto p = reinterpret_cast<uintptr_t>(g.data_ptr());
@@ -222,8 +227,8 @@ TEST_F(TorchTest, BindReportShowsNoWeightWasDeserialised) {
 TEST_F(TorchTest, RestoreReadsEveryStoredByteOnce) {
   auto restored = st::RestoreModule(image_);
   ASSERT_OK(restored);
-  const auto& m = restored->memory->manifest();
-  const auto& r = restored->memory->report();
+  const auto& m = restored->restored->manifest();
+  const auto& r = restored->restored->report();
   EXPECT_EQ(r.chunks, m.chunks.size());
   EXPECT_EQ(r.stored_bytes, m.StoredBytes());
   EXPECT_EQ(r.raw_bytes, m.RawBytes());
@@ -276,7 +281,7 @@ TEST_F(TorchTest, RestoreModuleReadsEachStoredByteExactlyOnce) {
   o.fs = &fs;
   auto restored = st::RestoreModule(image_, o);
   ASSERT_OK(restored);
-  const auto& m = restored->memory->manifest();
+  const auto& m = restored->restored->manifest();
   uint64_t chunk_bytes_read = 0;
   for (const auto& r : fs.reads()) {
     for (const auto& c : m.chunks) {
@@ -296,8 +301,8 @@ TEST_F(TorchTest, MemoryOutlivesTheRestoredModuleHandle) {
   auto before = st::RunModule(restored->module, spec_);
   ASSERT_OK(before);
   torch::jit::Module module = restored->module;
-  std::weak_ptr<RestoredModel> weak = restored->memory;
-  restored->memory.reset();
+  std::weak_ptr<RestoredModel> weak = restored->restored;
+  restored->restored.reset();
   EXPECT_FALSE(weak.expired()) << "the bound storages keep the restored memory alive";
   auto after = st::RunModule(module, spec_);
   ASSERT_OK(after);
@@ -309,8 +314,8 @@ TEST_F(TorchTest, UnloadReloadKeepsBoundTensorsValid) {
   ASSERT_OK(restored);
   auto before = st::RunModule(restored->module, spec_);
   ASSERT_OK(before);
-  ASSERT_OK(restored->memory->Unload());
-  ASSERT_OK(restored->memory->Reload());
+  ASSERT_OK(restored->restored->Unload());
+  ASSERT_OK(restored->restored->Reload());
   auto after = st::RunModule(restored->module, spec_);
   ASSERT_OK(after);
   EXPECT_EQ(after->xxh3, before->xxh3);
@@ -349,7 +354,7 @@ TEST_F(TorchTest, PluginBindModuleMatchesLoadModule) {
 
 TEST_F(TorchTest, PlainF32ModelRoundTrips) {
   const std::string model = dir_->File("plain.pt"), image = dir_->File("plain.stasis");
-  ASSERT_OK(plugin_->GenerateGpt2(model, "tiny", TestSeed() + 1, /*mixed=*/false));
+  ASSERT_OK(plugin_->GenerateGpt2(model, Tiny().shape(), TestSeed() + 1, /*mixed=*/false));
   st::TorchSnapshotReport r;
   ASSERT_OK(plugin_->SnapshotModule(model, image, {}, &r));  // no warmup
   auto reader = ImageReader::Open(image);

@@ -9,8 +9,8 @@
 #include "common/fault_injection_file_system.h"
 #include "common/hash.h"
 #include "common/mem_file_system.h"
-#include "snapshot/image_reader.h"
-#include "snapshot/tensor_snapshot.h"
+#include "snapshot/format.h"
+#include "stasis/image.h"
 #include "tests/testutil/restore_util.h"
 #include "tests/testutil/test_util.h"
 

@@ -3,7 +3,7 @@
 // should, Unload/Reload, every error path (a failure injected at every call of a whole
 // scenario must give a clear Status and leave nothing behind), and driver loading on a
 // machine without a GPU.
-#include "restore/cuda/cuda_backend.h"
+#include "restore/device/cuda_backend.h"
 
 #include <sys/mman.h>
 #include <unistd.h>
@@ -14,7 +14,8 @@
 #include <thread>
 #include <vector>
 
-#include "restore/cuda/cuda_driver.h"
+#include "restore/device/cuda_driver.h"
+#include "snapshot/format.h"
 #include "tests/testutil/fake_cuda_driver.h"
 #include "tests/testutil/test_util.h"
 

@@ -4,9 +4,9 @@
 // driver failure at every step.
 #include <cstring>
 
-#include "restore/cuda/cuda_backend.h"
-#include "restore/restored_model.h"
-#include "snapshot/tensor_snapshot.h"
+#include "restore/device/cuda_backend.h"
+#include "stasis/image.h"
+#include "stasis/restore.h"
 #include "tests/testutil/fake_cuda_driver.h"
 #include "tests/testutil/restore_util.h"
 #include "tests/testutil/test_util.h"

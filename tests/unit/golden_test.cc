@@ -12,8 +12,7 @@
 #include <sstream>
 
 #include "common/hash.h"
-#include "snapshot/image_reader.h"
-#include "snapshot/tensor_snapshot.h"
+#include "stasis/image.h"
 #include "tests/testutil/restore_util.h"
 #include "tests/testutil/test_util.h"
 

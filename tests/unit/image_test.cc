@@ -1,9 +1,10 @@
 // Round trips through the writer, the reader and the host loader.
+#include "stasis/image.h"
+
 #include <cstring>
 
-#include "snapshot/image_reader.h"
-#include "snapshot/image_writer.h"
-#include "snapshot/tensor_snapshot.h"
+#include "snapshot/dtype.h"
+#include "snapshot/format.h"
 #include "tests/testutil/restore_util.h"
 #include "tests/testutil/test_util.h"
 

@@ -4,7 +4,7 @@
 // short reads everywhere, EAGAIN/EINTR storms, EOF). Cases skip, saying why, when io_uring
 // or O_DIRECT is unavailable here. Direct cases need a file system that takes O_DIRECT:
 // point TMPDIR at a disk-backed directory if /tmp is an old tmpfs.
-#include "restore/read_engine.h"
+#include "restore/io/read_engine.h"
 
 #include <dirent.h>
 #include <fcntl.h>

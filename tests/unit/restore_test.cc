@@ -1,5 +1,7 @@
 // The restore pipeline on the host backend: byte-identical restores through every route,
 // reader and codec, and every failure path returning a clear Status without leaks.
+#include "stasis/restore.h"
+
 #include <dirent.h>
 #include <sys/mman.h>
 
@@ -9,9 +11,7 @@
 #include <functional>
 
 #include "common/fault_injection_file_system.h"
-#include "restore/restored_model.h"
-#include "snapshot/image_writer.h"
-#include "snapshot/tensor_snapshot.h"
+#include "stasis/image.h"
 #include "tests/testutil/test_util.h"
 
 namespace stasis {

@@ -19,8 +19,7 @@
 #include "common/fault_injection_file_system.h"
 #include "snapshot/codec.h"
 #include "snapshot/format.h"
-#include "snapshot/image_reader.h"
-#include "snapshot/image_writer.h"
+#include "stasis/image.h"
 
 namespace stasis {
 namespace {

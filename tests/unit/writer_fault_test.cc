@@ -2,8 +2,7 @@
 // write of a snapshot, and failures of sync, close, rename and the directory sync. None
 // may leave a file at the destination or a temporary file behind.
 #include "common/fault_injection_file_system.h"
-#include "snapshot/image_reader.h"
-#include "snapshot/tensor_snapshot.h"
+#include "stasis/image.h"
 #include "tests/testutil/test_util.h"
 
 namespace stasis {

@@ -1,0 +1,196 @@
+// File: stasis/restore.h
+//
+// Restoring an image onto a device. RestoredModel::Restore(image, options) runs the
+// pipeline: open (header, footer, manifest, the reader: io_uring or a pread pool, O_DIRECT
+// when the image is not cached) → plan → map every region (at its recorded address when
+// free) → read → verify → decompress → copy, with every phase timed in the report. It
+// picks the device backend for options.device itself: anonymous host memory for cpu, the
+// CUDA driver's VMM API for cuda (the driver is loaded at run time; kFailedPrecondition
+// where there is none, kUnimplemented in a build without the CUDA toolkit).
+// docs/restore-pipeline.md describes the pipeline and the report.
+//
+//   auto restored = stasis::RestoredModel::Restore("model.stasis", {});
+//   if (!restored.ok()) ...;
+//   const stasis::RestoredTensor* wte = (*restored)->FindTensor("wte.weight");
+//
+// Lifetime: tensor addresses are valid while the RestoredModel lives and is loaded;
+// Unload() releases the device memory but keeps every address reserved, and Reload()
+// restores the bytes again at the same addresses, so pointers handed out stay valid
+// across an unload/reload cycle (only their contents are undefined while unloaded).
+//
+// Thread safety: const accessors may be called concurrently. Unload/Reload must not run
+// concurrently with each other or with readers of tensor memory (the runtime serialises
+// them).
+#ifndef STASIS_RESTORE_H_
+#define STASIS_RESTORE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "stasis/device_backend.h"
+#include "stasis/file_system.h"
+#include "stasis/image.h"
+#include "stasis/status.h"
+#include "stasis/tensor.h"
+
+namespace stasis {
+
+// ---- How the image is read ----
+
+enum class IoBackend { kAuto, kUring, kPread };
+// "auto", "uring", "pread".
+std::string_view IoBackendName(IoBackend b);
+// The inverse of IoBackendName, for `--io`; anything else is kInvalidArgument.
+StatusOr<IoBackend> ParseIoBackend(std::string_view name);
+
+// Direct I/O (O_DIRECT): kAuto uses it when most of the file is not in the page cache
+// (mincore on a sample), since reading a cached file directly would go to the disk. kOn
+// falls back to buffered reads, with a reason, when the file system refuses O_DIRECT.
+enum class DirectIo { kAuto, kOn, kOff };
+
+// What the reader chose and why, for logs and reports.
+struct ReadEngineReport {
+  IoBackend backend = IoBackend::kPread;
+  // e.g. "io_uring unavailable (io_uring_setup: Operation not permitted (blocked by seccomp
+  // or kernel.io_uring_disabled)); using the pread pool"
+  std::string reason;
+  bool direct = false;
+  std::string direct_reason;      // e.g. "12% of the file is in the page cache"
+  double resident_fraction = -1;  // of the file in the page cache (sampled); -1: not measured
+  uint32_t alignment = 1;         // required alignment of offset/length/dst
+  std::string ring_flags;         // io_uring setup flags in use, "" for pread
+  bool buffers_registered = false;
+  bool file_registered = false;
+};
+
+// ---- Restoring ----
+
+struct RestoreOptions {
+  DeviceSpec device;  // default cpu
+  IoBackend io = IoBackend::kAuto;
+  DirectIo direct = DirectIo::kAuto;
+  int threads = 0;       // workers; <= 0: one per hardware thread, two per thread for direct reads
+  int queue_depth = 32;  // reads in flight per worker, 2..4096
+  uint64_t staging_bytes = 256ull << 20;  // bound on staging memory, whatever the model size
+  bool huge_pages = false;                // host backend: see NewHostBackend
+  bool verify = true;                     // false: skip the raw-bytes checksums (reported)
+  // false: skip the stored-bytes checksums too, so nothing is checked (reported). For
+  // side-by-side comparisons with loaders that check nothing, and for images already
+  // checked with `stasis verify` on storage that is trusted; mapped chunks are then
+  // still faulted in (one read per page), so every byte is resident when Restore returns.
+  bool verify_stored = true;
+  // Raw chunks of a page-cache-hot image on the host backend: map the file's pages into
+  // place (private, copy-on-write) instead of copying them. kAuto maps when the engine
+  // found >= 90% of the image cached and reads buffered. The image must then not be
+  // modified in place while restored (stasis never does: it replaces images by rename).
+  enum class MapFile { kAuto, kOn, kOff };
+  MapFile map_file = MapFile::kAuto;
+  // While *yield_io is true the restore's reads go at the idle I/O priority class, behind
+  // this process's other I/O, which the mq-deadline and bfq schedulers serve first. Cold
+  // starts set it while the framework loads. Must outlive the RestoredModel (Reload reads
+  // again).
+  const std::atomic<bool>* yield_io = nullptr;
+  // Seams. `fs`: read through the FileSystem seam (pread semantics, no io_uring/direct),
+  // e.g. a fault-injecting or in-memory file system. `backend_factory`: a device backend of
+  // the caller's instead of the one Restore picks for `device` (e.g. the CUDA backend over
+  // a fake driver). `fault_hook`: called with (offset, length, result) of every raw read,
+  // it may replace the result with -EIO, -EAGAIN, -EINTR or a short count (tests).
+  FileSystem* fs = nullptr;
+  std::function<StatusOr<std::unique_ptr<DeviceBackend>>(const DeviceSpec&)> backend_factory;
+  std::function<int64_t(uint64_t, uint64_t, int64_t)> fault_hook;
+};
+
+// Seconds per phase. read/verify/decompress/copy are summed over workers (CPU-seconds
+// spent in each; they overlap in wall time); the others are wall time.
+struct RestorePhases {
+  double open = 0, plan = 0, map = 0, read = 0, verify = 0, decompress = 0, copy = 0;
+  double pipeline_wall = 0;  // wall time of the read→copy pipeline
+  double total = 0;          // wall time of Restore()/Reload()
+};
+
+struct RestoreReport {
+  std::string image;
+  DeviceSpec device;
+  RestorePhases phases;
+  uint64_t stored_bytes = 0;
+  uint64_t raw_bytes = 0;
+  uint64_t chunks = 0;
+  int workers = 0;
+  uint64_t staging_bytes = 0;
+  bool verified_raw = true;
+  bool verified_stored = true;
+  ReadEngineReport io;
+  size_t regions = 0;
+  size_t regions_at_hint = 0;    // regions mapped at their recorded address
+  size_t regions_with_hint = 0;  // regions that recorded an address at all
+  uint64_t chunks_read_in_place = 0;
+  uint64_t chunks_mapped = 0;  // raw chunks mapped from the page cache (no copy)
+  // Raw bytes restored per second of total wall time.
+  double raw_gb_per_s() const { return phases.total > 0 ? raw_bytes / phases.total / 1e9 : 0; }
+};
+
+// A tensor of the image where the restore put it.
+struct RestoredTensor {
+  std::string name;
+  DType dtype = DType::kU8;
+  std::vector<int64_t> shape;
+  std::vector<int64_t> strides;  // elements
+  uint64_t address = 0;          // device address of element 0 (a host pointer on cpu)
+  uint64_t byte_size = 0;
+  uint32_t region = 0;
+  DeviceSpec device;
+};
+
+class RestoredModel {
+ public:
+  // Restores `image` onto `options.device`. On failure everything mapped is released.
+  // Errors: ImageReader::Open's; kInvalidArgument (bad options); kAborted (the image was
+  // replaced while it was being opened); kDataLoss (a checksum or a chunk fails: nothing
+  // unchecked is handed out unless options.verify_stored is false); the backend's:
+  // kResourceExhausted (no memory), kFailedPrecondition (no CUDA driver or device),
+  // kUnimplemented (cuda in a build without the CUDA toolkit); I/O errors as they come.
+  static StatusOr<std::unique_ptr<RestoredModel>> Restore(const std::string& image,
+                                                          const RestoreOptions& options);
+  ~RestoredModel();
+  RestoredModel(const RestoredModel&) = delete;
+  RestoredModel& operator=(const RestoredModel&) = delete;
+
+  const format::Manifest& manifest() const;
+  const std::vector<RestoredTensor>& tensors() const { return tensors_; }
+  const RestoredTensor* FindTensor(std::string_view name) const;
+  const std::vector<MappedRegion>& regions() const { return regions_; }
+  const RestoreReport& report() const { return report_; }
+  // Reads a section of the image the weights came from (checksum verified); kNotFound for
+  // an unknown name.
+  StatusOr<std::string> ReadSection(std::string_view name) const;
+  DeviceBackend& backend() { return *backend_; }
+  bool loaded() const { return loaded_; }
+  // Device bytes held (0 while unloaded).
+  uint64_t device_bytes() const;
+
+  // Releases device memory, keeping addresses. Idempotent.
+  Status Unload();
+  // Restores the image again into the same addresses; the report is replaced.
+  Status Reload();
+
+ private:
+  struct State;
+  RestoredModel() = default;
+  Status RunPipeline();
+
+  std::unique_ptr<State> state_;
+  std::unique_ptr<DeviceBackend> backend_;
+  std::vector<MappedRegion> regions_;
+  std::vector<RestoredTensor> tensors_;
+  RestoreReport report_;
+  bool loaded_ = false;
+};
+
+}  // namespace stasis
+
+#endif  // STASIS_RESTORE_H_

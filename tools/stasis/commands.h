@@ -1,0 +1,98 @@
+// File: tools/stasis/commands.h
+//
+// The subcommands of `stasis`, one file each (<name>_command.cc); main.cc parses the flags
+// into these arguments and runs one. Each returns the process's exit status: statuses
+// become exit codes and messages in cli_common.h and nowhere else.
+//
+// Commands that need a framework (`snapshot model.pt`, `bench`, `coldstart`, `serve`)
+// load libtorch through the plugin (stasis/torch_plugin.h) only when they run, so every
+// other command starts without it.
+#ifndef STASIS_TOOLS_STASIS_COMMANDS_H_
+#define STASIS_TOOLS_STASIS_COMMANDS_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "stasis/image.h"
+#include "stasis/status.h"
+
+namespace stasis::cli {
+
+// `stasis snapshot`: a safetensors checkpoint (file or index.json) or, for a zip file, a
+// TorchScript module (loaded on `device`, warmed up on `warmup_input`).
+struct SnapshotArgs {
+  std::string input, output, codec = "auto", chunk_size = "4MiB";
+  int level = 1, threads = 0;
+  bool force = false, json = false, quiet = false;
+  std::string device = "cpu", warmup_input;  // TorchScript only
+};
+int RunSnapshot(const SnapshotArgs& a);
+
+// The image `snapshot` writes from a safetensors checkpoint (bench makes its images with it
+// too): ImportSafetensors into a writer with `options`, published atomically.
+StatusOr<WriterStats> WriteSafetensorsImage(const std::string& input, const std::string& output,
+                                            const WriterOptions& options);
+
+int RunInspect(const std::string& image, bool json);
+int RunVerify(const std::string& image, int threads, bool json);
+
+// The flags `restore` and `export` share (restore_options.h turns them into options).
+struct RestoreArgs {
+  std::string image, device = "cpu", io = "auto", direct = "auto";
+  int threads = 0, queue_depth = 32;
+  uint64_t staging_mb = 256;
+  bool no_verify = false, no_checksums = false, json = false, digest = false;
+  std::string huge_pages = "off";
+  std::string map = "auto";
+};
+int RunRestore(const RestoreArgs& a);
+int RunExport(const RestoreArgs& a, const std::string& output, bool force);
+
+struct ServeArgs {
+  std::string image, device = "cpu", host = "127.0.0.1", idle_timeout = "30s", on_idle = "unload",
+                     token_file, log_format = "text", file_root, request_timeout = "60s",
+                     max_body = "256MiB", retry_backoff = "1s";
+  std::vector<std::string> http_inputs;  // hosts http:// inputs may come from; "*" any
+  int port = 8000, max_concurrency = 1, queue = 64, threads = 0;
+  bool warmup = false, verbose = false, yield_io = false;
+};
+// Serves until SIGTERM/SIGINT (drain in-flight requests, release the device, exit 0) or,
+// with --on-idle exit, until the idle timeout passes (exit 0).
+int RunServe(const ServeArgs& a);
+
+// "30s", "500ms", "2m", "1h", "never" (-1), or plain seconds; in nanoseconds.
+bool ParseDuration(const std::string& text, int64_t* ns);
+
+// `stasis coldstart` (hidden): one cold start in this process, timed phase by phase,
+// reported as JSON on stdout; the child `stasis bench` spawns.
+struct ColdStartArgs {
+  std::string mode;  // "baseline" (torch::jit::load) or "stasis" (restore + bind)
+  std::string path;  // model.pt for baseline, the image for stasis
+  std::string device = "cpu";
+  std::string input;            // input spec of the first inference (modules)
+  std::string kind = "module";  // "module" (TorchScript image) or "tensors" (a checkpoint)
+  int64_t spawn_ns = 0;         // CLOCK_MONOTONIC when the parent spawned this process; 0: main()
+  int threads = 0;              // restore workers (stasis)
+  // Load libtorch before restoring instead of alongside: bench/peers times the restore
+  // alone, as its Python rows leave `import torch` out.
+  bool library_first = false;
+  // The restore's reads at idle I/O priority while libtorch loads (RestoreOptions::yield_io).
+  bool yield_io = false;
+};
+int RunColdStart(const ColdStartArgs& a);
+
+// `stasis bench`: fresh-process cold starts of the ordinary framework path and of the
+// stasis path, side by side (docs/benchmarks.md).
+struct BenchArgs {
+  std::string model, image, device = "cpu", out = "stasis-bench", input;
+  std::string codec = "raw";  // of the image bench makes when none is given
+  int runs = 5;
+  bool cold = false, hot = true, force_snapshot = false, yield_io = false;
+  int threads = 0;
+};
+int RunBench(const BenchArgs& a);
+
+}  // namespace stasis::cli
+
+#endif  // STASIS_TOOLS_STASIS_COMMANDS_H_

@@ -1,0 +1,57 @@
+#include "tools/stasis/restore_options.h"
+
+namespace stasis::cli {
+
+StatusOr<RestoreOptions> ToRestoreOptions(const RestoreArgs& a) {
+  RestoreOptions o;
+  STASIS_ASSIGN_OR_RETURN(o.device, ParseDeviceSpec(a.device));
+  STASIS_ASSIGN_OR_RETURN(o.io, ParseIoBackend(a.io));
+  if (a.direct == "auto")
+    o.direct = DirectIo::kAuto;
+  else if (a.direct == "on")
+    o.direct = DirectIo::kOn;
+  else if (a.direct == "off")
+    o.direct = DirectIo::kOff;
+  else
+    return InvalidArgumentError("--direct must be auto, on or off");
+  // --queue-depth is bounded by RestoredModel::Restore (2..4096), where every caller meets it.
+  if (a.staging_mb < 1 || a.staging_mb > (64u << 10))
+    return InvalidArgumentError("--staging-mb must be 1..65536");
+  o.threads = a.threads;
+  o.queue_depth = a.queue_depth;
+  o.staging_bytes = a.staging_mb << 20;
+  o.verify = !a.no_verify && !a.no_checksums;
+  o.verify_stored = !a.no_checksums;
+  o.huge_pages = a.huge_pages == "on";
+  o.map_file = a.map == "on"    ? RestoreOptions::MapFile::kOn
+               : a.map == "off" ? RestoreOptions::MapFile::kOff
+                                : RestoreOptions::MapFile::kAuto;
+  return o;
+}
+
+void AddRestoreFlags(CLI::App* cmd, RestoreArgs* a) {
+  cmd->add_option("--io", a->io, "reader: auto|uring|pread")
+      ->check(CLI::IsMember({"auto", "uring", "pread"}));
+  cmd->add_option("--direct", a->direct, "O_DIRECT: auto (when the file is not cached)|on|off")
+      ->check(CLI::IsMember({"auto", "on", "off"}));
+  cmd->add_option("--threads", a->threads, "pipeline workers (default: all cores)");
+  cmd->add_option("--queue-depth", a->queue_depth, "reads in flight per worker (default 32)");
+  cmd->add_option("--staging-mb", a->staging_mb, "staging memory bound in MiB (default 256)");
+  cmd->add_option(
+         "--huge-pages", a->huge_pages,
+         "host restores into transparent huge pages: off (default) | on (faster on some hosts; "
+         "can stall on compaction)")
+      ->check(CLI::IsMember({"on", "off"}));
+  cmd->add_option("--map", a->map,
+                  "map raw chunks of a page-cache-hot image instead of copying them: auto "
+                  "(when >= 90% cached) | on | off")
+      ->check(CLI::IsMember({"auto", "on", "off"}));
+  cmd->add_flag("--no-verify", a->no_verify,
+                "skip checksums of decoded bytes (stored bytes are always checked)");
+  cmd->add_flag("--no-checksums", a->no_checksums,
+                "check nothing, stored bytes included (as loaders without checksums do); for "
+                "images already checked with `stasis verify`");
+  cmd->add_flag("--json", a->json, "print a JSON report");
+}
+
+}  // namespace stasis::cli

@@ -1,0 +1,156 @@
+// `stasis snapshot`: an image from a safetensors checkpoint (a file or a sharded
+// index.json) or from a TorchScript module (through the torch plugin).
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "common/stopwatch.h"
+#include "snapshot/safetensors.h"
+#include "stasis/file_system.h"
+#include "stasis/image.h"
+#include "stasis/torch_plugin.h"
+#include "tools/stasis/cli_common.h"
+#include "tools/stasis/commands.h"
+
+namespace stasis::cli {
+namespace {
+
+using Json = nlohmann::ordered_json;
+
+// TorchScript archives are zip files; safetensors files start with a little-endian header
+// length, never "PK\x03\x04". Only the first bytes are read, so libtorch is loaded only
+// for TorchScript.
+bool LooksLikeZip(const std::string& path) {
+  auto f = DefaultFileSystem()->OpenRandomAccess(path);
+  if (!f.ok() || (*f)->Size() < 4) return false;
+  char magic[4];
+  if (!(*f)->ReadExact(0, 4, magic, "magic").ok()) return false;
+  return std::memcmp(magic, "PK\x03\x04", 4) == 0;
+}
+
+// The writer the flags ask for (both inputs).
+StatusOr<WriterOptions> WriterOptionsFromFlags(const SnapshotArgs& a) {
+  WriterOptions opt;
+  STASIS_ASSIGN_OR_RETURN(opt.codec, ParseCodecChoice(a.codec));
+  STASIS_ASSIGN_OR_RETURN(opt.chunk_size, ParseSize(a.chunk_size));
+  opt.zstd_level = a.level;
+  opt.threads = a.threads;
+  opt.overwrite = a.force;
+  return opt;
+}
+
+int SnapshotTorchScript(const SnapshotArgs& a, const WriterOptions& writer) {
+  auto plugin = torch::LoadTorchPluginFor(a.device);
+  if (!plugin.ok()) return ReportError(plugin.status());
+  torch::TorchSnapshotOptions opt;
+  opt.device = a.device;
+  opt.warmup_input = a.warmup_input;
+  opt.writer = writer;
+  const Stopwatch start;
+  torch::TorchSnapshotReport r;
+  Status s = (*plugin)->SnapshotModule(a.input, a.output, opt, &r);
+  if (!s.ok()) return ReportError(s);
+  const double secs = start.Seconds();
+  const double ratio = r.writer.stored_bytes ? static_cast<double>(r.writer.raw_bytes) /
+                                                   static_cast<double>(r.writer.stored_bytes)
+                                             : 1.0;
+  if (a.json) {
+    Json j;
+    j["image"] = a.output;
+    j["model"] = a.input;
+    j["torch_version"] = r.torch_version;
+    j["device"] = a.device;
+    j["parameters"] = r.parameters;
+    j["buffers"] = r.buffers;
+    j["storages"] = r.storages;
+    j["tensor_bytes"] = r.tensor_bytes;
+    j["stored_bytes"] = r.stored_bytes;
+    j["skeleton_bytes"] = r.skeleton_bytes;
+    j["file_size"] = r.writer.file_size;
+    j["ratio"] = ratio;
+    j["seconds"] = secs;
+    std::cout << j.dump(2) << "\n";
+  } else {
+    std::printf(
+        "wrote %s: TorchScript module (torch %s, %s) with %zu parameters and %zu buffers in %zu "
+        "storages, %s of weights, skeleton %s, file %s (ratio %.3f) in %.2f s\n",
+        a.output.c_str(), r.torch_version.c_str(), a.device.c_str(), r.parameters, r.buffers,
+        r.storages, HumanBytes(r.stored_bytes).c_str(), HumanBytes(r.skeleton_bytes).c_str(),
+        HumanBytes(r.writer.file_size).c_str(), ratio, secs);
+  }
+  return kExitOk;
+}
+
+int SnapshotSafetensors(const SnapshotArgs& a, WriterOptions opt) {
+  uint64_t input_bytes = 0;
+  {
+    auto f = DefaultFileSystem()->OpenRandomAccess(a.input);
+    if (!f.ok()) return ReportError(f.status());
+    input_bytes = (*f)->Size();
+  }
+  ProgressBar bar("snapshot", input_bytes, !a.quiet && !a.json);
+  opt.progress = [&bar](uint64_t done) { bar.Update(done); };
+  const Stopwatch start;
+  auto stats = WriteSafetensorsImage(a.input, a.output, opt);
+  bar.Done();
+  if (!stats.ok()) return ReportError(stats.status());
+  double secs = start.Seconds();
+  const WriterStats& st = *stats;
+  double ratio = st.stored_bytes
+                     ? static_cast<double>(st.raw_bytes) / static_cast<double>(st.stored_bytes)
+                     : 1.0;
+  if (a.json) {
+    Json j;
+    j["image"] = a.output;
+    j["raw_bytes"] = st.raw_bytes;
+    j["stored_bytes"] = st.stored_bytes;
+    j["file_size"] = st.file_size;
+    j["ratio"] = ratio;
+    j["chunks"] = {{"raw", st.chunks_by_codec[0]},
+                   {"zstd", st.chunks_by_codec[1]},
+                   {"grouped", st.chunks_by_codec[2]}};
+    j["seconds"] = secs;
+    j["raw_gb_per_s"] = secs > 0 ? static_cast<double>(st.raw_bytes) / secs / 1e9 : 0.0;
+    std::cout << j.dump(2) << "\n";
+  } else {
+    std::printf(
+        "wrote %s: %s of tensor data in %s (ratio %.3f; chunks raw %llu, zstd %llu, grouped %llu) "
+        "in %.2f s, %.2f GB/s\n",
+        a.output.c_str(), HumanBytes(st.raw_bytes).c_str(), HumanBytes(st.file_size).c_str(), ratio,
+        static_cast<unsigned long long>(st.chunks_by_codec[0]),
+        static_cast<unsigned long long>(st.chunks_by_codec[1]),
+        static_cast<unsigned long long>(st.chunks_by_codec[2]), secs,
+        secs > 0 ? static_cast<double>(st.raw_bytes) / secs / 1e9 : 0.0);
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+StatusOr<WriterStats> WriteSafetensorsImage(const std::string& input, const std::string& output,
+                                            const WriterOptions& options) {
+  STASIS_ASSIGN_OR_RETURN(std::unique_ptr<ImageWriter> writer,
+                          ImageWriter::Create(output, options));
+  Status s = ImportSafetensors(DefaultFileSystem(), input, writer.get());
+  if (s.ok()) s = writer->Finish();
+  if (!s.ok()) {
+    writer->Abandon();
+    return s;
+  }
+  return writer->stats();
+}
+
+int RunSnapshot(const SnapshotArgs& a) {
+  auto writer = WriterOptionsFromFlags(a);
+  if (!writer.ok()) return ReportError(writer.status());
+  if (LooksLikeZip(a.input)) return SnapshotTorchScript(a, *writer);
+  if (a.device != "cpu" || !a.warmup_input.empty()) {
+    return ReportError(InvalidArgumentError(
+        "--device and --warmup-input apply to TorchScript modules; " + a.input + " is not one"));
+  }
+  return SnapshotSafetensors(a, *writer);
+}
+
+}  // namespace stasis::cli

@@ -1,0 +1,114 @@
+// RestoreWhileLoading and RestoreAndBind (stasis/torch_plugin.h): the one cold start that
+// `stasis serve`'s model host, `stasis coldstart`, stasis::torch::RestoreModule and the tests
+// all run.
+#include <exception>
+#include <functional>
+#include <string>
+#include <thread>
+#include <utility>
+
+#include "common/clock.h"
+#include "stasis/image.h"
+#include "stasis/torch_plugin.h"
+
+namespace stasis::torch {
+namespace {
+
+// The image's skeleton, read before any weight: an image without one is refused here,
+// naming what it holds instead.
+StatusOr<std::pair<std::string, uint64_t>> ReadSkeleton(const std::string& image, FileSystem* fs) {
+  STASIS_ASSIGN_OR_RETURN(std::unique_ptr<ImageReader> reader, ImageReader::Open(image, fs));
+  const format::Manifest& m = reader->manifest();
+  const format::SectionInfo* section = m.FindSection(kSkeletonSection);
+  if (section == nullptr) {
+    const std::string* kind = m.FindMetadata(kModelKindKey);
+    const std::string* source = m.FindMetadata("source.format");
+    const std::string what = kind != nullptr ? *kind : source != nullptr ? *source : "unknown";
+    return FailedPreconditionError(image + " has no TorchScript skeleton (no section '" +
+                                   kSkeletonSection + "'; model kind '" + what +
+                                   "'): restore its tensors instead (RestoreTensors, BindTensors)");
+  }
+  auto bytes = reader->ReadSection(kSkeletonSection);
+  if (!bytes.ok()) return bytes.status().WithContext(image);
+  return std::make_pair(std::move(*bytes), section->xxh3);
+}
+
+StatusOr<TorchPlugin*> LoadByDevice(const DeviceSpec& device) {
+  return LoadTorchPluginFor(DeviceSpecString(device));
+}
+
+// RestoreWhileLoading, with `before_restore` run on the restore's thread first (a failure
+// there skips the restore).
+StatusOr<ColdStart> RestoreWhileLoadingAfter(const std::function<Status()>& before_restore,
+                                             const std::string& image,
+                                             const ColdStartOptions& options,
+                                             const FrameworkLoader& load) {
+  Clock* clock = RealClock();
+  ColdStart out;
+  out.started_ns = clock->NowNanos();
+  RestoreOptions restore = options.restore;
+  restore.yield_io = options.loading_framework;
+  StatusOr<std::unique_ptr<RestoredModel>> restored = InternalError("restore did not run");
+  auto run_restore = [&] {
+    // Possibly on a thread of its own: nothing may escape it (std::terminate).
+    try {
+      Status s = before_restore ? before_restore() : OkStatus();
+      restored = s.ok() ? RestoredModel::Restore(image, restore) : std::move(s);
+    } catch (const std::exception& e) {
+      restored = InternalError(std::string("restore threw: ") + e.what());
+    } catch (...) {
+      restored = InternalError("restore threw");
+    }
+    out.restored_ns = clock->NowNanos();
+  };
+  const FrameworkLoader& load_framework = load ? load : FrameworkLoader(LoadByDevice);
+  StatusOr<TorchPlugin*> plugin = InternalError("the framework did not load");
+  if (options.framework_first) {
+    plugin = load_framework(options.restore.device);
+    out.framework_loaded_ns = clock->NowNanos();
+    if (plugin.ok()) run_restore();
+  } else {
+    if (options.loading_framework != nullptr) *options.loading_framework = true;
+    std::thread restorer(run_restore);
+    plugin = load_framework(options.restore.device);
+    if (options.loading_framework != nullptr) *options.loading_framework = false;
+    out.framework_loaded_ns = clock->NowNanos();
+    restorer.join();
+  }
+  STASIS_RETURN_IF_ERROR(plugin.status());
+  STASIS_RETURN_IF_ERROR(restored.status());
+  out.plugin = *plugin;
+  out.restored = std::move(*restored);
+  return out;
+}
+
+}  // namespace
+
+StatusOr<ColdStart> RestoreWhileLoading(const std::string& image, const ColdStartOptions& options,
+                                        const FrameworkLoader& load) {
+  return RestoreWhileLoadingAfter(nullptr, image, options, load);
+}
+
+StatusOr<BoundColdStart> RestoreAndBind(const std::string& image, const ColdStartOptions& options,
+                                        const FrameworkLoader& load) {
+  std::pair<std::string, uint64_t> skeleton;
+  auto read_skeleton = [&]() -> Status {
+    STASIS_ASSIGN_OR_RETURN(skeleton, ReadSkeleton(image, options.restore.fs));
+    return OkStatus();
+  };
+  STASIS_ASSIGN_OR_RETURN(ColdStart cold,
+                          RestoreWhileLoadingAfter(read_skeleton, image, options, load));
+  // The restore opened the image again: it must be the one the skeleton came from.
+  const format::SectionInfo* section = cold.restored->manifest().FindSection(kSkeletonSection);
+  if (section == nullptr || section->xxh3 != skeleton.second)
+    return Status(StatusCode::kAborted, image + " was replaced while it was being restored");
+  BoundColdStart out;
+  static_cast<ColdStart&>(out) = std::move(cold);
+  auto module = out.plugin->BindModule(skeleton.first, *out.restored, out.restored, &out.bind);
+  if (!module.ok()) return module.status().WithContext(image);
+  out.module = std::move(*module);
+  out.bound_ns = RealClock()->NowNanos();
+  return out;
+}
+
+}  // namespace stasis::torch
