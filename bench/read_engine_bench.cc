@@ -30,14 +30,15 @@
 #include <vector>
 
 #include "bench/bench_util.h"
+#include "common/stopwatch.h"
 #include "restore/io/read_engine.h"
 
 namespace {
 
+using stasis::Stopwatch;
 using stasis::bench::FileSize;
 using stasis::bench::Median;
 
-using Clock = std::chrono::steady_clock;
 using stasis::IoBackend;
 using stasis::ReadEngineOptions;
 
@@ -144,9 +145,9 @@ double RunBaseline(const Config& c) {
     });
   }
   start.arrive_and_wait();
-  const auto t0 = Clock::now();
+  const Stopwatch t0;
   for (auto& t : ts) t.join();
-  const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+  const double s = t0.Seconds();
   return failed ? -1 : c.size / s / 1e9;
 }
 
@@ -203,9 +204,9 @@ double RunEngine(const Config& c, stasis::ReadEngine* engine, bool fixed) {
     });
   }
   start.arrive_and_wait();
-  const auto t0 = Clock::now();
+  const Stopwatch t0;
   for (auto& t : ts) t.join();
-  const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+  const double s = t0.Seconds();
   return failed ? -1 : c.size / s / 1e9;
 }
 

@@ -26,15 +26,16 @@
 
 #include "bench/bench_util.h"
 #include "common/float16.h"
+#include "common/stopwatch.h"
 #include "stasis/image.h"
 #include "stasis/restore.h"
 
 namespace {
 
+using stasis::Stopwatch;
 using stasis::bench::FileSize;
 using stasis::bench::Median;
 
-using Clock = std::chrono::steady_clock;
 using Json = nlohmann::ordered_json;
 
 [[noreturn]] void Die(const std::string& what) {
@@ -93,7 +94,7 @@ void WriteImage(const std::string& path, stasis::CodecChoice codec, uint64_t byt
 double ReadFileThreads(const std::string& path, int threads, bool direct, bool huge_pages = false) {
   const uint64_t size = FileSize(path);
   const uint64_t piece = 8 << 20;
-  auto start = Clock::now();
+  const Stopwatch start;
   int fd = ::open(path.c_str(), O_RDONLY | (direct ? O_DIRECT : 0));
   if (fd < 0) Die("open " + path + ": " + std::strerror(errno));
   void* buf =
@@ -120,7 +121,7 @@ double ReadFileThreads(const std::string& path, int threads, bool direct, bool h
     });
   }
   for (auto& th : pool) th.join();
-  double secs = std::chrono::duration<double>(Clock::now() - start).count();
+  double secs = start.Seconds();
   ::munmap(buf, size + piece);
   ::close(fd);
   return secs;

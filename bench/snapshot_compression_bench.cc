@@ -25,14 +25,14 @@
 
 #include "bench/bench_util.h"
 #include "common/float16.h"
+#include "common/stopwatch.h"
 #include "stasis/image.h"
 
 namespace {
 
+using stasis::Stopwatch;
 using stasis::bench::FileSize;
 using stasis::bench::Median;
-
-using Clock = std::chrono::steady_clock;
 
 // Seeded N(0, 0.02) weights, generated in parallel from per-block seeds so the bytes do not
 // depend on the thread count.
@@ -69,7 +69,7 @@ std::vector<uint8_t> Weights(bool bf16, uint64_t bytes, uint64_t seed) {
 // Snapshots `input` (a raw weights file) the way the safetensors importer does: 4 MiB
 // reads into the writer. Returns seconds.
 double StasisSnapshot(const std::string& input, const std::string& output, int element_size) {
-  auto start = Clock::now();
+  const Stopwatch start;
   stasis::WriterOptions opt;
   opt.overwrite = true;
   auto writer = stasis::ImageWriter::Create(output, opt);
@@ -101,17 +101,17 @@ double StasisSnapshot(const std::string& input, const std::string& output, int e
     std::fprintf(stderr, "%s\n", s.ToString().c_str());
     std::exit(1);
   }
-  return std::chrono::duration<double>(Clock::now() - start).count();
+  return start.Seconds();
 }
 
 double RunZstd(const std::string& input, const std::string& output) {
-  auto start = Clock::now();
+  const Stopwatch start;
   std::string cmd = "zstd -1 -T0 -q -f -o '" + output + "' '" + input + "'";
   if (std::system(cmd.c_str()) != 0) {
     std::fprintf(stderr, "zstd failed (is the zstd package installed?)\n");
     std::exit(1);
   }
-  return std::chrono::duration<double>(Clock::now() - start).count();
+  return start.Seconds();
 }
 
 }  // namespace

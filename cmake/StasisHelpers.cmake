@@ -33,7 +33,8 @@ endif()
 #
 #   common (0) <- snapshot (1) <- restore (2) <- runtime (3), torch_adapter (3) <- tools (4)
 #
-# so an include that runs upward (snapshot including "restore/...") does not compile. A
+# so an include that runs upward (snapshot including "restore/...") does not compile; the
+# torch adapter's internals are its own (others use stasis/torch_plugin.h). A
 # folder is put on the include path through a directory that holds nothing but a link to
 # it (build/include-roots/<folder>/<folder>), so "#include "restore/x.h"" resolves and no
 # other folder of the tree does. tests/ and bench/ sit above every layer.
@@ -70,6 +71,10 @@ function(stasis_use_internals target folder)
       message(FATAL_ERROR "${target} (${folder}/, layer ${rank}) may not use the internals of "
                           "${lib} (${lib_folder}/, layer ${STASIS_LAYER_${lib_folder}}): "
                           "dependencies point down the layers only")
+    endif()
+    if(lib_folder STREQUAL "torch_adapter" AND NOT folder MATCHES "^(tests|bench)$")
+      message(FATAL_ERROR "${target} (${folder}/) may not use the internals of the torch "
+                          "adapter: it is reached through stasis/torch_plugin.h")
     endif()
     target_link_libraries(${target} PRIVATE ${lib}_internal)
   endforeach()

@@ -4,14 +4,16 @@
 #ifndef STASIS_COMMON_NUMBERS_H_
 #define STASIS_COMMON_NUMBERS_H_
 
+#include <concepts>
 #include <string>
-#include <type_traits>
 
 namespace stasis {
 
 // `v` in decimal ("4096", "-1").
-template <typename T>
-requires std::is_integral_v<T> std::string Num(T v) { return std::to_string(v); }
+template <std::integral T>
+std::string Num(T v) {
+  return std::to_string(v);
+}
 
 }  // namespace stasis
 

@@ -6,6 +6,7 @@
 #include <unordered_set>
 
 #include "common/hash.h"
+#include "common/numbers.h"
 
 namespace stasis::format {
 namespace {
@@ -79,8 +80,6 @@ bool AllZero(std::string_view s) {
 }
 
 bool IsPowerOfTwo(uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
-
-std::string Num(uint64_t v) { return std::to_string(v); }
 
 }  // namespace
 

@@ -3,17 +3,13 @@
 #include <mutex>
 
 #include "common/hash.h"
+#include "common/numbers.h"
 #include "common/thread_pool.h"
 #include "snapshot/codec.h"
 #include "snapshot/format.h"
 #include "stasis/image.h"
 
 namespace stasis {
-namespace {
-
-std::string Num(uint64_t v) { return std::to_string(v); }
-
-}  // namespace
 
 StatusOr<std::unique_ptr<ImageReader>> ImageReader::Open(const std::string& path, FileSystem* fs) {
   if (fs == nullptr) fs = DefaultFileSystem();

@@ -42,8 +42,10 @@ class ViewReadAdapter final : public caffe2::serialize::ReadAdapterInterface {
 // tensors that overlapped at snapshot time overlap again.
 class RegionStorages {
  public:
-  RegionStorages(const RestoredModel& memory, std::shared_ptr<void> keep_alive)
-      : memory_(memory), keep_alive_(std::move(keep_alive)), storages_(memory.regions().size()) {}
+  RegionStorages(const RestoredModel& restored, std::shared_ptr<void> keep_alive)
+      : restored_(restored),
+        keep_alive_(std::move(keep_alive)),
+        storages_(restored.regions().size()) {}
 
   StatusOr<at::Tensor> View(const RestoredTensor& t) {
     std::optional<at::ScalarType> type = ToScalarType(t.dtype);
@@ -51,10 +53,10 @@ class RegionStorages {
       return UnimplementedError("tensor '" + t.name + "' has dtype " +
                                 std::string(DTypeName(t.dtype)) +
                                 ", which libtorch " TORCH_VERSION " cannot hold");
-    if (t.region >= memory_.regions().size())
+    if (t.region >= restored_.regions().size())
       return InternalError("tensor '" + t.name + "' names region " + Num(t.region) + " of " +
-                           Num(memory_.regions().size()));
-    const MappedRegion& region = memory_.regions()[t.region];
+                           Num(restored_.regions().size()));
+    const MappedRegion& region = restored_.regions()[t.region];
     if (!device_ || device_spec_.kind != t.device.kind ||
         device_spec_.ordinal != t.device.ordinal) {
       STASIS_ASSIGN_OR_RETURN(device_, TorchDevice(t.device));
@@ -95,7 +97,7 @@ class RegionStorages {
         .storage();
   }
 
-  const RestoredModel& memory_;
+  const RestoredModel& restored_;
   std::shared_ptr<void> keep_alive_;
   std::vector<std::optional<at::Storage>> storages_;
   std::optional<c10::Device> device_;
@@ -103,13 +105,13 @@ class RegionStorages {
 };
 
 StatusOr<::torch::jit::Module> BindSkeletonImpl(std::string_view skeleton,
-                                                const RestoredModel& memory,
+                                                const RestoredModel& restored,
                                                 std::shared_ptr<void> keep_alive,
                                                 BindReport* report) {
   BindReport local;
   BindReport& rep = report ? *report : local;
   rep = BindReport{};
-  if (!memory.loaded())
+  if (!restored.loaded())
     return FailedPreconditionError("the restored model is unloaded: Reload() it before binding");
   ::torch::jit::Module module;
   Stopwatch t0;
@@ -138,8 +140,8 @@ StatusOr<::torch::jit::Module> BindSkeletonImpl(std::string_view skeleton,
     // RestoredModel::FindTensor is a linear scan: one index instead (models have 10^4
     // tensors and more, and binding is on the cold-start path).
     std::unordered_map<std::string_view, const RestoredTensor*> by_name;
-    by_name.reserve(memory.tensors().size());
-    for (const RestoredTensor& t : memory.tensors()) by_name.emplace(t.name, &t);
+    by_name.reserve(restored.tensors().size());
+    for (const RestoredTensor& t : restored.tensors()) by_name.emplace(t.name, &t);
     for (const NamedTensor& n : tensors) {
       const char* kind = n.parameter ? "parameter" : "buffer";
       auto it = by_name.find(n.name);
@@ -154,7 +156,7 @@ StatusOr<::torch::jit::Module> BindSkeletonImpl(std::string_view skeleton,
             " in the skeleton but " + std::string(DTypeName(t->dtype)) + " in the image");
       targets.push_back(t);
     }
-    RegionStorages storages(memory, std::move(keep_alive));
+    RegionStorages storages(restored, std::move(keep_alive));
     ::torch::NoGradGuard no_grad;
     for (size_t i = 0; i < tensors.size(); ++i) {
       STASIS_ASSIGN_OR_RETURN(at::Tensor view, storages.View(*targets[i]));
@@ -170,20 +172,21 @@ StatusOr<::torch::jit::Module> BindSkeletonImpl(std::string_view skeleton,
 
 }  // namespace
 
-StatusOr<::torch::jit::Module> BindSkeleton(std::string_view skeleton, const RestoredModel& memory,
+StatusOr<::torch::jit::Module> BindSkeleton(std::string_view skeleton,
+                                            const RestoredModel& restored,
                                             std::shared_ptr<void> keep_alive, BindReport* report) {
   return internal::Guarded("binding the skeleton", [&] {
-    return BindSkeletonImpl(skeleton, memory, std::move(keep_alive), report);
+    return BindSkeletonImpl(skeleton, restored, std::move(keep_alive), report);
   });
 }
 
 StatusOr<std::vector<std::pair<std::string, at::Tensor>>> ViewRestoredTensors(
-    const RestoredModel& memory, std::shared_ptr<void> keep_alive) {
+    const RestoredModel& restored, std::shared_ptr<void> keep_alive) {
   try {
-    RegionStorages storages(memory, std::move(keep_alive));
+    RegionStorages storages(restored, std::move(keep_alive));
     std::vector<std::pair<std::string, at::Tensor>> out;
-    out.reserve(memory.tensors().size());
-    for (const RestoredTensor& t : memory.tensors()) {
+    out.reserve(restored.tensors().size());
+    for (const RestoredTensor& t : restored.tensors()) {
       STASIS_ASSIGN_OR_RETURN(at::Tensor view, storages.View(t));
       out.emplace_back(t.name, std::move(view));
     }

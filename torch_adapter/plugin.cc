@@ -98,12 +98,12 @@ class TorchPluginImpl final : public TorchPlugin {
   }
 
   StatusOr<std::unique_ptr<LoadedModule>> BindModule(std::string_view skeleton,
-                                                     const RestoredModel& memory,
+                                                     const RestoredModel& restored,
                                                      std::shared_ptr<void> keep_alive,
                                                      BindReport* report) override {
     try {
       STASIS_ASSIGN_OR_RETURN(::torch::jit::Module module,
-                              BindSkeleton(skeleton, memory, std::move(keep_alive), report));
+                              BindSkeleton(skeleton, restored, std::move(keep_alive), report));
       return std::unique_ptr<LoadedModule>(new TorchLoadedModule(std::move(module)));
     } catch (...) {
       return ExceptionStatus(StatusCode::kInternal, "binding the skeleton",
@@ -122,10 +122,10 @@ class TorchPluginImpl final : public TorchPlugin {
     }
   }
 
-  StatusOr<std::unique_ptr<LoadedTensors>> BindTensors(const RestoredModel& memory,
+  StatusOr<std::unique_ptr<LoadedTensors>> BindTensors(const RestoredModel& restored,
                                                        std::shared_ptr<void> keep_alive) override {
     try {
-      STASIS_ASSIGN_OR_RETURN(auto tensors, ViewRestoredTensors(memory, std::move(keep_alive)));
+      STASIS_ASSIGN_OR_RETURN(auto tensors, ViewRestoredTensors(restored, std::move(keep_alive)));
       return std::unique_ptr<LoadedTensors>(new TorchLoadedTensors(std::move(tensors)));
     } catch (...) {
       return ExceptionStatus(StatusCode::kInternal, "viewing the restored tensors",

@@ -160,14 +160,14 @@ class TorchPlugin {
   virtual StatusOr<std::unique_ptr<LoadedModule>> LoadModule(const std::string& path) = 0;
 
   // The stasis path: loads `skeleton` (the image's kSkeletonSection) and binds every
-  // parameter and buffer to the tensor of the same name in `memory`, without copying or
+  // parameter and buffer to the tensor of the same name in `restored`, without copying or
   // initialising any weight. Storages alias the restored regions (tensors that shared a
   // storage at snapshot time share one after binding). Every bound storage holds a copy
-  // of `keep_alive`, which must own `memory`. Errors: kFailedPrecondition (a name missing
+  // of `keep_alive`, which must own `restored`. Errors: kFailedPrecondition (a name missing
   // from the image, dtype/shape mismatch, a non-empty skeleton weight), kDataLoss (the
   // skeleton does not load).
   virtual StatusOr<std::unique_ptr<LoadedModule>> BindModule(std::string_view skeleton,
-                                                             const RestoredModel& memory,
+                                                             const RestoredModel& restored,
                                                              std::shared_ptr<void> keep_alive,
                                                              BindReport* report) = 0;
 
@@ -176,10 +176,10 @@ class TorchPlugin {
   // Errors: the safetensors parser's (kInvalidArgument, kNotFound, ...), kUnavailable.
   virtual StatusOr<std::unique_ptr<LoadedTensors>> LoadSafetensors(const std::string& path,
                                                                    const std::string& device) = 0;
-  // The stasis path: every tensor of `memory` as a view of its restored region (no copy);
-  // every storage holds a copy of `keep_alive`, which must own `memory`.
+  // The stasis path: every tensor of `restored` as a view of its restored region (no copy);
+  // every storage holds a copy of `keep_alive`, which must own `restored`.
   virtual StatusOr<std::unique_ptr<LoadedTensors>> BindTensors(
-      const RestoredModel& memory, std::shared_ptr<void> keep_alive) = 0;
+      const RestoredModel& restored, std::shared_ptr<void> keep_alive) = 0;
 
   // Writes a seeded GPT-2-shaped TorchScript module of `shape` (the demo models:
   // tools/genmodel/gpt2_presets.h, docs/benchmarks.md). `mixed` stores some weights as

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "common/mem_file_system.h"
+#include "snapshot/format.h"
 #include "stasis/image.h"
 #include "stasis/restore.h"
 

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -55,6 +56,11 @@ std::map<std::string, at::Tensor> Tensors(const torch::jit::Module& m) {
   for (const auto& p : m.named_parameters(true)) out.emplace(p.name, p.value);
   for (const auto& b : m.named_buffers(true)) out.emplace(b.name, b.value);
   return out;
+}
+
+// RestoreAndBind's framework: this process's plugin (the test links libstasis_torch.so).
+stasis::StatusOr<st::TorchPlugin*> ThisPlugin(const stasis::DeviceSpec&) {
+  return stasis_torch_plugin();
 }
 
 // The demo's smallest GPT-2 preset.
@@ -321,35 +327,103 @@ TEST_F(TorchTest, UnloadReloadKeepsBoundTensorsValid) {
   EXPECT_EQ(after->xxh3, before->xxh3);
 }
 
-TEST_F(TorchTest, PluginBindModuleMatchesLoadModule) {
-  RestoreOptions o;
-  auto memory = RestoredModel::Restore(image_, o);
-  ASSERT_OK(memory);
-  std::shared_ptr<RestoredModel> shared(std::move(*memory));
-  auto reader = ImageReader::Open(image_);
-  ASSERT_OK(reader);
-  auto skeleton = (*reader)->ReadSection(st::kSkeletonSection);
-  ASSERT_OK(skeleton);
-  st::BindReport bind;
-  auto bound = plugin_->BindModule(*skeleton, *shared, shared, &bind);
-  ASSERT_OK(bound);
-  EXPECT_EQ(bind.nonempty_before_binding, 0u);
-  EXPECT_EQ(bind.parameters_bound, report_->parameters);
+TEST_F(TorchTest, RestoreAndBindThroughThePluginMatchesLoadModule) {
+  auto cold = st::RestoreAndBind(image_, {}, ThisPlugin);
+  ASSERT_OK(cold);
+  EXPECT_EQ(cold->plugin, plugin_);
+  EXPECT_EQ(cold->bind.nonempty_before_binding, 0u);
+  EXPECT_EQ(cold->bind.parameters_bound, report_->parameters);
+  EXPECT_LE(cold->started_ns, cold->framework_loaded_ns);
+  EXPECT_LE(cold->started_ns, cold->restored_ns);
+  EXPECT_LE(std::max(cold->framework_loaded_ns, cold->restored_ns), cold->bound_ns);
 
   auto ordinary = plugin_->LoadModule(model_);
   ASSERT_OK(ordinary);
   auto want = (*ordinary)->Run(spec_);
-  auto got = (*bound)->Run(spec_);
+  auto got = cold->module->Run(spec_);
   ASSERT_OK(want);
   ASSERT_OK(got);
   EXPECT_EQ(got->xxh3, want->xxh3);
   // The bytes the weights span, the same on both paths (not the region, which includes
   // alignment gaps).
-  EXPECT_EQ((*bound)->WeightBytes(), (*ordinary)->WeightBytes());
-  EXPECT_LT((*bound)->WeightBytes(), shared->regions()[0].size);
+  EXPECT_EQ(cold->module->WeightBytes(), (*ordinary)->WeightBytes());
+  EXPECT_LT(cold->module->WeightBytes(), cold->restored->regions()[0].size);
   EXPECT_EQ((*ordinary)->WeightBytes(), report_->stored_bytes);
-  EXPECT_OK((*bound)->ToDevice("cpu"));
+  EXPECT_OK(cold->module->ToDevice("cpu"));
   EXPECT_OK((*ordinary)->ToDevice("cpu"));
+}
+
+// Opens `image` the first time it is asked for, `other` every time after: an image
+// replaced by a rename between two opens.
+class ReplacingFileSystem final : public ::stasis::FileSystemWrapper {
+ public:
+  ReplacingFileSystem(std::string image, std::string other)
+      : FileSystemWrapper(DefaultFileSystem()),
+        image_(std::move(image)),
+        other_(std::move(other)) {}
+  ::stasis::StatusOr<std::unique_ptr<::stasis::RandomAccessFile>> OpenRandomAccess(
+      const std::string& p) override {
+    const bool replaced = p == image_ && opens_++ > 0;
+    return FileSystemWrapper::OpenRandomAccess(replaced ? other_ : p);
+  }
+
+ private:
+  std::string image_, other_;
+  int opens_ = 0;
+};
+
+TEST_F(TorchTest, RestoreAndBindRefusesAnImageReplacedMeanwhile) {
+  // Another module (f32 only): its skeleton differs from the suite's mixed one.
+  const std::string model = dir_->File("replacement.pt");
+  const std::string other = dir_->File("replacement.stasis");
+  ASSERT_OK(plugin_->GenerateGpt2(model, Tiny().shape(), TestSeed() + 2, /*mixed=*/false));
+  ASSERT_OK(plugin_->SnapshotModule(model, other, {}, nullptr));
+  ReplacingFileSystem fs(image_, other);
+  st::ColdStartOptions o;
+  o.restore.fs = &fs;
+  EXPECT_THAT(st::RestoreAndBind(image_, o, ThisPlugin),
+              StatusIs(StatusCode::kAborted, HasSubstr("replaced while it was being restored")));
+}
+
+TEST_F(TorchTest, RestoreAndBindReportsTheFrameworkFailingAndWaitsForTheRestore) {
+  std::atomic<bool> restore_started{false};
+  auto failing = [&](const ::stasis::DeviceSpec&) -> ::stasis::StatusOr<st::TorchPlugin*> {
+    return ::stasis::FailedPreconditionError("no framework here");
+  };
+  EXPECT_THAT(st::RestoreAndBind(image_, {}, failing),
+              StatusIs(StatusCode::kFailedPrecondition, HasSubstr("no framework here")));
+  EXPECT_THAT(st::RestoreWhileLoading(image_, {}, failing),
+              StatusIs(StatusCode::kFailedPrecondition, HasSubstr("no framework here")));
+  // framework_first: a framework that fails means no restore at all.
+  st::ColdStartOptions first;
+  first.framework_first = true;
+  first.restore.fault_hook = [&](uint64_t, uint64_t, int64_t result) {
+    restore_started = true;
+    return result;
+  };
+  first.restore.fs = DefaultFileSystem();  // reads through the seam, where the hook sees them
+  EXPECT_FALSE(st::RestoreWhileLoading(image_, first, failing).ok());
+  EXPECT_FALSE(restore_started.load());
+}
+
+TEST_F(TorchTest, RestoreAndBindYieldsIoOnlyWhileTheFrameworkLoads) {
+  std::atomic<bool> loading{false};
+  bool seen_while_loading = false;
+  auto load = [&](const ::stasis::DeviceSpec&) -> ::stasis::StatusOr<st::TorchPlugin*> {
+    seen_while_loading = loading.load();
+    return plugin_;
+  };
+  st::ColdStartOptions o;
+  o.loading_framework = &loading;
+  auto cold = st::RestoreAndBind(image_, o, load);
+  ASSERT_OK(cold);
+  EXPECT_TRUE(seen_while_loading) << "the restore's reads yield while the framework loads";
+  EXPECT_FALSE(loading.load()) << "and not after";
+  // framework_first: loaded before the restore, nothing to yield to.
+  o.framework_first = true;
+  seen_while_loading = true;
+  ASSERT_OK(st::RestoreAndBind(image_, o, load));
+  EXPECT_FALSE(seen_while_loading);
 }
 
 TEST_F(TorchTest, PlainF32ModelRoundTrips) {

@@ -29,15 +29,15 @@ int RunExport(const RestoreArgs& a, const std::string& output, bool force) {
     return ReportError(AlreadyExistsError("'" + output + "' exists (use --force to replace it)"));
   auto options = ToRestoreOptions(a);
   if (!options.ok()) return ReportError(options.status());
-  auto model = RestoredModel::Restore(a.image, *options);
-  if (!model.ok()) return ReportError(model.status());
-  const format::Manifest& m = (*model)->manifest();
+  auto restored = RestoredModel::Restore(a.image, *options);
+  if (!restored.ok()) return ReportError(restored.status());
+  const format::Manifest& m = (*restored)->manifest();
 
   std::vector<SafetensorsTensorOut> out;
   std::vector<std::vector<uint8_t>> gathered;  // contiguous copies of strided views
   gathered.reserve(m.tensors.size());
   for (const auto& t : m.tensors) {
-    ByteView bytes = RowMajorBytes(**model, t, &gathered.emplace_back());
+    ByteView bytes = RowMajorBytes(**restored, t, &gathered.emplace_back());
     out.push_back({t.name, t.dtype, t.shape, bytes.data, bytes.size});
   }
   std::vector<std::pair<std::string, std::string>> metadata;
@@ -54,7 +54,7 @@ int RunExport(const RestoreArgs& a, const std::string& output, bool force) {
   Status s = WriteSafetensors(DefaultFileSystem(), output, out, metadata, force);
   if (!s.ok()) return ReportError(s);
   double secs = start.Seconds();
-  const RestoreReport& r = (*model)->report();
+  const RestoreReport& r = (*restored)->report();
   if (a.json) {
     Json j = {{"image", a.image},         {"output", output}, {"tensors", m.tensors.size()},
               {"raw_bytes", r.raw_bytes}, {"seconds", secs},  {"restore", RestoreReportJson(r)}};

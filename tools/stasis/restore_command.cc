@@ -60,14 +60,14 @@ struct TensorsDigest {
   double seconds = 0;
 };
 
-// `model` must be a host restore (RunRestore refuses --digest for other devices first).
-TensorsDigest DigestTensors(const RestoredModel& model) {
+// `restored` must be a host restore (RunRestore refuses --digest for other devices first).
+TensorsDigest DigestTensors(const RestoredModel& restored) {
   const Stopwatch start;
   std::vector<std::pair<std::string, uint64_t>> hashes;
-  hashes.reserve(model.manifest().tensors.size());
+  hashes.reserve(restored.manifest().tensors.size());
   std::vector<uint8_t> scratch;
-  for (const format::TensorInfo& t : model.manifest().tensors) {
-    ByteView bytes = RowMajorBytes(model, t, &scratch);
+  for (const format::TensorInfo& t : restored.manifest().tensors) {
+    ByteView bytes = RowMajorBytes(restored, t, &scratch);
     hashes.emplace_back(t.name, Xxh3(bytes.data, bytes.size));
   }
   TensorsDigest d;
@@ -85,18 +85,18 @@ int RunRestore(const RestoreArgs& a) {
   if (a.digest && options->device.kind != format::DeviceKind::kCpu)
     return ReportError(
         InvalidArgumentError("--digest reads restored bytes on the host: use --device cpu"));
-  auto model = RestoredModel::Restore(a.image, *options);
-  if (!model.ok()) return ReportError(model.status());
+  auto restored = RestoredModel::Restore(a.image, *options);
+  if (!restored.ok()) return ReportError(restored.status());
   TensorsDigest digest;
-  if (a.digest) digest = DigestTensors(**model);
+  if (a.digest) digest = DigestTensors(**restored);
   const std::string hex = Hex64(digest.xxh3);
   if (a.json) {
-    Json j = RestoreReportJson((*model)->report());
+    Json j = RestoreReportJson((*restored)->report());
     if (a.digest)
       j["digest"] = {{"xxh3", hex}, {"tensors", digest.tensors}, {"seconds", digest.seconds}};
     std::cout << j.dump(2) << "\n";
   } else {
-    PrintReport((*model)->report());
+    PrintReport((*restored)->report());
     if (a.digest)
       std::printf("  digest of %zu tensors: %s (%.3f s, after the restore)\n", digest.tensors,
                   hex.c_str(), digest.seconds);

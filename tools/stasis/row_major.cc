@@ -29,9 +29,9 @@ void GatherStrided(const uint8_t* base, const format::TensorInfo& t, size_t elem
 
 }  // namespace
 
-ByteView RowMajorBytes(const RestoredModel& model, const format::TensorInfo& t,
+ByteView RowMajorBytes(const RestoredModel& restored, const format::TensorInfo& t,
                        std::vector<uint8_t>* scratch) {
-  const auto* data = reinterpret_cast<const uint8_t*>(model.FindTensor(t.name)->address);
+  const auto* data = reinterpret_cast<const uint8_t*>(restored.FindTensor(t.name)->address);
   if (IsContiguous(t)) return {data, t.byte_size};
   const size_t elem = static_cast<size_t>(DTypeBits(t.dtype) / 8);
   scratch->resize(*format::ElementCount(t.shape) * elem);
