@@ -24,9 +24,11 @@ StatusOr<std::pair<std::string, uint64_t>> ReadSkeleton(const std::string& image
     const std::string* kind = m.FindMetadata(kModelKindKey);
     const std::string* source = m.FindMetadata("source.format");
     const std::string what = kind != nullptr ? *kind : source != nullptr ? *source : "unknown";
-    return FailedPreconditionError(image + " has no TorchScript skeleton (no section '" +
-                                   kSkeletonSection + "'; model kind '" + what +
-                                   "'): restore its tensors instead (RestoreTensors, BindTensors)");
+    return FailedPreconditionError(
+        image + " has no TorchScript skeleton (no section '" + kSkeletonSection +
+        "'; model kind '" + what +
+        "'): it was not made from a TorchScript module (model.pt); restore its tensors "
+        "instead (RestoreTensors, TorchPlugin::BindTensors)");
   }
   auto bytes = reader->ReadSection(kSkeletonSection);
   if (!bytes.ok()) return bytes.status().WithContext(image);

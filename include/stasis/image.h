@@ -122,7 +122,7 @@ enum class CodecChoice {
   kZstd,  // plain zstd for everything; raw if < 5% saved
   kRaw,   // always raw
 };
-// Parses "auto", "zstd", "raw" (the --codec flags). kInvalidArgument otherwise.
+// Parses "auto", "zstd", "raw". kInvalidArgument otherwise.
 StatusOr<CodecChoice> ParseCodecChoice(std::string_view text);
 
 // ---- Reading ----

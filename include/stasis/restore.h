@@ -45,7 +45,7 @@ namespace stasis {
 enum class IoBackend { kAuto, kUring, kPread };
 // "auto", "uring", "pread".
 std::string_view IoBackendName(IoBackend b);
-// The inverse of IoBackendName, for `--io`; anything else is kInvalidArgument.
+// The inverse of IoBackendName; anything else is kInvalidArgument.
 StatusOr<IoBackend> ParseIoBackend(std::string_view name);
 
 // Direct I/O (O_DIRECT): kAuto uses it when most of the file is not in the page cache

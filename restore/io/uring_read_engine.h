@@ -32,8 +32,8 @@ namespace stasis {
 // through a ring set up exactly as the queues will be (the fault hook does not see it).
 // Errors name io_uring and the likely cause, e.g. kPermissionDenied "io_uring_setup:
 // Operation not permitted (blocked by seccomp or kernel.io_uring_disabled)"; OpenReadEngine
-// falls back to pread on any of them under --io auto. `report` is completed with the ring
-// flags and registration results.
+// falls back to pread on any of them under IoBackend::kAuto. `report` is completed with the
+// ring flags and registration results.
 StatusOr<std::unique_ptr<ReadEngine>> NewUringReadEngine(
     std::shared_ptr<const internal::ReadTarget> target, const ReadEngineOptions& options,
     ReadEngineReport report);

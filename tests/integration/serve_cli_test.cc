@@ -239,5 +239,31 @@ TEST_F(ServeCliTest, BadStartupArgumentsAreClearErrors) {
   EXPECT_EQ(r.exit_code, 2);
 }
 
+TEST_F(ServeCliTest, AnImageWithoutAModuleIsAClearErrorPerRequest) {
+  // An image made from safetensors holds tensors, not a TorchScript module: the server
+  // starts, and each request says what is wrong instead of serving or crashing.
+  const std::string weights = dir_->File("weights.safetensors");
+  const std::string image = dir_->File("weights.stasis");
+  auto gen = testing::RunCommand(kGen + " --preset tiny --seed 5 -o " + weights, *dir_);
+  ASSERT_EQ(gen.exit_code, 0) << gen.err;
+  auto snap = testing::RunCommand(kStasis + " snapshot " + weights + " -o " + image, *dir_);
+  ASSERT_EQ(snap.exit_code, 0) << snap.err;
+  ServeProcess serve({image, "--port", "0"}, dir_->File("serve3.log"));
+  const int port = serve.WaitForPort();
+  ASSERT_GT(port, 0) << serve.log();
+  httplib::Client client("127.0.0.1", port);
+  client.set_read_timeout(60, 0);
+  Json body = {
+      {"inputs",
+       Json::array({{{"name", "input_ids"}, {"dtype", "I64"}, {"shape", {1, 1}}, {"data", {1}}}})}};
+  auto res = client.Post("/v1/infer", body.dump(), "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 409) << res->body;
+  EXPECT_THAT(res->body, HasSubstr("no TorchScript skeleton"));
+  EXPECT_THAT(res->body, HasSubstr("model.pt"));
+  serve.Signal(SIGTERM);
+  EXPECT_EQ(serve.WaitForExit(20), 0) << serve.log();
+}
+
 }  // namespace
 }  // namespace stasis

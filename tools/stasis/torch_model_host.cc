@@ -49,15 +49,9 @@ class TorchModelHost final : public runtime::ModelHost {
     torch::ColdStartOptions o;
     o.restore = options_;
     if (yield_io_) o.loading_framework = &loading_framework_;
-    auto cold = torch::RestoreAndBind(image_, o);
-    if (!cold.ok()) {
-      if (cold.status().code() == StatusCode::kFailedPrecondition &&
-          cold.status().message().find(torch::kSkeletonSection) != std::string_view::npos)
-        return cold.status().WithContext("`stasis serve` needs an image made from model.pt");
-      return cold.status();
-    }
-    restored_ = std::move(cold->restored);
-    module_ = std::move(cold->module);
+    STASIS_ASSIGN_OR_RETURN(torch::BoundColdStart cold, torch::RestoreAndBind(image_, o));
+    restored_ = std::move(cold.restored);
+    module_ = std::move(cold.module);
     return OkStatus();
   }
 
