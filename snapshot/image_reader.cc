@@ -1,6 +1,8 @@
 #include <algorithm>
 #include <atomic>
+#include <memory>
 #include <mutex>
+#include <vector>
 
 #include "common/hash.h"
 #include "common/numbers.h"
@@ -58,6 +60,8 @@ Status ImageReader::ReadChunk(size_t index, void* dst, ChunkDecoder* decoder,
   if (index >= manifest_.chunks.size()) return InvalidArgumentError("no chunk " + Num(index));
   const format::ChunkInfo& c = manifest_.chunks[index];
   const std::string what = "chunk " + Num(index);
+  std::vector<uint8_t> own_buf;
+  if (stored_buf == nullptr) stored_buf = &own_buf;
   uint8_t* stored;
   if (c.codec == format::Codec::kRaw) {
     stored = static_cast<uint8_t*>(dst);  // raw chunks are read straight into place
@@ -70,6 +74,8 @@ Status ImageReader::ReadChunk(size_t index, void* dst, ChunkDecoder* decoder,
     return DataLossError(what + ": checksum mismatch in stored bytes (file offset " +
                          Num(c.file_offset) + ")");
   if (c.codec != format::Codec::kRaw) {
+    std::unique_ptr<ChunkDecoder> own_decoder;
+    if (decoder == nullptr) decoder = (own_decoder = std::make_unique<ChunkDecoder>()).get();
     STASIS_RETURN_IF_ERROR(decoder->Decode(c, index, stored, dst));
     if (verify_raw && Xxh3(dst, c.raw_size) != c.raw_xxh3)
       return DataLossError(what + ": checksum mismatch in decoded bytes");

@@ -3,6 +3,7 @@
 // all run.
 #include <exception>
 #include <functional>
+#include <new>
 #include <string>
 #include <thread>
 #include <utility>
@@ -39,6 +40,28 @@ StatusOr<TorchPlugin*> LoadByDevice(const DeviceSpec& device) {
   return LoadTorchPluginFor(DeviceSpecString(device));
 }
 
+// The Status of an exception caught while cold-starting: no exception leaves a cold start
+// (and none may pass a thread that is still running).
+Status CaughtStatus(std::string_view what) {
+  try {
+    throw;
+  } catch (const std::bad_alloc& e) {
+    return ResourceExhaustedError(std::string(what) + ": out of memory (" + e.what() + ")");
+  } catch (const std::exception& e) {
+    return InternalError(std::string(what) + " threw: " + e.what());
+  } catch (...) {
+    return InternalError(std::string(what) + " threw");
+  }
+}
+
+StatusOr<TorchPlugin*> LoadFramework(const FrameworkLoader& load, const DeviceSpec& device) {
+  try {
+    return load ? load(device) : LoadByDevice(device);
+  } catch (...) {
+    return CaughtStatus("loading the framework");
+  }
+}
+
 // RestoreWhileLoading, with `before_restore` run on the restore's thread first (a failure
 // there skips the restore).
 StatusOr<ColdStart> RestoreWhileLoadingAfter(const std::function<Status()>& before_restore,
@@ -49,30 +72,34 @@ StatusOr<ColdStart> RestoreWhileLoadingAfter(const std::function<Status()>& befo
   ColdStart out;
   out.started_ns = clock->NowNanos();
   RestoreOptions restore = options.restore;
-  restore.yield_io = options.loading_framework;
+  if (options.loading_framework != nullptr) restore.yield_io = options.loading_framework;
   StatusOr<std::unique_ptr<RestoredModel>> restored = InternalError("restore did not run");
   auto run_restore = [&] {
     // Possibly on a thread of its own: nothing may escape it (std::terminate).
     try {
       Status s = before_restore ? before_restore() : OkStatus();
       restored = s.ok() ? RestoredModel::Restore(image, restore) : std::move(s);
-    } catch (const std::exception& e) {
-      restored = InternalError(std::string("restore threw: ") + e.what());
     } catch (...) {
-      restored = InternalError("restore threw");
+      restored = CaughtStatus("restore");
     }
     out.restored_ns = clock->NowNanos();
   };
-  const FrameworkLoader& load_framework = load ? load : FrameworkLoader(LoadByDevice);
   StatusOr<TorchPlugin*> plugin = InternalError("the framework did not load");
   if (options.framework_first) {
-    plugin = load_framework(options.restore.device);
+    plugin = LoadFramework(load, options.restore.device);
     out.framework_loaded_ns = clock->NowNanos();
     if (plugin.ok()) run_restore();
   } else {
+    // Set before the restore's first read.
     if (options.loading_framework != nullptr) *options.loading_framework = true;
-    std::thread restorer(run_restore);
-    plugin = load_framework(options.restore.device);
+    std::thread restorer;
+    try {
+      restorer = std::thread(run_restore);
+    } catch (...) {
+      if (options.loading_framework != nullptr) *options.loading_framework = false;
+      return CaughtStatus("starting the restore's thread");
+    }
+    plugin = LoadFramework(load, options.restore.device);  // catches: `restorer` is joined
     if (options.loading_framework != nullptr) *options.loading_framework = false;
     out.framework_loaded_ns = clock->NowNanos();
     restorer.join();
@@ -106,7 +133,12 @@ StatusOr<BoundColdStart> RestoreAndBind(const std::string& image, const ColdStar
     return Status(StatusCode::kAborted, image + " was replaced while it was being restored");
   BoundColdStart out;
   static_cast<ColdStart&>(out) = std::move(cold);
-  auto module = out.plugin->BindModule(skeleton.first, *out.restored, out.restored, &out.bind);
+  StatusOr<std::unique_ptr<LoadedModule>> module = InternalError("the skeleton was not bound");
+  try {
+    module = out.plugin->BindModule(skeleton.first, *out.restored, out.restored, &out.bind);
+  } catch (...) {
+    module = CaughtStatus("binding the skeleton");
+  }
   if (!module.ok()) return module.status().WithContext(image);
   out.module = std::move(*module);
   out.bound_ns = RealClock()->NowNanos();

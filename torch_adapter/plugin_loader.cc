@@ -14,7 +14,6 @@ namespace {
 struct LoadState {
   std::once_flag once;
   StatusOr<TorchPlugin*> plugin = FailedPreconditionError("torch plugin not loaded");
-  std::string path;
 };
 
 LoadState& State() {
@@ -36,7 +35,7 @@ std::vector<std::string> Candidates() {
   return out;
 }
 
-StatusOr<TorchPlugin*> Load(std::string* loaded_from) {
+StatusOr<TorchPlugin*> Load() {
   std::string tried;
   for (const std::string& candidate : Candidates()) {
     const bool bare = candidate.find('/') == std::string::npos;
@@ -67,7 +66,6 @@ StatusOr<TorchPlugin*> Load(std::string* loaded_from) {
     }
     TorchPlugin* plugin = entry();
     if (plugin == nullptr) return InternalError(candidate + ": plugin entry returned null");
-    *loaded_from = candidate;
     return plugin;
   }
   return FailedPreconditionError(
@@ -80,7 +78,7 @@ StatusOr<TorchPlugin*> Load(std::string* loaded_from) {
 
 StatusOr<TorchPlugin*> LoadTorchPlugin() {
   LoadState& s = State();
-  std::call_once(s.once, [&s] { s.plugin = Load(&s.path); });
+  std::call_once(s.once, [&s] { s.plugin = Load(); });
   return s.plugin;
 }
 
@@ -88,11 +86,6 @@ StatusOr<TorchPlugin*> LoadTorchPluginFor(const std::string& device) {
   STASIS_ASSIGN_OR_RETURN(TorchPlugin * plugin, LoadTorchPlugin());
   STASIS_RETURN_IF_ERROR(plugin->LoadDeviceSupport(device));
   return plugin;
-}
-
-std::string LoadedTorchPluginPath() {
-  LoadState& s = State();
-  return s.plugin.ok() ? s.path : std::string();
 }
 
 }  // namespace stasis::torch

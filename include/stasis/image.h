@@ -127,7 +127,7 @@ StatusOr<CodecChoice> ParseCodecChoice(std::string_view text);
 
 // ---- Reading ----
 
-class ChunkDecoder;  // a per-thread decoding context (internal: snapshot/codec.h)
+class ChunkDecoder;  // a reusable decoding context (stasis-internal: snapshot/codec.h)
 
 struct VerifyOptions {
   int threads = 0;  // <= 0: one per hardware thread
@@ -162,8 +162,9 @@ class ImageReader {
   const RandomAccessFile& file() const { return *file_; }
 
   // Reads chunk `index` and decodes it into `dst` (raw_size bytes). The stored bytes'
-  // checksum is always verified; the raw bytes' too when `verify_raw`. `stored_buf` is
-  // scratch reused across calls. Mismatches are kDataLoss naming the chunk.
+  // checksum is always verified; the raw bytes' too when `verify_raw`. `decoder` and
+  // `stored_buf` are a decoding context and scratch memory to reuse across calls, or null
+  // for ones made for this call. Mismatches are kDataLoss naming the chunk.
   Status ReadChunk(size_t index, void* dst, ChunkDecoder* decoder, std::vector<uint8_t>* stored_buf,
                    bool verify_raw = true) const;
 

@@ -222,9 +222,6 @@ StatusOr<TorchPlugin*> LoadTorchPlugin();
 // libtorch_cuda for a cuda device). What a caller that will use `device` loads first.
 StatusOr<TorchPlugin*> LoadTorchPluginFor(const std::string& device);
 
-// The path the plugin was loaded from ("" before a successful LoadTorchPlugin).
-std::string LoadedTorchPluginPath();
-
 // ---- Cold starts: the weights restored while the framework loads ----
 
 // Brings the framework up for a device: LoadTorchPluginFor in a program without libtorch
@@ -232,20 +229,20 @@ std::string LoadedTorchPluginPath();
 using FrameworkLoader = std::function<StatusOr<TorchPlugin*>(const DeviceSpec& device)>;
 
 struct ColdStartOptions {
-  // Where and how to restore; restore.yield_io is ignored (loading_framework below).
+  // Where and how to restore. restore.yield_io is used as given unless loading_framework is
+  // set, which replaces it.
   RestoreOptions restore;
   // When set, *loading_framework is true while the framework loads, and the restore's reads
   // go at idle I/O priority meanwhile (RestoreOptions::yield_io): the loader's page faults
-  // are not queued behind a deep restore. The flag must outlive the restored model (a
-  // Reload reads through it again).
+  // are not queued behind a deep restore. The flag must outlive the restored model, which
+  // every tensor bound to it keeps alive (a Reload reads through the flag again).
   std::atomic<bool>* loading_framework = nullptr;
   // Load the framework first and restore after, instead of both at once (to time the
   // restore alone, as bench/peers does).
   bool framework_first = false;
 };
 
-// What a cold start produced, and when (CLOCK_MONOTONIC nanoseconds, the clock of
-// common/clock.h's RealClock) each part was done.
+// What a cold start produced, and when each part was done (CLOCK_MONOTONIC nanoseconds).
 struct ColdStart {
   TorchPlugin* plugin = nullptr;
   std::shared_ptr<RestoredModel> restored;  // held by every tensor bound to it
@@ -262,8 +259,11 @@ struct BoundColdStart : ColdStart {
 };
 
 // Restores `image` (RestoredModel::Restore with options.restore) on a thread of its own
-// while `load` brings the framework up on the calling thread. Errors: the framework's,
-// then the restore's (both are waited for).
+// while `load` brings the framework up on the calling thread (with framework_first: the
+// framework, then the restore, both on the calling thread, and no restore when the
+// framework fails). Errors: the framework's, then the restore's (both are waited for); an
+// exception from either, or from the plugin, is a Status (kResourceExhausted for memory,
+// kInternal otherwise).
 StatusOr<ColdStart> RestoreWhileLoading(const std::string& image, const ColdStartOptions& options,
                                         const FrameworkLoader& load = {});
 

@@ -19,6 +19,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -394,6 +395,12 @@ TEST_F(TorchTest, RestoreAndBindReportsTheFrameworkFailingAndWaitsForTheRestore)
               StatusIs(StatusCode::kFailedPrecondition, HasSubstr("no framework here")));
   EXPECT_THAT(st::RestoreWhileLoading(image_, {}, failing),
               StatusIs(StatusCode::kFailedPrecondition, HasSubstr("no framework here")));
+  // A loader that throws while the restore's thread runs: a Status, not std::terminate.
+  auto throwing = [](const ::stasis::DeviceSpec&) -> ::stasis::StatusOr<st::TorchPlugin*> {
+    throw std::runtime_error("no framework at all");
+  };
+  EXPECT_THAT(st::RestoreAndBind(image_, {}, throwing),
+              StatusIs(StatusCode::kInternal, HasSubstr("threw: no framework at all")));
   // framework_first: a framework that fails means no restore at all.
   st::ColdStartOptions first;
   first.framework_first = true;

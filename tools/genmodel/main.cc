@@ -16,7 +16,6 @@
 #include <algorithm>
 #include <atomic>
 #include <bit>
-#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -30,6 +29,7 @@
 
 #include "common/float16.h"
 #include "common/hash.h"
+#include "common/stopwatch.h"
 #include "snapshot/dtype.h"
 #include "snapshot/safetensors.h"
 #include "stasis/file_system.h"
@@ -404,7 +404,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "stasis-genmodel: -o/--output is required\n");
     return 1;
   }
-  const auto start = std::chrono::steady_clock::now();
+  const stasis::Stopwatch start;
   uint64_t params = 0, bytes = 0;
   int files = 0;
   stasis::Status s = o.format == "torchscript" ? stasis::RunTorchScript(o)
@@ -422,8 +422,7 @@ int main(int argc, char** argv) {
         return 4;
     }
   }
-  const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double seconds = start.Seconds();
   if (o.format == "torchscript") {
     std::printf("stasis-genmodel: gpt2 %s torchscript%s seed=%llu -> %s (%.1f s)\n",
                 o.preset.c_str(), o.mixed ? " mixed" : "", static_cast<unsigned long long>(o.seed),

@@ -87,6 +87,7 @@ Status ColdStartStasis(const ColdStartArgs& a, PhaseLog* log, Json* out) {
   const double t_main = log->Now();
   torch::ColdStartOptions options;
   STASIS_ASSIGN_OR_RETURN(options.restore.device, ParseDeviceSpec(a.device));
+  STASIS_RETURN_IF_ERROR(CheckBackendBuilt(options.restore.device));
   options.restore.threads = a.threads;
   options.framework_first = a.library_first;
   // The weights do not need the framework: they are restored while libtorch loads, with

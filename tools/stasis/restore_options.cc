@@ -5,6 +5,8 @@ namespace stasis::cli {
 StatusOr<RestoreOptions> ToRestoreOptions(const RestoreArgs& a) {
   RestoreOptions o;
   STASIS_ASSIGN_OR_RETURN(o.device, ParseDeviceSpec(a.device));
+  // A device this build cannot restore onto is the answer whatever else is wrong.
+  STASIS_RETURN_IF_ERROR(CheckBackendBuilt(o.device));
   STASIS_ASSIGN_OR_RETURN(o.io, ParseIoBackend(a.io));
   if (a.direct == "auto")
     o.direct = DirectIo::kAuto;
