@@ -76,7 +76,7 @@
 
 namespace stasis {
 
-struct CudaDriverApi;  // restore/cuda/cuda_driver.h
+struct CudaDriverApi;  // restore/device/cuda_driver.h
 
 struct CudaBackendOptions {
   // Bytes of device memory per physical allocation (cuMemCreate), rounded up to the

@@ -33,7 +33,7 @@
 #if defined(CUDA_API_PER_THREAD_DEFAULT_STREAM)
 // The per-thread-default-stream variants (_ptsz/_ptds) would be resolved instead; the
 // backend uses its own non-blocking stream and wants the plain symbols.
-#error "restore/cuda must be built without CUDA_API_PER_THREAD_DEFAULT_STREAM"
+#error "restore/device/cuda_* must be built without CUDA_API_PER_THREAD_DEFAULT_STREAM"
 #endif
 
 namespace stasis {

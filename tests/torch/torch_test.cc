@@ -302,7 +302,7 @@ TEST_F(TorchTest, RestoreModuleReadsEachStoredByteExactlyOnce) {
   ASSERT_OK(got);
 }
 
-TEST_F(TorchTest, MemoryOutlivesTheRestoredModuleHandle) {
+TEST_F(TorchTest, MemoryOutlivesTheBoundModuleHandle) {
   auto restored = st::RestoreModule(image_);
   ASSERT_OK(restored);
   auto before = st::RunModule(restored->module, spec_);
