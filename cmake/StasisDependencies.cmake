@@ -11,7 +11,14 @@ endmacro()
 
 stasis_require_pkg(ZSTD libzstd libzstd-dev)
 stasis_require_pkg(XXHASH libxxhash libxxhash-dev)
-stasis_require_pkg(HTTPLIB cpp-httplib libcpp-httplib-dev)
+stasis_require_pkg(HTTPLIB cpp-httplib libcpp-httplib-dev)  # the clients of tests and benches
+stasis_require_pkg(CURL libcurl libcurl4-openssl-dev)       # http:// inputs of `stasis serve`
+find_package(ZLIB REQUIRED)                                 # gzip/deflate request bodies
+# Boost.Beast and Asio (header-only): the HTTP server of `stasis serve`.
+find_package(Boost 1.74 QUIET)
+if(NOT Boost_FOUND)
+  message(FATAL_ERROR "Boost >= 1.74 headers not found: apt-get install libboost1.74-dev (or run scripts/setup)")
+endif()
 find_package(Threads REQUIRED)
 find_package(spdlog REQUIRED)
 find_package(nlohmann_json 3 REQUIRED)

@@ -1,7 +1,7 @@
 #include "runtime/input_fetch.h"
 
+#include <curl/curl.h>
 #include <fcntl.h>
-#include <httplib.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -12,8 +12,8 @@
 #include <cctype>
 #include <cerrno>
 #include <charconv>
-#include <chrono>
 #include <cstdlib>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <string_view>
 #include <system_error>
@@ -148,6 +148,28 @@ std::string LexicallyNormal(std::string_view path) {
   return out.empty() ? "/" : out;
 }
 
+// realpath of the longest prefix of `normal` (a lexically normal absolute path) that
+// resolves, followed by the rest unchanged.
+std::string ResolveExistingPrefix(const std::string& normal) {
+  size_t end = normal.size();
+  while (end > 0) {
+    const std::string prefix = normal.substr(0, end);
+    if (char* r = ::realpath(prefix.c_str(), nullptr)) {
+      std::string out(r);
+      std::free(r);
+      if (end < normal.size()) {
+        if (out != "/") out += '/';
+        out += normal.substr(end + 1);
+      }
+      return out;
+    }
+    const size_t slash = normal.rfind('/', end - 1);
+    if (slash == std::string::npos || slash == 0) break;
+    end = slash;
+  }
+  return normal;
+}
+
 bool IsUnder(std::string_view path, std::string_view root) {
   if (root == "/") return true;
   return path == root ||
@@ -168,8 +190,11 @@ std::optional<HttpError> ReadFileUrl(const UrlInputPolicy& policy, std::string_v
   char* resolved = ::realpath(path.c_str(), nullptr);
   if (resolved == nullptr) {
     const int err = errno;
-    // Outside the root: 403 whether the path exists or not (no probing of the host).
-    if (!IsUnder(LexicallyNormal(path), policy.file_root)) {
+    // Outside the root: 403 whether the path exists or not (no probing of the host). The
+    // part of the path that exists is resolved, so that a symlink inside the root that
+    // leads out gives 403 for missing names behind it too.
+    if (!IsUnder(LexicallyNormal(path), policy.file_root) ||
+        !IsUnder(ResolveExistingPrefix(LexicallyNormal(path)), policy.file_root)) {
       return HttpError{403, "forbidden", "file input outside the file root"};
     }
     if (err == ENOENT || err == ENOTDIR) {
@@ -202,7 +227,11 @@ std::optional<HttpError> ReadFileUrl(const UrlInputPolicy& policy, std::string_v
   while (done < out->size()) {
     const ssize_t n = ::read(fd, out->data() + done, out->size() - done);
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
+    if (n == 0) {  // shorter than it said (a /proc or /sys file, or truncated meanwhile)
+      ::close(fd);
+      return BadRequest("input file ended before its size: " + Printable(path));
+    }
+    if (n < 0) {
       ::close(fd);
       return HttpError{500, "internal", "reading input file failed: " + Printable(path)};
     }
@@ -233,54 +262,59 @@ std::optional<HttpError> FetchHttpUrl(const UrlInputPolicy& policy, std::string_
                          ? "http:// inputs are disabled (stasis serve --http-inputs HOST,...)"
                          : "http:// inputs from " + Printable(authority) + " are not allowed"};
   }
-  // Host and port as parsed above: httplib never parses the client's text itself.
-  httplib::Client cli(parsed->host, parsed->port == 0 ? 80 : parsed->port);
-  cli.set_follow_location(false);  // a redirect could lead past the host list
-  const auto timeout = std::chrono::nanoseconds(std::max<int64_t>(policy.fetch_timeout_ns, 1));
-  cli.set_connection_timeout(std::chrono::duration_cast<std::chrono::microseconds>(timeout));
-  cli.set_read_timeout(std::chrono::duration_cast<std::chrono::microseconds>(timeout));
-  cli.set_write_timeout(std::chrono::duration_cast<std::chrono::microseconds>(timeout));
-  int status = 0;
-  bool too_big = false, timed_out = false;
-  const int64_t deadline_ns =
-      policy.clock->NowNanos() + std::max<int64_t>(policy.fetch_timeout_ns, 1);
-  auto result = cli.Get(
-      path,
-      [&](const httplib::Response& r) {
-        status = r.status;
-        if (r.status != 200) return false;
-        if (r.has_header("Content-Length")) {
-          const std::string cl = r.get_header_value("Content-Length");
-          uint64_t n = 0;
-          auto [ptr, ec] = std::from_chars(cl.data(), cl.data() + cl.size(), n);
-          if (ec == std::errc() && n > budget) {
-            too_big = true;
-            return false;
-          }
-          if (ec == std::errc()) out->reserve(static_cast<size_t>(n));
-        }
-        return true;
-      },
-      [&](const char* data, size_t len) {
-        if (out->size() + len > budget) {
-          too_big = true;
-          return false;
-        }
-        // The timeouts above bound each read; this bounds the whole fetch (an upstream
-        // sending a byte now and then would otherwise hold the request forever).
-        if (policy.clock->NowNanos() > deadline_ns) {
-          timed_out = true;
-          return false;
-        }
-        out->append(data, len);
-        return true;
-      });
-  if (timed_out) {
-    return HttpError{502, "bad_gateway",
-                     "fetching " + Printable(url) + " took longer than " +
-                         Fixed3(static_cast<double>(policy.fetch_timeout_ns) / 1e9) + " s"};
-  }
-  if (too_big) {
+  // The URL is rebuilt from the parts parsed above: curl never parses the client's text.
+  const std::string host =
+      parsed->host.find(':') != std::string::npos ? "[" + parsed->host + "]" : parsed->host;
+  const std::string fetch_url =
+      "http://" + host + ":" + std::to_string(parsed->port == 0 ? 80 : parsed->port) + path;
+  static std::once_flag curl_init;
+  std::call_once(curl_init, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+  CURL* curl = curl_easy_init();
+  if (curl == nullptr) return HttpError{500, "internal", "cannot start an HTTP client"};
+  struct Cleanup {
+    CURL* c;
+    ~Cleanup() { curl_easy_cleanup(c); }
+  } cleanup{curl};
+
+  struct Sink {
+    CURL* curl;
+    std::string* out;
+    uint64_t budget;
+    bool too_big = false;
+    bool not_ok = false;
+  } sink{curl, out, budget};
+  auto write = +[](char* data, size_t, size_t n, void* p) -> size_t {
+    auto* s = static_cast<Sink*>(p);
+    long code = 0;
+    curl_easy_getinfo(s->curl, CURLINFO_RESPONSE_CODE, &code);
+    if (code != 200) {  // an error page is not an input; stop reading it
+      s->not_ok = true;
+      return 0;
+    }
+    if (s->out->size() + n > s->budget) {
+      s->too_big = true;
+      return 0;
+    }
+    s->out->append(data, n);
+    return n;
+  };
+  const long timeout_ms =
+      static_cast<long>(std::max<int64_t>(policy.fetch_timeout_ns / 1'000'000, 1));
+  curl_easy_setopt(curl, CURLOPT_URL, fetch_url.c_str());
+  curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http");
+  curl_easy_setopt(curl, CURLOPT_FOLLOWLOCATION, 0L);  // a redirect could lead past the list
+  curl_easy_setopt(curl, CURLOPT_PROXY, "");           // no proxy from the environment
+  curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, timeout_ms);
+  // The whole fetch: an upstream sending a byte now and then cannot hold the request.
+  curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, timeout_ms);
+  curl_easy_setopt(curl, CURLOPT_MAXFILESIZE_LARGE, static_cast<curl_off_t>(budget));
+  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, write);
+  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &sink);
+  const CURLcode rc = curl_easy_perform(curl);
+  long status = 0;
+  curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+  if (sink.too_big || rc == CURLE_FILESIZE_EXCEEDED) {
     return HttpError{
         413, "payload_too_large",
         "input at " + Printable(url) + " exceeds " + std::to_string(budget) + " bytes"};
@@ -289,10 +323,14 @@ std::optional<HttpError> FetchHttpUrl(const UrlInputPolicy& policy, std::string_
     return HttpError{502, "bad_gateway",
                      "fetching " + Printable(url) + " returned HTTP " + std::to_string(status)};
   }
-  if (!result) {
-    return HttpError{
-        502, "bad_gateway",
-        "fetching " + Printable(url) + " failed: " + httplib::to_string(result.error())};
+  if (rc == CURLE_OPERATION_TIMEDOUT) {
+    return HttpError{502, "bad_gateway",
+                     "fetching " + Printable(url) + " took longer than " +
+                         Fixed3(static_cast<double>(policy.fetch_timeout_ns) / 1e9) + " s"};
+  }
+  if (rc != CURLE_OK) {
+    return HttpError{502, "bad_gateway",
+                     "fetching " + Printable(url) + " failed: " + curl_easy_strerror(rc)};
   }
   return std::nullopt;
 }

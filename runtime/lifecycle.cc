@@ -1,5 +1,6 @@
 #include "runtime/lifecycle.h"
 
+#include <malloc.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -109,6 +110,15 @@ struct Lifecycle::Impl {
   std::shared_ptr<TimerState> timer_state;
 };
 
+// A failed restore is the server's trouble, not the caller's, whatever its cause (a
+// corrupt image is kDataLoss, a missing one kNotFound): kUnavailable, so that callers
+// retry (HTTP 503), with the cause's code in the message.
+static Status RestoreFailed(const Status& s) {
+  return Status(StatusCode::kUnavailable, "the model could not be restored (" +
+                                              std::string(StatusCodeName(s.code())) +
+                                              "): " + std::string(s.message()));
+}
+
 Status Lifecycle::Impl::BecomeWarm(std::unique_lock<std::mutex>& l, bool enter, bool* cold) {
   for (;;) {
     switch (state) {
@@ -121,7 +131,7 @@ Status Lifecycle::Impl::BecomeWarm(std::unique_lock<std::mutex>& l, bool enter, 
         ++waiting;
         cv.wait(l, [&] { return a->done; });
         --waiting;
-        if (!a->status.ok()) return a->status;
+        if (!a->status.ok()) return RestoreFailed(a->status);
         break;  // normally WARM now; anything else (an unload since) goes round again
       }
       case ModelState::kUnloading:
@@ -133,7 +143,7 @@ Status Lifecycle::Impl::BecomeWarm(std::unique_lock<std::mutex>& l, bool enter, 
       case ModelState::kFailed: {
         *cold = true;
         Status s = Restore(l);
-        if (!s.ok()) return s;
+        if (!s.ok()) return RestoreFailed(s);
         break;
       }
     }
@@ -176,6 +186,9 @@ Status Lifecycle::Impl::Unload(std::unique_lock<std::mutex>& l) {
   l.lock();
   if (s.ok()) {
     ++unloads;
+    // Give the heap the model and its last requests used back to the system: a cold
+    // server should be small (without this, RSS stays at its peak).
+    ::malloc_trim(0);
     SetState(ModelState::kCold);
   } else {
     last_error = s.WithContext("unload").ToString();

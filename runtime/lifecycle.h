@@ -83,11 +83,13 @@ class Lifecycle {
   ~Lifecycle();  // stops the timer; does not unload
 
   // Runs one inference with the model warm, restoring it first when needed. `cold` is set
-  // when this request waited for a restore. Errors: the restore's Status (the state is then
-  // FAILED), or the inference's.
+  // when this request waited for a restore. Errors: kUnavailable when the restore failed
+  // (the state is then FAILED; the message names the cause's code and says what failed),
+  // or the inference's Status.
   StatusOr<std::vector<TensorData>> Infer(const std::vector<TensorData>& inputs, bool* cold);
 
   // Restores now if not warm (the --warmup flag and POST /v1/warmup). Waits for it.
+  // Errors as Infer's for a failed restore.
   Status Warmup();
   // Unloads now if warm, after in-flight requests finish (POST /v1/unload, and shutdown).
   Status UnloadNow();

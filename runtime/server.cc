@@ -1,6 +1,5 @@
 #include "runtime/server.h"
 
-#include <httplib.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
 
@@ -8,14 +7,13 @@
 #include <atomic>
 #include <cctype>
 #include <cerrno>
-#include <chrono>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
-#include <thread>
 #include <utility>
 #include <vector>
 
@@ -23,6 +21,7 @@
 #include "runtime/admission.h"
 #include "runtime/auth.h"
 #include "runtime/http_common.h"
+#include "runtime/http_server.h"
 #include "runtime/input_fetch.h"
 #include "runtime/tensor_codec.h"
 #include "stasis/tensor.h"
@@ -34,6 +33,8 @@ using internal::Admission;
 using internal::Fixed3;
 using internal::FromStatus;
 using internal::HttpError;
+using internal::HttpRequest;
+using internal::HttpResponse;
 using internal::kJsonType;
 using internal::kSafetensorsType;
 using internal::Printable;
@@ -42,20 +43,19 @@ namespace {
 
 std::string Dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
 
-// One request's state, for the log line and the metrics (handlers of one request run on
-// one worker thread, from the pre-routing handler to the logger).
-struct RequestContext {
-  bool active = false;
-  std::string id;
-  int64_t start_ns = 0;
-  bool observed = false;  // stasis_request_seconds recorded
-  int cold = -1;          // -1: not an inference
-};
-thread_local RequestContext tls_request;
+bool IsBlockingRoute(const HttpRequest& r) {
+  return r.method == "POST" &&
+         (r.path == "/v1/infer" || r.path == "/v1/warmup" || r.path == "/v1/unload");
+}
+
+bool IsKnownPath(std::string_view path) {
+  return path == "/v1/infer" || path == "/v1/warmup" || path == "/v1/unload" ||
+         path == "/v1/status" || path == "/healthz" || path == "/readyz" || path == "/metrics";
+}
 
 }  // namespace
 
-struct Server::Impl {
+struct Server::Impl final : internal::HttpHandler {
   Impl(Lifecycle* lifecycle, Metrics* metrics, Clock* clock, ServerOptions options)
       : lifecycle(lifecycle),
         metrics(metrics),
@@ -67,32 +67,40 @@ struct Server::Impl {
     url_inputs.clock = clock;
   }
 
-  void Install();
+  // internal::HttpHandler
+  std::optional<HttpResponse> OnHead(const HttpRequest& head) override;
+  bool Blocking(const HttpRequest& request) override { return IsBlockingRoute(request); }
+  HttpResponse Handle(HttpRequest& request) override;
+  HttpResponse ErrorAnswer(const HttpRequest& request, int status, std::string code,
+                           std::string message) override;
+  void OnDone(const HttpRequest& request, const HttpResponse& response, bool written) override;
 
-  // Request plumbing.
-  void SendJson(httplib::Response& res, int status, const json& body);
-  void SendError(httplib::Response& res, const HttpError& e);
-  bool Authorized(const httplib::Request& req) const;
-  std::string NewRequestId(const httplib::Request& req);
-  void ObserveInfer(const httplib::Request& req, const httplib::Response& res, bool rejected);
-  void LogRequest(const httplib::Request& req, const httplib::Response& res);
+  // Request plumbing. Each request's id, start and outcome travel in its annotations.
+  static HttpResponse Json(int status, const json& body);
+  HttpResponse Error(const HttpRequest& req, const HttpError& e);
+  void Annotate(const HttpRequest& req);
+  static HttpResponse Stamp(const HttpRequest& req, HttpResponse res) {  // adds X-Request-Id
+    res.headers.emplace_back("X-Request-Id", req.annotations.id);
+    return res;
+  }
+  bool Authorized(const HttpRequest& req) const;
+  std::string NewRequestId(const HttpRequest& req);
   bool Enter();  // false while draining
   void Leave();
-  // Leave() when it goes, however the handler ends (httplib turns an exception into a 500;
-  // a skipped Leave() would make Shutdown wait forever).
-  struct ActiveRequest {
+  struct ActiveRequest {  // Leave() however the handler ends
     Impl* impl;
     ~ActiveRequest() { impl->Leave(); }
   };
 
   // Endpoints.
-  void HandleInfer(const httplib::Request& req, httplib::Response& res);
-  std::optional<HttpError> RunInfer(const httplib::Request& req, httplib::Response& res);
-  void HandleWarmup(const httplib::Request& req, httplib::Response& res);
-  void HandleUnload(const httplib::Request& req, httplib::Response& res);
-  void HandleStatus(const httplib::Request& req, httplib::Response& res);
-  void HandleReadyz(const httplib::Request& req, httplib::Response& res);
-  void HandleMetrics(const httplib::Request& req, httplib::Response& res);
+  HttpResponse Route(HttpRequest& req);
+  HttpResponse HandleInfer(HttpRequest& req);
+  std::optional<HttpError> RunInfer(HttpRequest& req, HttpResponse* res);
+  HttpResponse HandleWarmup(HttpRequest& req);
+  HttpResponse HandleUnload(HttpRequest& req);
+  HttpResponse HandleStatus();
+  HttpResponse HandleReadyz();
+  HttpResponse HandleMetrics();
 
   Lifecycle* const lifecycle;
   Metrics* const metrics;
@@ -102,44 +110,47 @@ struct Server::Impl {
   // options.http_input_hosts, parsed (both set by Start).
   internal::UrlInputPolicy url_inputs;
   Admission admission;
-  httplib::Server http;
-  int port = 0;
-  std::thread listener;
+  std::unique_ptr<internal::HttpServer> http;
   std::atomic<uint64_t> next_request{1};
 
   mutable std::mutex mu;
   std::condition_variable cv;
   bool draining = false;
-  int active = 0;              // infer/warmup/unload requests being handled
-  bool listener_done = false;  // listen_after_bind returned
+  int active = 0;               // infer/warmup/unload requests being handled
+  bool transport_done = false;  // the transport has stopped
 
-  std::mutex stop_mu;  // serialises the stop-and-join of Shutdown
+  std::mutex stop_mu;  // serialises the stop of Shutdown
   bool stopped = false;
 };
 
-void Server::Impl::SendJson(httplib::Response& res, int status, const json& body) {
-  res.status = status;
-  res.set_content(Dump(body), kJsonType);
+HttpResponse Server::Impl::Json(int status, const json& body) {
+  HttpResponse r;
+  r.status = status;
+  r.content_type = kJsonType;
+  r.body = Dump(body);
+  return r;
 }
 
-void Server::Impl::SendError(httplib::Response& res, const HttpError& e) {
+HttpResponse Server::Impl::Error(const HttpRequest& req, const HttpError& e) {
+  HttpResponse r = Json(e.status, json{{"error", {{"code", e.code}, {"message", e.message}}}});
   if (e.status == 503 || e.status == 429) {
-    res.set_header("Retry-After", std::to_string(std::max(options.retry_after_s, 0)));
+    r.headers.emplace_back("Retry-After", std::to_string(std::max(options.retry_after_s, 0)));
   }
-  if (e.status == 401) res.set_header("WWW-Authenticate", "Bearer realm=\"stasis\"");
-  SendJson(res, e.status, json{{"error", {{"code", e.code}, {"message", e.message}}}});
+  if (e.status == 401) r.headers.emplace_back("WWW-Authenticate", "Bearer realm=\"stasis\"");
+  if (e.rejected) req.annotations.rejected = true;
+  return r;
 }
 
-bool Server::Impl::Authorized(const httplib::Request& req) const {
-  return internal::BearerTokenMatches(req.get_header_value("Authorization"), options.token);
+bool Server::Impl::Authorized(const HttpRequest& req) const {
+  return internal::BearerTokenMatches(std::string(req.Header("Authorization")), options.token);
 }
 
-std::string Server::Impl::NewRequestId(const httplib::Request& req) {
-  const std::string given = req.get_header_value("X-Request-Id");
+std::string Server::Impl::NewRequestId(const HttpRequest& req) {
+  const std::string_view given = req.Header("X-Request-Id");
   if (!given.empty() && given.size() <= 64 && std::all_of(given.begin(), given.end(), [](char c) {
         return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.';
       })) {
-    return given;
+    return std::string(given);
   }
   char buf[32];
   std::snprintf(buf, sizeof(buf), "r%06llx",
@@ -147,37 +158,71 @@ std::string Server::Impl::NewRequestId(const httplib::Request& req) {
   return buf;
 }
 
-void Server::Impl::ObserveInfer(const httplib::Request& req, const httplib::Response& res,
-                                bool rejected) {
-  RequestContext& ctx = tls_request;
-  if (req.path != "/v1/infer" || req.method != "POST" || !ctx.active || ctx.observed) return;
-  ctx.observed = true;
-  std::string_view outcome = "ok";
-  if (rejected) {
-    outcome = "rejected";
-  } else if (res.status >= 500) {
-    outcome = "server_error";
-  } else if (res.status >= 400) {
-    outcome = "client_error";
-  }
-  metrics->ObserveRequest(outcome, static_cast<double>(clock->NowNanos() - ctx.start_ns) / 1e9);
-  metrics->Set("stasis_queued", admission.queued());
-  metrics->SyncLifecycle(lifecycle->status());
+void Server::Impl::Annotate(const HttpRequest& req) {
+  if (!req.annotations.id.empty()) return;
+  req.annotations.id = NewRequestId(req);
+  req.annotations.start_ns = clock->NowNanos();
 }
 
-void Server::Impl::LogRequest(const httplib::Request& req, const httplib::Response& res) {
-  RequestContext& ctx = tls_request;
+std::optional<HttpResponse> Server::Impl::OnHead(const HttpRequest& head) {
+  Annotate(head);
+  if (!options.token.empty() && head.path != "/healthz" && !Authorized(head)) {
+    return Stamp(head, Error(head, {401, "unauthenticated", "missing or invalid bearer token"}));
+  }
+  if (!IsKnownPath(head.path)) {
+    return Stamp(head, Error(head, {404, "not_found",
+                                    "no such endpoint: " + Printable(head.method, 16) + " " +
+                                        Printable(head.path)}));
+  }
+  return std::nullopt;
+}
+
+HttpResponse Server::Impl::ErrorAnswer(const HttpRequest& request, int status, std::string code,
+                                       std::string message) {
+  Annotate(request);
+  return Stamp(request, Error(request, {status, std::move(code), std::move(message)}));
+}
+
+HttpResponse Server::Impl::Handle(HttpRequest& req) {
+  Annotate(req);
+  try {
+    return Stamp(req, Route(req));
+  } catch (const std::bad_alloc&) {
+    spdlog::error("request {}: out of memory", req.annotations.id);
+    return Stamp(req,
+                 Error(req, {503, "resource_exhausted", "out of memory handling the request"}));
+  } catch (const std::exception& e) {
+    // The text stays in the log: it may name internals the client has no use for.
+    spdlog::error("request {}: unhandled exception: {}", req.annotations.id, e.what());
+    return Stamp(
+        req, Error(req, {500, "internal", "internal error (request " + req.annotations.id + ")"}));
+  }
+}
+
+void Server::Impl::OnDone(const HttpRequest& req, const HttpResponse& res, bool written) {
+  const internal::RequestAnnotations& a = req.annotations;
+  const int64_t now = clock->NowNanos();
+  const double seconds = a.id.empty() ? 0.0 : static_cast<double>(now - a.start_ns) / 1e9;
+  if (req.path == "/v1/infer" && req.method == "POST") {
+    std::string_view outcome = "ok";
+    if (a.rejected) {
+      outcome = "rejected";
+    } else if (res.status >= 500) {
+      outcome = "server_error";
+    } else if (res.status >= 400) {
+      outcome = "client_error";
+    }
+    metrics->ObserveRequest(outcome, seconds);
+    metrics->Set("stasis_queued", admission.queued());
+    metrics->SyncLifecycle(lifecycle->status());
+  }
   const bool probe = req.path == "/healthz" || req.path == "/readyz" || req.path == "/metrics";
-  const double latency_ms =
-      ctx.active ? static_cast<double>(clock->NowNanos() - ctx.start_ns) / 1e6 : 0.0;
   spdlog::log(probe ? spdlog::level::debug : spdlog::level::info,
               "request id={} method={} path={} status={} state={} cold={} latency_ms={:.3f} "
-              "remote={}",
-              ctx.active ? ctx.id : "-", Printable(req.method, 16), Printable(req.path), res.status,
-              ModelStateName(lifecycle->state()),
-              ctx.cold < 0 ? "-" : (ctx.cold ? "true" : "false"), latency_ms,
-              Printable(req.remote_addr, 64));
-  ctx = RequestContext();
+              "remote={}{}",
+              a.id.empty() ? "-" : a.id, Printable(req.method, 16), Printable(req.path), res.status,
+              ModelStateName(lifecycle->state()), a.cold < 0 ? "-" : (a.cold ? "true" : "false"),
+              seconds * 1e3, Printable(req.remote, 64), written ? "" : " (not delivered)");
 }
 
 bool Server::Impl::Enter() {
@@ -195,120 +240,57 @@ void Server::Impl::Leave() {
   cv.notify_all();
 }
 
-void Server::Impl::Install() {
-  const int pool = std::max({options.threads, options.max_concurrency + options.queue + 2, 2});
-  http.new_task_queue = [pool] { return new httplib::ThreadPool(static_cast<size_t>(pool)); };
-  http.set_payload_max_length(static_cast<size_t>(options.max_body_bytes));
-  http.set_keep_alive_timeout(std::max(options.keep_alive_timeout_s, 0));
-
-  http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
-    RequestContext& ctx = tls_request;
-    ctx = RequestContext();
-    ctx.active = true;
-    ctx.id = NewRequestId(req);
-    ctx.start_ns = clock->NowNanos();
-    res.set_header("X-Request-Id", ctx.id);
-    if (!options.token.empty() && req.path != "/healthz" && !Authorized(req)) {
-      // The body is not read: close the connection rather than parse it as a request.
-      res.set_header("Connection", "close");
-      SendError(res, {401, "unauthenticated", "missing or invalid bearer token"});
-      ObserveInfer(req, res, false);
-      return httplib::Server::HandlerResponse::Handled;
+HttpResponse Server::Impl::Route(HttpRequest& req) {
+  HttpResponse res;
+  const bool post = req.method == "POST";
+  const bool get = req.method == "GET";
+  if (req.path == "/v1/infer" && post) {
+    res = HandleInfer(req);
+  } else if (req.path == "/v1/warmup" && post) {
+    res = HandleWarmup(req);
+  } else if (req.path == "/v1/unload" && post) {
+    res = HandleUnload(req);
+  } else if (req.path == "/v1/status" && get) {
+    res = HandleStatus();
+  } else if (req.path == "/healthz" && get) {
+    res = Json(200, json{{"status", "ok"}});
+  } else if (req.path == "/readyz" && get) {
+    res = HandleReadyz();
+  } else if (req.path == "/metrics" && get) {
+    res = HandleMetrics();
+  } else {
+    const bool known = IsKnownPath(req.path);
+    res = Error(req, {known ? 405 : 404, known ? "method_not_allowed" : "not_found",
+                      (known ? "method not allowed: " : "no such endpoint: ") +
+                          Printable(req.method, 16) + " " + Printable(req.path)});
+    if (known) {
+      const bool post_only =
+          req.path == "/v1/infer" || req.path == "/v1/warmup" || req.path == "/v1/unload";
+      res.headers.emplace_back("Allow", post_only ? "POST" : "GET");
     }
-    return httplib::Server::HandlerResponse::Unhandled;
-  });
-
-  // Answers httplib produced itself (404, 413, 400 for a malformed request...) get the
-  // JSON error body too.
-  http.set_error_handler(httplib::Server::HandlerWithResponse([this](const httplib::Request& req,
-                                                                     httplib::Response& res) {
-    if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-    HttpError e;
-    e.status = res.status;
-    switch (res.status) {
-      case 404:
-        e.code = "not_found";
-        e.message = "no such endpoint: " + Printable(req.method, 16) + " " + Printable(req.path);
-        break;
-      case 413:
-        e.code = "payload_too_large";
-        e.message = "request body exceeds " + std::to_string(options.max_body_bytes) + " bytes";
-        break;
-      case 400:
-        e.code = "bad_request";
-        e.message = "malformed HTTP request";
-        break;
-      default:
-        e.code = "http_" + std::to_string(res.status);
-        e.message = "HTTP error " + std::to_string(res.status);
-        break;
-    }
-    SendError(res, e);
-    ObserveInfer(req, res, false);
-    return httplib::Server::HandlerResponse::Handled;
-  }));
-
-  http.set_exception_handler(
-      [this](const httplib::Request& req, httplib::Response& res, std::exception_ptr ep) {
-        std::string what = "unknown exception";
-        try {
-          if (ep) std::rethrow_exception(ep);
-        } catch (const std::exception& e) {
-          what = e.what();
-        } catch (...) {
-        }
-        spdlog::error("request {}: unhandled exception: {}", tls_request.id, what);
-        // The text stays in the log: it may name internals the client has no use for.
-        SendError(res, {500, "internal", "internal error (request " + tls_request.id + ")"});
-        ObserveInfer(req, res, false);
-      });
-
-  http.set_logger(
-      [this](const httplib::Request& req, const httplib::Response& res) { LogRequest(req, res); });
-
-  http.Post("/v1/infer",
-            [this](const httplib::Request& req, httplib::Response& res) { HandleInfer(req, res); });
-  http.Post("/v1/warmup", [this](const httplib::Request& req, httplib::Response& res) {
-    HandleWarmup(req, res);
-  });
-  http.Post("/v1/unload", [this](const httplib::Request& req, httplib::Response& res) {
-    HandleUnload(req, res);
-  });
-  http.Get("/v1/status",
-           [this](const httplib::Request& req, httplib::Response& res) { HandleStatus(req, res); });
-  http.Get("/healthz", [this](const httplib::Request&, httplib::Response& res) {
-    SendJson(res, 200, json{{"status", "ok"}});
-  });
-  http.Get("/readyz",
-           [this](const httplib::Request& req, httplib::Response& res) { HandleReadyz(req, res); });
-  http.Get("/metrics", [this](const httplib::Request& req, httplib::Response& res) {
-    HandleMetrics(req, res);
-  });
+  }
+  return res;
 }
 
 // ----- /v1/infer -----
 
-void Server::Impl::HandleInfer(const httplib::Request& req, httplib::Response& res) {
+HttpResponse Server::Impl::HandleInfer(HttpRequest& req) {
   if (!Enter()) {
-    HttpError e{503, "shutting_down", "the server is shutting down", true};
-    SendError(res, e);
-    ObserveInfer(req, res, true);
-    return;
+    return Error(req, {503, "shutting_down", "the server is shutting down", true});
   }
   ActiveRequest active_request{this};
-  std::optional<HttpError> err = RunInfer(req, res);
-  if (err) SendError(res, *err);
-  ObserveInfer(req, res, err && err->rejected);
+  HttpResponse res;
+  if (std::optional<HttpError> err = RunInfer(req, &res)) return Error(req, *err);
+  return res;
 }
 
-std::optional<HttpError> Server::Impl::RunInfer(const httplib::Request& req,
-                                                httplib::Response& res) {
+std::optional<HttpError> Server::Impl::RunInfer(HttpRequest& req, HttpResponse* res) {
   if (req.body.size() > options.max_body_bytes) {
     return HttpError{413, "payload_too_large",
                      "request body exceeds " + std::to_string(options.max_body_bytes) + " bytes"};
   }
   const internal::WireFormats formats = internal::NegotiateWireFormats(
-      req.get_header_value("Content-Type"), req.get_header_value("Accept"));
+      std::string(req.Header("Content-Type")), std::string(req.Header("Accept")));
 
   std::vector<TensorData> inputs;
   if (formats.safetensors_in) {
@@ -321,6 +303,8 @@ std::optional<HttpError> Server::Impl::RunInfer(const httplib::Request& req,
                  &inputs)) {
     return e;
   }
+  // The body is not needed any more; a large one should not live through the inference.
+  std::string().swap(req.body);
 
   switch (admission.Acquire()) {
     case Admission::Result::kAdmitted:
@@ -347,12 +331,18 @@ std::optional<HttpError> Server::Impl::RunInfer(const httplib::Request& req,
     } slot{&admission};
     result = lifecycle->Infer(inputs, &cold);
   }
-  tls_request.cold = cold ? 1 : 0;
+  req.annotations.cold = cold ? 1 : 0;
   if (!result.ok()) return FromStatus(result.status());
 
-  const double latency_ms = static_cast<double>(clock->NowNanos() - tls_request.start_ns) / 1e6;
-  res.set_header("X-Stasis-Cold", cold ? "true" : "false");
-  res.set_header("X-Stasis-Latency-Ms", Fixed3(latency_ms));
+  // Bound the answer before building it: a small request can ask for a huge output.
+  const uint64_t estimate = internal::EstimateOutputBytes(*result, !formats.safetensors_out);
+  if (estimate > options.max_output_bytes) {
+    return HttpError{413, "output_too_large",
+                     "the answer would take about " + std::to_string(estimate) +
+                         " bytes, over the limit of " + std::to_string(options.max_output_bytes) +
+                         " (stasis serve --max-output)"};
+  }
+  const double latency_ms = static_cast<double>(clock->NowNanos() - req.annotations.start_ns) / 1e6;
   if (formats.safetensors_out) {
     auto body = internal::EncodeSafetensors(
         *result, {{"cold", cold ? "true" : "false"}, {"latency_ms", Fixed3(latency_ms)}});
@@ -360,60 +350,49 @@ std::optional<HttpError> Server::Impl::RunInfer(const httplib::Request& req,
       return HttpError{500, "internal",
                        "cannot encode the outputs: " + std::string(body.status().message())};
     }
-    res.status = 200;
-    res.set_content(std::move(body).value(), kSafetensorsType);
-    return std::nullopt;
+    res->status = 200;
+    res->content_type = kSafetensorsType;
+    res->body = std::move(body).value();
+  } else {
+    json outputs;
+    if (auto e = internal::OutputsToJson(*result, &outputs)) return e;
+    *res = Json(200, json{{"outputs", std::move(outputs)},
+                          {"cold", cold},
+                          {"latency_ms", latency_ms},
+                          {"request_id", req.annotations.id}});
   }
-  json outputs;
-  if (auto e = internal::OutputsToJson(*result, &outputs)) return e;
-  SendJson(res, 200,
-           json{{"outputs", std::move(outputs)},
-                {"cold", cold},
-                {"latency_ms", latency_ms},
-                {"request_id", tls_request.id}});
+  res->headers.emplace_back("X-Stasis-Cold", cold ? "true" : "false");
+  res->headers.emplace_back("X-Stasis-Latency-Ms", Fixed3(latency_ms));
   return std::nullopt;
 }
 
 // ----- admin and observability -----
 
-void Server::Impl::HandleWarmup(const httplib::Request& req, httplib::Response& res) {
-  if (!Enter()) {
-    SendError(res, {503, "shutting_down", "the server is shutting down", true});
-    return;
-  }
+HttpResponse Server::Impl::HandleWarmup(HttpRequest& req) {
+  if (!Enter()) return Error(req, {503, "shutting_down", "the server is shutting down", true});
   ActiveRequest active_request{this};
   const bool was_warm = lifecycle->state() == ModelState::kWarm;
   const int64_t start = clock->NowNanos();
   Status s = lifecycle->Warmup();
   metrics->SyncLifecycle(lifecycle->status());
-  if (s.ok()) {
-    tls_request.cold = was_warm ? 0 : 1;
-    SendJson(res, 200,
-             json{{"state", ModelStateName(lifecycle->state())},
-                  {"cold", !was_warm},
-                  {"latency_ms", static_cast<double>(clock->NowNanos() - start) / 1e6}});
-  } else {
-    SendError(res, FromStatus(s));
-  }
+  if (!s.ok()) return Error(req, FromStatus(s));
+  req.annotations.cold = was_warm ? 0 : 1;
+  return Json(200, json{{"state", ModelStateName(lifecycle->state())},
+                        {"cold", !was_warm},
+                        {"latency_ms", static_cast<double>(clock->NowNanos() - start) / 1e6}});
 }
 
-void Server::Impl::HandleUnload(const httplib::Request& req, httplib::Response& res) {
-  if (!Enter()) {
-    SendError(res, {503, "shutting_down", "the server is shutting down", true});
-    return;
-  }
+HttpResponse Server::Impl::HandleUnload(HttpRequest& req) {
+  if (!Enter()) return Error(req, {503, "shutting_down", "the server is shutting down", true});
   ActiveRequest active_request{this};
   const bool was_warm = lifecycle->state() == ModelState::kWarm;
   Status s = lifecycle->UnloadNow();
   metrics->SyncLifecycle(lifecycle->status());
-  if (s.ok()) {
-    SendJson(res, 200, json{{"state", ModelStateName(lifecycle->state())}, {"unloaded", was_warm}});
-  } else {
-    SendError(res, FromStatus(s));
-  }
+  if (!s.ok()) return Error(req, FromStatus(s));
+  return Json(200, json{{"state", ModelStateName(lifecycle->state())}, {"unloaded", was_warm}});
 }
 
-void Server::Impl::HandleStatus(const httplib::Request&, httplib::Response& res) {
+HttpResponse Server::Impl::HandleStatus() {
   const LifecycleStatus st = lifecycle->status();
   metrics->SyncLifecycle(st);
   bool is_draining;
@@ -446,18 +425,19 @@ void Server::Impl::HandleStatus(const httplib::Request&, httplib::Response& res)
   } else {
     j["last_restore"] = nullptr;
   }
-  SendJson(res, 200, j);
+  return Json(200, j);
 }
 
-void Server::Impl::HandleReadyz(const httplib::Request&, httplib::Response& res) {
+HttpResponse Server::Impl::HandleReadyz() {
   bool is_draining;
   {
     std::lock_guard l(mu);
     is_draining = draining;
   }
   const ModelState state = lifecycle->state();
+  const HttpRequest none;
   if (is_draining) {
-    SendError(res, {503, "shutting_down", "the server is shutting down", true});
+    return Error(none, {503, "shutting_down", "the server is shutting down", true});
   } else if (state == ModelState::kFailed) {
     const LifecycleStatus st = lifecycle->status();
     std::string message = "the last restore failed: " + st.last_error;
@@ -466,17 +446,18 @@ void Server::Impl::HandleReadyz(const httplib::Request&, httplib::Response& res)
       std::snprintf(retry, sizeof retry, " (retrying by itself in %.1f s)", st.retry_in_seconds);
       message += retry;
     }
-    SendError(res, {503, "failed", message, false});
-  } else {
-    SendJson(res, 200, json{{"ready", true}, {"state", ModelStateName(state)}});
+    return Error(none, {503, "failed", message, false});
   }
+  return Json(200, json{{"ready", true}, {"state", ModelStateName(state)}});
 }
 
-void Server::Impl::HandleMetrics(const httplib::Request&, httplib::Response& res) {
+HttpResponse Server::Impl::HandleMetrics() {
   metrics->Set("stasis_queued", admission.queued());
   metrics->SyncLifecycle(lifecycle->status());
-  res.status = 200;
-  res.set_content(metrics->Render(), "text/plain; version=0.0.4; charset=utf-8");
+  HttpResponse res;
+  res.content_type = "text/plain; version=0.0.4; charset=utf-8";
+  res.body = metrics->Render();
+  return res;
 }
 
 // ----- Server -----
@@ -518,51 +499,31 @@ StatusOr<std::unique_ptr<Server>> Server::Start(Lifecycle* lifecycle, Metrics* m
       return InvalidArgumentError("server: file root is not a directory: " + o.file_root);
     }
   }
-  impl->Install();
-  if (o.port == 0) {
-    impl->port = impl->http.bind_to_any_port(o.host);
-    if (impl->port <= 0) {
-      return UnavailableError("server: cannot bind " + o.host + " (ephemeral port)");
-    }
-  } else {
-    if (!impl->http.bind_to_port(o.host, o.port)) {
-      return UnavailableError("server: cannot bind " + o.host + ":" + std::to_string(o.port));
-    }
-    impl->port = o.port;
-  }
-  Impl* p = impl.get();
-  impl->listener = std::thread([p] {
-    p->http.listen_after_bind();
-    {
-      std::lock_guard l(p->mu);
-      p->listener_done = true;
-    }
-    p->cv.notify_all();
-  });
-  // stop() is a no-op until the listener runs: wait for it, so Shutdown always stops it.
-  for (;;) {
-    if (p->http.is_running()) break;
-    {
-      std::lock_guard l(p->mu);
-      if (p->listener_done) break;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-  {
-    std::lock_guard l(p->mu);
-    if (p->listener_done) {
-      p->listener.join();
-      return UnavailableError("server: the listener stopped at once on " + o.host + ":" +
-                              std::to_string(p->port));
-    }
-  }
+  internal::HttpServerOptions h;
+  h.host = o.host;
+  h.port = o.port;
+  h.max_body_bytes = o.max_body_bytes;
+  h.max_header_bytes = o.max_header_bytes;
+  h.header_timeout_ms = o.header_timeout_ms;
+  h.keep_alive_timeout_ms = std::max(o.keep_alive_timeout_s, 0) * int64_t{1000};
+  h.body_timeout_ms = o.body_timeout_ms;
+  h.write_timeout_ms = o.write_timeout_ms;
+  h.shutdown_grace_ms = o.shutdown_grace_ms;
+  h.max_connections = o.max_connections;
+  h.io_threads = std::max(o.io_threads, 1);
+  h.workers = std::max({o.threads, o.max_concurrency + o.queue + 2, 2});
+  h.max_pending = h.workers;
+  auto http = internal::HttpServer::Start(impl.get(), std::move(h));
+  if (!http.ok()) return http.status().WithContext("server");
+  impl->http = std::move(http).value();
   metrics->SyncLifecycle(lifecycle->status());
-  spdlog::debug("listening on http://{}:{} (max_concurrency={}, queue={}{})", o.host, p->port,
-                o.max_concurrency, o.queue, o.token.empty() ? "" : ", token required");
+  spdlog::debug("listening on http://{}:{} (max_concurrency={}, queue={}{})", o.host,
+                impl->http->port(), o.max_concurrency, o.queue,
+                o.token.empty() ? "" : ", token required");
   return std::unique_ptr<Server>(new Server(std::move(impl)));
 }
 
-int Server::port() const { return impl_->port; }
+int Server::port() const { return impl_->http->port(); }
 
 bool Server::draining() const {
   std::lock_guard l(impl_->mu);
@@ -581,8 +542,12 @@ void Server::Shutdown() {
   }
   std::lock_guard g(m.stop_mu);
   if (m.stopped) return;
-  m.http.stop();
-  if (m.listener.joinable()) m.listener.join();
+  m.http->Stop();
+  {
+    std::lock_guard l(m.mu);
+    m.transport_done = true;
+  }
+  m.cv.notify_all();
   m.stopped = true;
   spdlog::info("server stopped");
 }
@@ -590,7 +555,7 @@ void Server::Shutdown() {
 void Server::Wait() {
   Impl& m = *impl_;
   std::unique_lock l(m.mu);
-  m.cv.wait(l, [&] { return m.listener_done; });
+  m.cv.wait(l, [&] { return m.transport_done; });
 }
 
 }  // namespace stasis::runtime

@@ -1,7 +1,9 @@
 // File: runtime/server.h
 //
-// The HTTP front of `stasis serve` (cpp-httplib; JSON through nlohmann). It turns requests
-// into Lifecycle calls and reports what happened; docs/runtime.md describes the API.
+// The HTTP front of `stasis serve`: the routes, on the hardened transport of
+// runtime/http_server.h (Boost.Beast; its limits, deadlines and strict parsing are listed
+// there), JSON through nlohmann. It turns requests into Lifecycle calls and reports what
+// happened; docs/runtime.md describes the API.
 //
 //   POST /v1/infer    inputs → outputs (below); restores the model first when it is cold
 //   POST /v1/warmup   Lifecycle::Warmup()          POST /v1/unload   Lifecycle::UnloadNow()
@@ -27,12 +29,17 @@
 //  format; otherwise it follows the request's.
 //
 // Errors are JSON {"error":{"code":"...","message":"..."}}: 400 malformed requests (bad
-// JSON, unknown dtype, shape/data mismatch, bad URL), 401 missing/wrong token, 403 a file://
+// JSON, JSON nested deeper than 64, a number out of range, unknown dtype, a dimension above
+// 2^31-1, shape/data mismatch, bad URL; malformed HTTP), 401 missing/wrong token (checked
+// on the head, before any body is read; the connection is then closed), 403 a file://
 // input outside file_root (or file inputs disabled) or an http:// input from a host not in
-// http_input_hosts, 404 unknown path or input file, 413
-// body over max_body_bytes, 502 an http:// input that could not be fetched, 503 (with
-// Retry-After) queue full, queue timeout or shutting down; errors of the lifecycle map by
-// code (HttpStatusForCode).
+// http_input_hosts, 404 unknown path or input file, 405 a known path with another method,
+// 413 a body over max_body_bytes (after Content-Encoding is undone) or an answer that would
+// exceed max_output_bytes (code "output_too_large"), 415/501 an unknown content or transfer
+// coding, 431 a head over its limit, 502 an http:// input that could not be fetched, 503
+// (with Retry-After) queue full, queue timeout, shutting down, or a failed restore (the
+// lifecycle reports those as kUnavailable); other errors of the lifecycle map by code
+// (HttpStatusForCode).
 //
 // Admission: at most max_concurrency requests run inside the model; up to `queue` more
 // wait (FIFO) for a slot, each at most request_timeout_ns (measured on the injected Clock);
@@ -40,8 +47,10 @@
 // cold start) is not interrupted.
 //
 // Shutdown: readyz and new requests answer 503 at once; requests already received (running
-// or queued) finish; then the listener stops (after at most keep_alive_timeout_s more when
-// clients hold idle keep-alive connections).
+// or queued) finish; then the transport stops: answers being written get
+// shutdown_grace_ms, every other connection (idle, or a client still sending) is closed.
+// So Shutdown returns within the time the received requests take plus that grace,
+// whatever clients do.
 //
 // Thread safety: port(), Shutdown() and Wait() may be called from any thread.
 #ifndef STASIS_RUNTIME_SERVER_H_
@@ -77,12 +86,22 @@ struct ServerOptions {
   // only it can reach. Redirects are not followed.
   std::vector<std::string> http_input_hosts;  // checked by CheckHttpInputHosts
   int64_t fetch_timeout_ns = 30'000'000'000;  // connect/read timeout of http:// inputs
-  // Worker threads of the HTTP server. The pool gets at least max_concurrency + queue + 2
-  // threads, so that admission (not the pool) queues inferences and probes still answer.
+  // Threads that run inferences and admin calls (connections themselves are asynchronous
+  // and hold no thread). At least max_concurrency + queue + 2, so that admission (not the
+  // pool) queues inferences.
   int threads = 8;
-  // How long an idle keep-alive connection is kept. cpp-httplib 0.11 notices a stop only
-  // between requests, so Shutdown can wait this long for idle keep-alive connections.
-  int keep_alive_timeout_s = 2;
+  int io_threads = 2;  // threads of the asynchronous transport
+  // The largest answer to an inference, estimated from the outputs' shapes before it is
+  // encoded (JSON: at most 24 characters an element); larger ones get 413 output_too_large.
+  uint64_t max_output_bytes = 64ull << 20;
+  uint32_t max_header_bytes = 16 << 10;  // request line and headers together (431 past it)
+  int64_t header_timeout_ms = 10'000;    // the head of a connection's first request
+  int64_t body_timeout_ms = 60'000;      // a whole body
+  int64_t write_timeout_ms = 60'000;     // a whole answer
+  int64_t shutdown_grace_ms = 2'000;     // for answers being written when the server stops
+  int max_connections = 1024;            // more are closed at once
+  // Idle time (and head) allowed between requests of a keep-alive connection.
+  int keep_alive_timeout_s = 5;
   int retry_after_s = 1;  // the Retry-After of 503 answers
   std::string model;      // shown in /v1/status (e.g. ModelHost::Describe())
 };

@@ -294,10 +294,14 @@ StatusOr<std::string> EncodeSafetensors(
 std::optional<HttpError> ParseJsonInputs(const std::string& body, uint64_t max_body_bytes,
                                          const UrlInputReader& read_url,
                                          std::vector<TensorData>* out) {
+  if (!JsonDepthWithin(body, kMaxJsonDepth)) {
+    return HttpError{400, "bad_json",
+                     "JSON nested deeper than " + std::to_string(kMaxJsonDepth) + " levels"};
+  }
   json doc;
   try {
     doc = json::parse(body);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for 1e400
     return HttpError{400, "bad_json", std::string("malformed JSON: ") + e.what()};
   }
   if (!doc.is_object() || !doc.contains("inputs") || !doc["inputs"].is_array()) {
@@ -343,9 +347,10 @@ std::optional<HttpError> ParseJsonInputs(const std::string& body, uint64_t max_b
           (d.is_number_integer() && !d.is_number_unsigned() && d.get<int64_t>() < 0)) {
         return BadRequest(where + ".shape: expected non-negative integers");
       }
-      if (d.is_number_unsigned() &&
-          d.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
-        return BadRequest(where + ".shape: dimension too large");
+      // No real tensor has a dimension of 2^31 or more; refusing them here keeps shapes
+      // such as [2^62, 0] (zero elements, yet impossible) away from the model.
+      if (d.get<uint64_t>() > uint64_t{kMaxDimension}) {
+        return BadRequest(where + ".shape: dimension above " + std::to_string(kMaxDimension));
       }
       t.shape.push_back(d.get<int64_t>());
     }
@@ -368,6 +373,74 @@ std::optional<HttpError> ParseJsonInputs(const std::string& body, uint64_t max_b
     out->push_back(std::move(t));
   }
   return std::nullopt;
+}
+
+uint64_t EstimateOutputBytes(const std::vector<TensorData>& outputs, bool json_answer) {
+  // JSON: the widest element a dtype prints ("-1.23456789e-308," is 24 characters), plus
+  // a little per tensor for the name, dtype and shape.
+  uint64_t total = 256;
+  for (const TensorData& t : outputs) {
+    total += 256 + t.name.size();
+    if (!json_answer) {
+      total += t.bytes.size();
+      continue;
+    }
+    const uint64_t elem = std::max<uint64_t>(DTypeBits(t.dtype) / 8, 1);
+    uint64_t per = 24;
+    switch (t.dtype) {
+      case DType::kBool:
+        per = 6;
+        break;
+      case DType::kU8:
+      case DType::kI8:
+        per = 5;
+        break;
+      case DType::kU16:
+      case DType::kI16:
+        per = 7;
+        break;
+      case DType::kU32:
+      case DType::kI32:
+        per = 12;
+        break;
+      case DType::kF16:
+      case DType::kBF16:
+        per = 16;
+        break;
+      case DType::kF32:
+        per = 16;
+        break;
+      default:
+        break;
+    }
+    total += (t.bytes.size() / elem) * per;
+  }
+  return total;
+}
+
+bool JsonDepthWithin(std::string_view text, int max_depth) {
+  int depth = 0;
+  bool in_string = false, escaped = false;
+  for (char c : text) {
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+      continue;
+    }
+    if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > max_depth) return false;
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return true;
 }
 
 std::optional<HttpError> OutputsToJson(const std::vector<TensorData>& outputs, json* out) {

@@ -75,6 +75,19 @@ std::optional<HttpError> ParseJsonInputs(const std::string& body, uint64_t max_b
                                          const UrlInputReader& read_url,
                                          std::vector<TensorData>* out);
 
+// Requests nested deeper are refused before parsing (a body of '[' would otherwise cost
+// ~90 bytes of memory per byte).
+inline constexpr int kMaxJsonDepth = 64;
+// The largest dimension an input shape may have.
+inline constexpr uint32_t kMaxDimension = 0x7fffffff;
+
+// False when brackets in `text` (outside strings) nest deeper than `max_depth`.
+bool JsonDepthWithin(std::string_view text, int max_depth);
+
+// An upper bound of the bytes an answer carrying `outputs` takes: as JSON (`json_answer`)
+// or as safetensors. Cheap: it looks at sizes only.
+uint64_t EstimateOutputBytes(const std::vector<TensorData>& outputs, bool json_answer);
+
 // The "outputs" array of a JSON answer. Errors (500): an output whose byte size does not
 // match its shape, or whose dtype JSON does not carry (code "unimplemented").
 std::optional<HttpError> OutputsToJson(const std::vector<TensorData>& outputs, nlohmann::json* out);

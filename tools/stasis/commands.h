@@ -52,12 +52,12 @@ int RunExport(const RestoreArgs& a, const std::string& output, bool force);
 struct ServeArgs {
   std::string image, device = "cpu", host = "127.0.0.1", idle_timeout = "30s", on_idle = "unload",
                      token_file, log_format = "text", file_root, request_timeout = "60s",
-                     max_body = "256MiB", retry_backoff = "1s";
+                     max_body = "256MiB", max_output = "64MiB", retry_backoff = "1s";
   std::vector<std::string> http_inputs;  // hosts http:// inputs may come from; "*" any
   int port = 8000, max_concurrency = 1, queue = 64, threads = 0;
   bool warmup = false, verbose = false, yield_io = false;
 };
-// Serves until SIGTERM/SIGINT (drain in-flight requests, release the device, exit 0) or,
+// Serves until SIGTERM/SIGINT/SIGHUP (drain in-flight requests, release the device, exit 0) or,
 // with --on-idle exit, until the idle timeout passes (exit 0).
 int RunServe(const ServeArgs& a);
 

@@ -74,7 +74,10 @@ int main(int argc, char** argv) {
   serve->add_option("--queue", serve_args.queue, "inferences waiting; more get 503 (default 64)");
   serve->add_option("--request-timeout", serve_args.request_timeout,
                     "longest wait for a slot (default 60s)");
-  serve->add_option("--max-body", serve_args.max_body, "largest request body (default 256MiB)");
+  serve->add_option("--max-body", serve_args.max_body,
+                    "largest request body, after decompression (default 256MiB)");
+  serve->add_option("--max-output", serve_args.max_output,
+                    "largest inference answer; larger ones get 413 (default 64MiB)");
   serve->add_option("--file-root", serve_args.file_root,
                     "directory file:// inputs may be read from (default: none allowed)");
   serve
@@ -82,7 +85,10 @@ int main(int argc, char** argv) {
                    "hosts http:// inputs may be fetched from: HOST or HOST:PORT, comma-separated, "
                    "* for any (default: none allowed)")
       ->delimiter(',');
-  serve->add_option("--threads", serve_args.threads, "HTTP worker threads");
+  serve
+      ->add_option("--threads", serve_args.threads,
+                   "threads running inferences and admin calls (connections need none)")
+      ->check(CLI::Range(1, 4096));
   serve->add_flag("--warmup", serve_args.warmup, "restore at start, not on the first request");
   serve->add_option("--token-file", serve_args.token_file,
                     "require 'Authorization: Bearer <token>' (all but /healthz)");

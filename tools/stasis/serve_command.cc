@@ -94,6 +94,9 @@ int RunServe(const ServeArgs& a) {
   auto max_body = ParseSize(a.max_body);
   if (!max_body.ok()) return ReportError(max_body.status());
   so.max_body_bytes = *max_body;
+  auto max_output = ParseSize(a.max_output);
+  if (!max_output.ok()) return ReportError(max_output.status().WithContext("--max-output"));
+  so.max_output_bytes = *max_output;
   if (!a.token_file.empty()) {
     auto token = ReadToken(a.token_file);
     if (!token.ok()) return ReportError(token.status());
@@ -118,6 +121,7 @@ int RunServe(const ServeArgs& a) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);   // a closed terminal: drain like SIGTERM rather than die
   sigaddset(&signals, SIGUSR1);  // sent to ourselves when the idle timeout says exit
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
@@ -163,7 +167,8 @@ int RunServe(const ServeArgs& a) {
   // the listener opens rather than accept requests only to drain them.
   sigset_t pending;
   if (sigpending(&pending) == 0 &&
-      (sigismember(&pending, SIGTERM) == 1 || sigismember(&pending, SIGINT) == 1)) {
+      (sigismember(&pending, SIGTERM) == 1 || sigismember(&pending, SIGINT) == 1 ||
+       sigismember(&pending, SIGHUP) == 1)) {
     spdlog::info("stopped by a signal before serving");
     Status s = lifecycle.UnloadNow();
     if (!s.ok()) spdlog::warn("releasing the device failed: {}", s.ToString());
