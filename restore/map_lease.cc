@@ -172,20 +172,22 @@ StatusOr<std::shared_ptr<MapLease>> MapLease::Acquire(int fd, uint64_t bytes, Le
     Registry& r = Reg();
     std::lock_guard<std::mutex> l(r.mu);
     Status s = EnsureWatcherLocked(r);
-    if (!s.ok()) {
-      lease->held_ = false;
-      return Refused(std::string(s.message()));
-    }
+    if (!s.ok()) return Refused(std::string(s.message()));
     r.leases[dup] = lease;
   }
   const int rc = seam->TakeReadLease(dup, MapLeaseSignal());
   if (rc != 0) {
-    lease->held_ = false;
     std::string why = std::strerror(-rc);
     if (rc == -EAGAIN) why += " (the image is open for writing)";
     if (rc == -EACCES || rc == -EPERM) why += " (the image is not this user's, and no CAP_LEASE)";
     if (rc == -EINVAL) why += " (the file system has no leases)";
     return Refused("F_SETLEASE: " + why);
+  }
+  {
+    // Held from now on. Not before: the watcher would take a lease not yet taken for a
+    // broken one. A break that came in between is found by the next once-a-second check.
+    std::lock_guard<std::mutex> l(lease->mu_);
+    lease->held_ = true;
   }
   Wake();  // the watcher now polls once a second
   return lease;
@@ -243,8 +245,10 @@ Status MapLease::CopyOutAndRelease() {
   std::vector<std::pair<uint8_t*, uint64_t>> left;
   Status first;
   for (const auto& [addr, len] : merged) {
-    void* scratch =
-        ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    // Populated up front: faulting fresh pages one by one during the memcpy took a third
+    // longer (472 MiB: 0.40-0.49 s against 0.28-0.34 s), time the writer waits.
+    void* scratch = ::mmap(nullptr, len, PROT_READ | PROT_WRITE,
+                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
     if (scratch == MAP_FAILED) {
       if (first.ok()) first = ErrnoToStatus(errno, "memory to copy " + Num(len) + " bytes out");
       left.emplace_back(addr, len);

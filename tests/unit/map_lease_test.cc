@@ -346,6 +346,27 @@ TEST_F(MapLeaseTest, AProcessHandlerForTheSignalIsNeverReplacedAndMeansCopied) {
   ExpectOriginal(**model);
 }
 
+TEST_F(MapLeaseTest, ALostSignalIsCaughtByTheWatchersOnceASecondCheck) {
+  auto model = RestoredModel::Restore(image(), Mapped());
+  ASSERT_OK(model.status());
+  ASSERT_GT((*model)->report().chunks_mapped, 0u);
+  // The process ignores the signal from now on: the break's signal is lost.
+  struct sigaction ignore, saved;
+  std::memset(&ignore, 0, sizeof(ignore));
+  ignore.sa_handler = SIG_IGN;
+  sigemptyset(&ignore.sa_mask);
+  ASSERT_EQ(::sigaction(internal::MapLeaseSignal(), &ignore, &saved), 0);
+  const auto start = std::chrono::steady_clock::now();
+  std::thread writer([&] { OverwriteInPlace(image(), std::string(64, 'z')); });
+  writer.join();
+  const double waited =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ASSERT_EQ(::sigaction(internal::MapLeaseSignal(), &saved, nullptr), 0);
+  EXPECT_LT(waited, 10.0) << "the kernel's break time ran out instead (45 s by default)";
+  EXPECT_FALSE(ProcessMapsInode(ino_));
+  ExpectOriginal(**model);
+}
+
 TEST_F(MapLeaseTest, ABreakBeforeAChunkIsMappedReadsItInstead) {
   auto m = ImageReader::Open(image());
   ASSERT_OK(m.status());
