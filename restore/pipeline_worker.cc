@@ -1,9 +1,6 @@
 #include "restore/pipeline_worker.h"
 
-#include <sys/mman.h>
-
 #include <algorithm>
-#include <cerrno>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -24,7 +21,7 @@ class PipelineWorker {
   PipelineWorker(const format::Manifest& m, const RestorePlan& plan, const WorkerPlan& work,
                  int index, ReadEngine* engine, DeviceBackend* backend,
                  const std::vector<MappedRegion>& regions, uint8_t* staging, bool verify_raw,
-                 bool verify_stored, std::atomic<bool>* cancel)
+                 bool verify_stored, std::atomic<bool>* cancel, internal::MapLease* lease)
       : m_(m),
         plan_(plan),
         work_(work),
@@ -35,7 +32,8 @@ class PipelineWorker {
         staging_(staging),
         verify_raw_(verify_raw),
         verify_stored_(verify_stored),
-        cancel_(cancel) {}
+        cancel_(cancel),
+        lease_(lease) {}
 
   Status Run(WorkerTimes* times) {
     times_ = times;
@@ -62,8 +60,9 @@ class PipelineWorker {
   struct Pending {
     size_t task = 0;
     int read_slot = -1;
-    int out_slot = -1;  // a staged decode's output, taken with its read slot
-    int ops = 0;        // reads outstanding
+    int out_slot = -1;             // a staged decode's output, taken with its read slot
+    int ops = 0;                   // reads outstanding
+    bool read_not_mapped = false;  // a map-route chunk read instead (its lease was gone)
     Status status;
   };
 
@@ -98,9 +97,10 @@ class PipelineWorker {
     }
   }
 
-  // Reads a task submits at once.
+  // Reads a task submits at once (at most: a map-route chunk is read only when its lease
+  // is gone).
   size_t ReadsOf(const ChunkTask& t) const {
-    if (t.route == ChunkRoute::kMapInPlace) return 0;
+    if (t.route == ChunkRoute::kMapInPlace) return 1;
     if (t.route != ChunkRoute::kReadInPlace) return 1;
     const uint64_t stored = m_.chunks[t.chunk].stored_size;
     return (t.in_place_bytes > 0 ? 1 : 0) + (t.in_place_bytes < stored ? 1 : 0);
@@ -117,12 +117,25 @@ class PipelineWorker {
       // The checksum pass faults them in; without it, one read per page does, so every
       // byte is resident on return either way. Faults beat MADV_POPULATE_READ here: they
       // map a large page-cache folio at once (2.6 GB: 0.14 s against 0.18-0.23 s).
+      // Only under the lease, which keeps the file from changing until the range is
+      // copied out (restore/map_lease.h): the checksum below then checks for good.
       uint8_t* dst = regions_[c.region_id].host_view + c.dst_offset;
+      if (lease_ == nullptr) return InternalError("a chunk on the map route without a lease");
       Stopwatch start;
-      void* got = ::mmap(dst, c.stored_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED,
-                         engine_->MappableFd(), static_cast<off_t>(c.file_offset));
-      if (got == MAP_FAILED)
-        return ErrnoToStatus(errno, "chunk " + Num(t.chunk) + ": map the image");
+      lease_->seam()->BeforeMap(t.chunk);
+      StatusOr<bool> mapped = lease_->Map(dst, c.stored_size, c.file_offset);
+      lease_->seam()->AfterMap(t.chunk);
+      STASIS_RETURN_IF_ERROR(mapped.status().WithContext("chunk " + Num(t.chunk)));
+      if (!*mapped) {
+        // The lease broke first (a writer is waiting): read the chunk into place, checked
+        // as any read is. Offset, destination and size are whole pages, so any direct-I/O
+        // alignment up to a page holds.
+        times_->read += start.Seconds();
+        p.read_not_mapped = true;
+        STASIS_RETURN_IF_ERROR(queue_->Submit({c.file_offset, c.stored_size, dst, tag, -1}));
+        ++p.ops;
+        return OkStatus();
+      }
       if (!verify_stored_) {
         const volatile uint8_t* bytes = dst;
         uint8_t sink = 0;
@@ -190,7 +203,10 @@ class PipelineWorker {
     };
     switch (t.route) {
       case ChunkRoute::kMapInPlace: {
-        times_->mapped++;
+        if (p.read_not_mapped)
+          times_->in_place++;
+        else
+          times_->mapped++;
         return verify_stored(region.host_view + c.dst_offset);
       }
       case ChunkRoute::kReadInPlace: {
@@ -293,6 +309,7 @@ class PipelineWorker {
   static constexpr uint64_t kFaultStride = 4096;
   uint8_t touched_ = 0;  // keeps the fault-in reads
   std::atomic<bool>* cancel_;
+  internal::MapLease* lease_;
   WorkerTimes* times_ = nullptr;
   std::unique_ptr<ReadQueue> queue_;
   std::vector<int> free_slots_;
@@ -308,7 +325,7 @@ Status RunPipelineWorker(const PipelineWorkerArgs& args, WorkerTimes* times,
                          bool* abandoned_reads) {
   PipelineWorker worker(*args.manifest, *args.plan, args.plan->workers[args.index], args.index,
                         args.engine, args.backend, *args.regions, args.staging, args.verify_raw,
-                        args.verify_stored, args.cancel);
+                        args.verify_stored, args.cancel, args.lease);
   Status s = worker.Run(times);
   *abandoned_reads = worker.abandoned_reads();
   return s;

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "restore/io/read_engine.h"
+#include "restore/map_lease.h"
 #include "restore/restore_plan.h"
 #include "stasis/device_backend.h"
 #include "stasis/image.h"
@@ -40,6 +41,9 @@ struct PipelineWorkerArgs {
   bool verify_stored = true;
   // Set by a worker that failed; the others stop at their next chunk (kCancelled).
   std::atomic<bool>* cancel = nullptr;
+  // The read lease chunks on the map route are mapped under (required when the plan has
+  // any). A chunk whose lease is gone by the time it comes is read into place instead.
+  internal::MapLease* lease = nullptr;
 };
 
 // Runs worker `args.index` to the end of its work, or to its first error, then waits for

@@ -34,6 +34,8 @@ nlohmann::json RestoreReportJson(const RestoreReport& r) {
   j["chunks"] = r.chunks;
   j["chunks_read_in_place"] = r.chunks_read_in_place;
   j["chunks_mapped"] = r.chunks_mapped;
+  j["map_reason"] = r.map_reason;
+  j["image_replaced"] = r.image_replaced;
   j["staging_bytes"] = r.staging_bytes;
   j["verified_raw"] = r.verified_raw;
   j["verified_stored"] = r.verified_stored;

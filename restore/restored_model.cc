@@ -12,6 +12,7 @@
 #include "restore/device/open_backend.h"
 #include "restore/io/file_read_engine.h"
 #include "restore/io/read_engine.h"
+#include "restore/map_lease.h"
 #include "restore/pipeline_worker.h"
 #include "restore/restore_plan.h"
 #include "stasis/image.h"
@@ -35,6 +36,72 @@ Status CheckSameFile(const std::string& image, const RandomAccessFile& manifest_
                 image + " was replaced while it was being opened; restore it again");
 }
 
+// Which file a restore read: device and inode (unknown through the FileSystem seam).
+struct FileId {
+  bool known = false;
+  dev_t dev = 0;
+  ino_t ino = 0;
+  bool operator==(const FileId& o) const {
+    return known == o.known && dev == o.dev && ino == o.ino;
+  }
+};
+
+FileId IdentityOf(const ReadEngine& engine) {
+  FileId id;
+  struct stat st;
+  if (engine.MappableFd() >= 0 && ::fstat(engine.MappableFd(), &st) == 0) {
+    id.known = true;
+    id.dev = st.st_dev;
+    id.ino = st.st_ino;
+  }
+  return id;
+}
+
+// Open: footer, manifest (validated), and the read engine, checked to be the same file.
+Status OpenImage(const std::string& image, const RestoreOptions& options,
+                 std::unique_ptr<ImageReader>* reader, std::unique_ptr<ReadEngine>* engine) {
+  STASIS_ASSIGN_OR_RETURN(*reader, ImageReader::Open(image, options.fs));
+  if (options.fs != nullptr) {
+    STASIS_ASSIGN_OR_RETURN(*engine, NewFileSystemReadEngine(options.fs, image, options.queue_depth,
+                                                             options.fault_hook));
+  } else {
+    ReadEngineOptions ro;
+    ro.backend = options.io;
+    ro.direct = options.direct;
+    ro.queue_depth = options.queue_depth;
+    ro.fault_hook = options.fault_hook;
+    ro.yield_io = options.yield_io;
+    STASIS_ASSIGN_OR_RETURN(*engine, OpenReadEngine(image, ro));
+  }
+  return CheckSameFile(image, (*reader)->file(), **engine);
+}
+
+// "" when `now` lays its tensors out as `was` does, in regions that fit where `was`'s were
+// placed (so every address handed out stays right), else the first difference. Chunks,
+// codecs, address hints, sections and metadata may differ.
+std::string LayoutDifference(const format::Manifest& was, const format::Manifest& now,
+                             const std::vector<MappedRegion>& placed) {
+  if (was.regions.size() != now.regions.size())
+    return Num(now.regions.size()) + " regions, not " + Num(was.regions.size());
+  for (size_t i = 0; i < was.regions.size(); ++i) {
+    const format::RegionInfo &a = was.regions[i], &b = now.regions[i];
+    if (a.size != b.size || a.device_kind != b.device_kind)
+      return "region " + Num(i) + " differs in size or device";
+    if (b.alignment > 1 && placed[i].address % b.alignment != 0)
+      return "region " + Num(i) + " asks for an alignment of " + Num(b.alignment) +
+             " its address does not have";
+  }
+  if (was.tensors.size() != now.tensors.size())
+    return Num(now.tensors.size()) + " tensors, not " + Num(was.tensors.size());
+  for (size_t i = 0; i < was.tensors.size(); ++i) {
+    const format::TensorInfo &a = was.tensors[i], &b = now.tensors[i];
+    if (a.name != b.name || a.dtype != b.dtype || a.shape != b.shape || a.strides != b.strides ||
+        a.region_id != b.region_id || a.byte_offset != b.byte_offset || a.byte_size != b.byte_size)
+      return "tensor " + Num(i) + " ('" + a.name + "') differs";
+  }
+  return "";
+}
+
 }  // namespace
 
 struct RestoredModel::State {
@@ -42,6 +109,10 @@ struct RestoredModel::State {
   RestoreOptions options;
   std::unique_ptr<ImageReader> reader;
   std::unique_ptr<ReadEngine> engine;
+  FileId file;  // what `engine` reads
+  // The read lease the map route's chunks are mapped under (null when nothing is mapped).
+  // Dropped by Unload (the ranges become anonymous again), copied out on a break.
+  std::shared_ptr<internal::MapLease> lease;
   // A worker's queue kept reads it could not reap: the kernel may still write into the
   // staging and the regions, so neither is ever freed (see ~RestoredModel).
   bool abandoned_reads = false;
@@ -64,24 +135,10 @@ StatusOr<std::unique_ptr<RestoredModel>> RestoredModel::Restore(const std::strin
         "restore: queue depth must be 2..4096 (a chunk read in place "
         "can need two reads at once), not " +
         std::to_string(options.queue_depth));
-  // Open: footer, manifest (validated), and the read engine.
   Stopwatch t;
-  STASIS_ASSIGN_OR_RETURN(st.reader, ImageReader::Open(image, options.fs));
-  if (options.fs != nullptr) {
-    STASIS_ASSIGN_OR_RETURN(
-        st.engine,
-        NewFileSystemReadEngine(options.fs, image, options.queue_depth, options.fault_hook));
-  } else {
-    ReadEngineOptions ro;
-    ro.backend = options.io;
-    ro.direct = options.direct;
-    ro.queue_depth = options.queue_depth;
-    ro.fault_hook = options.fault_hook;
-    ro.yield_io = options.yield_io;
-    STASIS_ASSIGN_OR_RETURN(st.engine, OpenReadEngine(image, ro));
-  }
+  STASIS_RETURN_IF_ERROR(OpenImage(image, options, &st.reader, &st.engine));
+  st.file = IdentityOf(*st.engine);
   report.io = st.engine->report();
-  STASIS_RETURN_IF_ERROR(CheckSameFile(image, st.reader->file(), *st.engine));
   report.phases.open = t.Seconds();
 
   // The device backend, then every region mapped (at its recorded address when free).
@@ -160,19 +217,51 @@ Status RestoredModel::RunPipeline() {
     po.max_slots_per_worker =
         std::max(2, std::min(slots_cap, DeviceBackend::kMaxSlots / std::max(po.workers, 1)));
   };
-  cap_slots();
-  StatusOr<RestorePlan> planned = PlanRestore(m, po);
-  // The default worker count follows the cores; with many cores and large chunks it can ask
-  // for more slots than the staging memory holds. Fewer workers then, not an error (an
-  // explicit --threads keeps its error).
-  while (!planned.ok() && st.options.threads <= 0 && po.workers > 1 &&
-         planned.status().code() == StatusCode::kInvalidArgument) {
-    po.workers = std::max(1, po.workers / 2);
+  const int initial_workers = po.workers;
+  auto make_plan = [&]() -> StatusOr<RestorePlan> {
     cap_slots();
-    planned = PlanRestore(m, po);
+    StatusOr<RestorePlan> planned = PlanRestore(m, po);
+    // The default worker count follows the cores; with many cores and large chunks it can
+    // ask for more slots than the staging memory holds. Fewer workers then, not an error
+    // (an explicit --threads keeps its error).
+    while (!planned.ok() && st.options.threads <= 0 && po.workers > 1 &&
+           planned.status().code() == StatusCode::kInvalidArgument) {
+      po.workers = std::max(1, po.workers / 2);
+      cap_slots();
+      planned = PlanRestore(m, po);
+    }
+    return planned;
+  };
+  STASIS_ASSIGN_OR_RETURN(RestorePlan plan, make_plan());
+  // Never map without a read lease: without one a writer could change (or truncate) the
+  // file under memory already checked. The lease is asked for only when the plan maps.
+  st.lease.reset();
+  uint64_t map_bytes = 0;
+  for (const auto& w : plan.workers)
+    for (const auto& task : w.tasks)
+      if (task.route == ChunkRoute::kMapInPlace) map_bytes += m.chunks[task.chunk].stored_size;
+  if (st.options.map_file == RestoreOptions::MapFile::kOff) {
+    report.map_reason = "map off";
+  } else if (!can_map) {
+    report.map_reason = "the destination or the reader cannot map";
+  } else if (!po.map_raw_chunks) {
+    report.map_reason = "the image is not page-cache hot, or is read directly";
+  } else if (map_bytes == 0) {
+    report.map_reason = "no chunk is raw whole pages";
+  } else {
+    StatusOr<std::shared_ptr<internal::MapLease>> lease =
+        internal::MapLease::Acquire(st.engine->MappableFd(), map_bytes, st.options.lease_seam);
+    if (lease.ok()) {
+      st.lease = std::move(lease).value();
+      report.map_reason = "mapped under a read lease";
+    } else {
+      report.map_reason = std::string(lease.status().message()) + "; copied";
+      spdlog::info("restore of {}: {}", st.image, report.map_reason);
+      po.map_raw_chunks = false;
+      po.workers = initial_workers;
+      STASIS_ASSIGN_OR_RETURN(plan, make_plan());
+    }
   }
-  STASIS_RETURN_IF_ERROR(planned.status());
-  RestorePlan plan = std::move(planned).value();
   report.phases.plan = t.Seconds();
   report.workers = static_cast<int>(plan.workers.size());
   report.staging_bytes = plan.staging_bytes;
@@ -209,6 +298,7 @@ Status RestoredModel::RunPipeline() {
         args.verify_raw = st.options.verify;
         args.verify_stored = st.options.verify_stored;
         args.cancel = &cancel;
+        args.lease = st.lease.get();
         bool abandoned_reads = false;
         results[w] = RunPipelineWorker(args, &times[w], &abandoned_reads);
         if (!results[w].ok()) cancel = true;
@@ -285,6 +375,12 @@ uint64_t RestoredModel::device_bytes() const {
 Status RestoredModel::Unload() {
   if (!loaded_) return OkStatus();
   STASIS_RETURN_IF_ERROR(backend_->Synchronize());
+  // Mapped ranges become anonymous memory first (MADV_DONTNEED would leave them mapping
+  // the file), then the lease goes: nothing depends on the file any more.
+  if (state_->lease) {
+    STASIS_RETURN_IF_ERROR(state_->lease->DropAndRelease());
+    state_->lease.reset();
+  }
   for (const auto& r : regions_) STASIS_RETURN_IF_ERROR(backend_->Unload(r));
   loaded_ = false;
   return OkStatus();
@@ -294,8 +390,32 @@ Status RestoredModel::Reload() {
   if (loaded_) return OkStatus();
   Stopwatch start;
   Stopwatch t;
-  for (const auto& r : regions_) STASIS_RETURN_IF_ERROR(backend_->Reload(r));
+  // Reopen by path: after a failure, what is there now (a good image renamed onto the
+  // path) is what must be restored, not the file the first restore opened.
+  State& st = *state_;
+  std::unique_ptr<ImageReader> reader;
+  std::unique_ptr<ReadEngine> engine;
+  STASIS_RETURN_IF_ERROR(OpenImage(st.image, st.options, &reader, &engine));
+  const std::string difference =
+      LayoutDifference(st.reader->manifest(), reader->manifest(), regions_);
+  if (!difference.empty())
+    return FailedPreconditionError(st.image + " now holds an image of another layout (" +
+                                   difference + "); restore it anew");
+  const FileId file = IdentityOf(*engine);
+  report_.image_replaced = st.file.known && file.known && !(file == st.file);
+  if (report_.image_replaced)
+    spdlog::warn(
+        "reload of {}: the path names another file than the last restore; same layout, "
+        "restoring it",
+        st.image);
+  st.reader = std::move(reader);
+  st.engine = std::move(engine);
+  st.file = file;
+  report_.io = st.engine->report();
   report_.phases = RestorePhases{};
+  report_.phases.open = t.Seconds();
+  t.Restart();
+  for (const auto& r : regions_) STASIS_RETURN_IF_ERROR(backend_->Reload(r));
   report_.phases.map = t.Seconds();
   loaded_ = true;
   Status s = RunPipeline();

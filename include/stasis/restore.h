@@ -18,6 +18,33 @@
 // restores the bytes again at the same addresses, so pointers handed out stay valid
 // across an unload/reload cycle (only their contents are undefined while unloaded).
 //
+// The guarantee: restored memory holds the checked bytes and never changes after Restore
+// or Reload returned, whatever happens to the image file afterwards (rewritten in place
+// by cp, rsync --inplace or dd, truncated, deleted, replaced by rename); only the caller's
+// own writes change it. Raw chunks of a page-cache-hot image are mapped from the file
+// (RestoreOptions::map_file) only while stasis holds a read lease on it (fcntl
+// F_SETLEASE): a writer's open or truncate then waits while the mapped bytes are copied
+// into anonymous memory at the same addresses, and proceeds once nothing depends on the
+// file. Where no lease can be had (the image is not this user's and there is no
+// CAP_LEASE, a file system without leases, the image open for writing, the lease-break
+// signal SIGRTMIN+7 handled by the process itself, a lease-break-time too short for the
+// copy) the chunks are copied instead; report().map_reason says which. Limits: the copy
+// must finish within /proc/sys/fs/lease-break-time (refused up front when the mapped bytes
+// could not be copied at 1 GiB/s in half of it; if memory for the copy cannot be had it is
+// retried each second, and past the break time the kernel lets the writer in); writes the
+// caller makes into mapped memory while a copy-out runs may be lost; a fork()ed child
+// shares nothing of this (its mappings stay file-backed); writes that bypass the file
+// system (the block device) are not seen. Reading the file through other descriptors is
+// never affected.
+//
+// Reload() reopens the image by its path, so a good image renamed onto the path after a
+// failure is what the next Reload restores. The file there may be another one (another
+// device/inode, or rewritten in place): Reload restores it when its layout is the recorded
+// one (the same regions by size and alignment, the same tensors by name, dtype, shape,
+// strides and place), since every address handed out stays right, and reports
+// image_replaced; any other layout is kFailedPrecondition and the model stays unloaded
+// with the previous image's manifest (restore it anew with Restore).
+//
 // Thread safety: const accessors may be called concurrently. Unload/Reload must not run
 // concurrently with each other or with readers of tensor memory (the runtime serialises
 // them).
@@ -39,6 +66,10 @@
 #include "stasis/tensor.h"
 
 namespace stasis {
+
+namespace internal {
+class LeaseSeam;  // restore/map_lease.h
+}  // namespace internal
 
 // ---- How the image is read ----
 
@@ -85,9 +116,9 @@ struct RestoreOptions {
   // still faulted in (one read per page), so every byte is resident when Restore returns.
   bool verify_stored = true;
   // Raw chunks of a page-cache-hot image on the host backend: map the file's pages into
-  // place (private, copy-on-write) instead of copying them. kAuto maps when the engine
-  // found >= 90% of the image cached and reads buffered. The image must then not be
-  // modified in place while restored (stasis never does: it replaces images by rename).
+  // place (private, copy-on-write) instead of copying them, under a read lease on the
+  // image (see "The guarantee" above; without a lease they are copied). kAuto maps when
+  // the engine found >= 90% of the image cached and reads buffered.
   enum class MapFile { kAuto, kOn, kOff };
   MapFile map_file = MapFile::kAuto;
   // While *yield_io is true the restore's reads go at the idle I/O priority class, behind
@@ -103,6 +134,9 @@ struct RestoreOptions {
   FileSystem* fs = nullptr;
   std::function<StatusOr<std::unique_ptr<DeviceBackend>>(const DeviceSpec&)> backend_factory;
   std::function<int64_t(uint64_t, uint64_t, int64_t)> fault_hook;
+  // `lease_seam`: the OS calls behind the map route's read lease (restore/map_lease.h),
+  // to refuse a lease or break it at a chosen moment; must outlive the RestoredModel.
+  internal::LeaseSeam* lease_seam = nullptr;
 };
 
 // Seconds per phase. read/verify/decompress/copy are summed over workers (CPU-seconds
@@ -130,6 +164,13 @@ struct RestoreReport {
   size_t regions_with_hint = 0;  // regions that recorded an address at all
   uint64_t chunks_read_in_place = 0;
   uint64_t chunks_mapped = 0;  // raw chunks mapped from the page cache (no copy)
+  // Why raw chunks were mapped or not, e.g. "mapped under a read lease", "map off", "no
+  // read lease: F_SETLEASE: Resource temporarily unavailable (the image is open for
+  // writing); copied". Chunks whose lease broke before they were mapped count as read.
+  std::string map_reason;
+  // Reload() found another file at the image's path than the last restore (another device
+  // or inode), of the same layout, and restored it.
+  bool image_replaced = false;
   // Raw bytes restored per second of total wall time.
   double raw_gb_per_s() const { return phases.total > 0 ? raw_bytes / phases.total / 1e9 : 0; }
 };
@@ -173,9 +214,12 @@ class RestoredModel {
   // Device bytes held (0 while unloaded).
   uint64_t device_bytes() const;
 
-  // Releases device memory, keeping addresses. Idempotent.
+  // Releases device memory, keeping addresses, and the read lease on the image (mapped
+  // ranges become anonymous memory again). Idempotent.
   Status Unload();
-  // Restores the image again into the same addresses; the report is replaced.
+  // Reopens the image by its path and restores it again into the same addresses; the
+  // report is replaced. Errors: Restore's, and kFailedPrecondition when the path now holds
+  // an image of another layout (see above). On any error the model stays unloaded.
   Status Reload();
 
  private:
