@@ -15,7 +15,8 @@ CLI::Validator AtMost(int max) {
   return CLI::Validator(
       [max](std::string& text) -> std::string {
         int v = 0;
-        if (CLI::detail::lexical_cast(text, v) && v <= max) return "";
+        // Not a number: the conversion that follows says so.
+        if (!CLI::detail::lexical_cast(text, v) || v <= max) return "";
         return "Value " + text + " is above " + std::to_string(max);
       },
       "<= " + std::to_string(max));
