@@ -24,6 +24,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -188,7 +189,15 @@ Status WriteData(const std::vector<const TensorSpec*>& tensors, uint64_t seed, D
     };
     std::vector<std::thread> pool;
     const size_t helpers = std::min<size_t>(static_cast<size_t>(threads), end - start) - 1;
-    for (size_t i = 0; i < helpers; ++i) pool.emplace_back(work);
+    // Helpers only speed this up (`work` takes jobs until none is left): when the system
+    // will not start another thread, the ones already running do the rest.
+    for (size_t i = 0; i < helpers; ++i) {
+      try {
+        pool.emplace_back(work);
+      } catch (const std::system_error&) {
+        break;
+      }
+    }
     work();
     for (std::thread& t : pool) t.join();
     for (size_t j = start; j < end; ++j)

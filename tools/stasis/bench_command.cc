@@ -27,6 +27,7 @@
 #include "tools/stasis/bench_svg.h"
 #include "tools/stasis/cli_common.h"
 #include "tools/stasis/commands.h"
+#include "tools/stasis/same_file.h"
 
 extern char** environ;
 
@@ -189,6 +190,12 @@ int RunBench(const BenchArgs& a) {
     return ReportError(InvalidArgumentError("--runs must be 1..1000"));
   if (!a.hot && !a.cold)
     return ReportError(InvalidArgumentError("nothing to run (--no-hot without --cold)"));
+  std::string image = a.image;
+  if (image.empty())
+    image =
+        (std::filesystem::path(a.out) / std::filesystem::path(a.model).stem()).string() + ".stasis";
+  // A stale image is rewritten below: never when it is the model.
+  if (Status s = CheckOutputIsNotAnInput({a.model}, image); !s.ok()) return ReportError(s);
   // The device's part of libtorch before anything else (a stale image is snapshotted on
   // that device below).
   auto plugin = torch::LoadTorchPluginFor(a.device);
@@ -209,10 +216,6 @@ int RunBench(const BenchArgs& a) {
   std::error_code ec;
   std::filesystem::create_directories(a.out, ec);
   if (ec) return ReportError(ErrnoToStatus(ec.value(), "create " + a.out));
-  std::string image = a.image;
-  if (image.empty())
-    image =
-        (std::filesystem::path(a.out) / std::filesystem::path(a.model).stem()).string() + ".stasis";
   const bool stale =
       !std::filesystem::exists(image) ||
       std::filesystem::last_write_time(image, ec) < std::filesystem::last_write_time(a.model, ec);
@@ -356,7 +359,7 @@ int RunBench(const BenchArgs& a) {
   j["results"] = per_cache;
   const std::string json_path = (std::filesystem::path(a.out) / "bench.json").string();
   const std::string svg_path = (std::filesystem::path(a.out) / "bench.svg").string();
-  if (Status s = WriteFile(json_path, j.dump(2) + "\n"); !s.ok()) return ReportError(s);
+  if (Status s = WriteFile(json_path, DumpJson(j) + "\n"); !s.ok()) return ReportError(s);
   const std::string title = "stasis bench: " + std::filesystem::path(a.model).filename().string() +
                             " on " + a.device + " (medians of " + std::to_string(a.runs) +
                             " fresh processes)";

@@ -1,7 +1,8 @@
 // File: tools/cli_common.h
 //
 // What the stasis subcommands share: Status → exit code mapping (the only place errors
-// become exit codes), size parsing, a progress bar for TTYs, and human-readable numbers.
+// become exit codes), size parsing, JSON output, a progress bar for TTYs, and
+// human-readable numbers.
 #ifndef STASIS_TOOLS_CLI_COMMON_H_
 #define STASIS_TOOLS_CLI_COMMON_H_
 
@@ -9,6 +10,7 @@
 #include <chrono>
 #include <cstdint>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
 
@@ -25,9 +27,23 @@ inline constexpr int kExitIo = 4;
 inline constexpr int kExitUnsupported = 5;
 inline constexpr int kExitInternal = 70;
 
+// The bound on every --threads flag: far above what helps (each command is bound by I/O
+// or memory bandwidth long before), far below where starting threads fails (100000
+// threads abort in std::thread). Out-of-range numeric flags are usage errors (exit 1).
+inline constexpr int kMaxThreadsFlag = 1024;
+
 int ExitCodeFor(const Status& s);
 // Prints "stasis: error: <CODE>: <message>" to stderr and returns ExitCodeFor(s).
 int ReportError(const Status& s);
+
+// JSON text of `j` (indented by `indent`; -1: one line) for stdout and report files. Every
+// command dumps through this: strings from images and the command line (tensor names,
+// metadata, paths) need not be UTF-8, and nlohmann's default dump throws on them (an abort
+// in a command). Invalid bytes become U+FFFD here; the text output shows them as they are.
+template <typename JsonT>
+std::string DumpJson(const JsonT& j, int indent = 2) {
+  return j.dump(indent, ' ', /*ensure_ascii=*/false, JsonT::error_handler_t::replace);
+}
 
 // Parses "4194304", "4M", "4MiB", "512k", "1G" (binary units).
 StatusOr<uint64_t> ParseSize(std::string_view text);

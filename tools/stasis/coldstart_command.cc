@@ -152,7 +152,7 @@ int RunColdStart(const ColdStartArgs& a) {
   }
   if (!s.ok()) return ReportError(s);
   out["phases"] = log.json();
-  std::cout << out.dump() << "\n";
+  std::cout << DumpJson(out, -1) << "\n";
   return kExitOk;
 }
 

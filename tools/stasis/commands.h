@@ -27,6 +27,9 @@ struct SnapshotArgs {
   bool force = false, json = false, quiet = false;
   std::string device = "cpu", warmup_input;  // TorchScript only
 };
+// Like `export`, it refuses an output that is an input (same_file.h), removes the temporary
+// files of writers that are gone (temp_files.h) and, interrupted, its own (interrupt.h): to
+// be called while the process has no other thread.
 int RunSnapshot(const SnapshotArgs& a);
 
 // The image `snapshot` writes from a safetensors checkpoint (bench makes its images with it
@@ -47,6 +50,7 @@ struct RestoreArgs {
   std::string map = "auto";
 };
 int RunRestore(const RestoreArgs& a);
+// The guards of RunSnapshot on `output`, with the same contract.
 int RunExport(const RestoreArgs& a, const std::string& output, bool force);
 
 struct ServeArgs {

@@ -1,4 +1,6 @@
 // `stasis export`: an image restored to host memory and written as safetensors.
+#include <spdlog/spdlog.h>
+
 #include <cstdio>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -13,8 +15,11 @@
 #include "stasis/restore.h"
 #include "tools/stasis/cli_common.h"
 #include "tools/stasis/commands.h"
+#include "tools/stasis/interrupt.h"
 #include "tools/stasis/restore_options.h"
 #include "tools/stasis/row_major.h"
+#include "tools/stasis/same_file.h"
+#include "tools/stasis/temp_files.h"
 
 namespace stasis::cli {
 namespace {
@@ -24,7 +29,12 @@ using Json = nlohmann::ordered_json;
 }  // namespace
 
 int RunExport(const RestoreArgs& a, const std::string& output, bool force) {
+  // First, while this is the only thread (interrupt.h).
+  if (Status s = CleanUpOnInterrupt(output); !s.ok())
+    spdlog::warn("{}; an interrupted export may leave a temporary file", s.ToString());
   const Stopwatch start;
+  if (Status s = CheckOutputIsNotAnInput({a.image}, output); !s.ok()) return ReportError(s);
+  RemoveTempFiles(output, TempFiles::kStale);
   if (!force && DefaultFileSystem()->Exists(output))
     return ReportError(AlreadyExistsError("'" + output + "' exists (use --force to replace it)"));
   auto options = ToRestoreOptions(a);
@@ -58,7 +68,7 @@ int RunExport(const RestoreArgs& a, const std::string& output, bool force) {
   if (a.json) {
     Json j = {{"image", a.image},         {"output", output}, {"tensors", m.tensors.size()},
               {"raw_bytes", r.raw_bytes}, {"seconds", secs},  {"restore", RestoreReportJson(r)}};
-    std::cout << j.dump(2) << "\n";
+    std::cout << DumpJson(j) << "\n";
   } else {
     std::printf("exported %zu tensors (%s) to %s in %.2f s (restore %.3f s via %s)\n",
                 m.tensors.size(), HumanBytes(r.raw_bytes).c_str(), output.c_str(), secs,

@@ -78,7 +78,7 @@ int RunInspect(const std::string& path, bool json) {
       j["sections"].push_back({{"name", s.name}, {"size", s.size}, {"file_offset", s.file_offset}});
     j["metadata"] = Json::object();
     for (const auto& [k, v] : m.metadata) j["metadata"][k] = v;
-    std::cout << j.dump(2) << "\n";
+    std::cout << DumpJson(j) << "\n";
     return kExitOk;
   }
   std::printf("image     %s (format v%u, %s)\n", path.c_str(), format::kFormatVersion,

@@ -8,6 +8,22 @@
 #include "tools/stasis/commands.h"
 #include "tools/stasis/restore_options.h"
 
+namespace {
+
+// An upper bound alone, for flags whose command checks the lower one itself.
+CLI::Validator AtMost(int max) {
+  return CLI::Validator(
+      [max](std::string& text) -> std::string {
+        int v = 0;
+        // Not a number: the conversion that follows says so.
+        if (!CLI::detail::lexical_cast(text, v) || v <= max) return "";
+        return "Value " + text + " is above " + std::to_string(max);
+      },
+      "<= " + std::to_string(max));
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   using namespace stasis::cli;
   CLI::App app{"stasis: snapshot model tensors into a checksummed image and restore them fast"};
@@ -29,7 +45,9 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"auto", "raw", "zstd"}));
   snapshot->add_option("--level", snap.level, "zstd level (default 1)");
   snapshot->add_option("--chunk-size", snap.chunk_size, "raw bytes per chunk (default 4MiB)");
-  snapshot->add_option("--threads", snap.threads, "compression threads (default: all cores)");
+  const auto threads_range = CLI::Range(0, kMaxThreadsFlag);
+  snapshot->add_option("--threads", snap.threads, "compression threads (default: all cores)")
+      ->check(threads_range);
   snapshot->add_flag("--force", snap.force, "replace an existing image");
   snapshot->add_flag("--json", snap.json, "print a JSON report");
   snapshot->add_flag("-q,--quiet", snap.quiet, "no progress bar");
@@ -48,7 +66,7 @@ int main(int argc, char** argv) {
   coldstart->add_option("--input", cold.input);
   coldstart->add_option("--kind", cold.kind, "module (default) | tensors");
   coldstart->add_option("--spawn-ns", cold.spawn_ns);
-  coldstart->add_option("--threads", cold.threads);
+  coldstart->add_option("--threads", cold.threads)->check(threads_range);
   coldstart->add_flag("--library-first", cold.library_first);
   coldstart->add_flag("--yield-io", cold.yield_io);
 
@@ -58,7 +76,8 @@ int main(int argc, char** argv) {
   serve->add_option("image", serve_args.image, "image made from model.pt")->required();
   serve->add_option("--device", serve_args.device, "cpu|cuda[:N] (default cpu)");
   serve->add_option("--host", serve_args.host, "address to bind (default 127.0.0.1)");
-  serve->add_option("--port", serve_args.port, "port (default 8000; 0: any free port)");
+  serve->add_option("--port", serve_args.port, "port (default 8000; 0: any free port)")
+      ->check(CLI::Range(0, 65535));
   serve->add_option("--idle-timeout", serve_args.idle_timeout,
                     "unload (or exit) after this long without requests: 30s, 500ms, 2m, never");
   serve->add_flag("--yield-io", serve_args.yield_io,
@@ -69,9 +88,12 @@ int main(int argc, char** argv) {
                     "failure up to 60s (default 1s; never: only requests retry)");
   serve->add_option("--on-idle", serve_args.on_idle, "unload (default) | exit")
       ->check(CLI::IsMember({"unload", "exit"}));
-  serve->add_option("--max-concurrency", serve_args.max_concurrency,
-                    "inferences at once (default 1)");
-  serve->add_option("--queue", serve_args.queue, "inferences waiting; more get 503 (default 64)");
+  serve
+      ->add_option("--max-concurrency", serve_args.max_concurrency,
+                   "inferences at once (default 1)")
+      ->check(AtMost(kMaxThreadsFlag));
+  serve->add_option("--queue", serve_args.queue, "inferences waiting; more get 503 (default 64)")
+      ->check(AtMost(1 << 16));
   serve->add_option("--request-timeout", serve_args.request_timeout,
                     "longest wait for a slot (default 60s)");
   serve->add_option("--max-body", serve_args.max_body,
@@ -88,7 +110,7 @@ int main(int argc, char** argv) {
   serve
       ->add_option("--threads", serve_args.threads,
                    "threads running inferences and admin calls (connections need none)")
-      ->check(CLI::Range(1, 4096));
+      ->check(threads_range);
   serve->add_flag("--warmup", serve_args.warmup, "restore at start, not on the first request");
   serve->add_option("--token-file", serve_args.token_file,
                     "require 'Authorization: Bearer <token>' (all but /healthz)");
@@ -115,7 +137,8 @@ int main(int argc, char** argv) {
                    "codec of the image bench makes: raw (default: a page-cache-hot raw image "
                    "is mapped, not copied) | auto | zstd")
       ->check(CLI::IsMember({"auto", "raw", "zstd"}));
-  bench->add_option("--threads", bench_args.threads, "restore workers (default: all cores)");
+  bench->add_option("--threads", bench_args.threads, "restore workers (default: all cores)")
+      ->check(threads_range);
   bench->add_flag("--cold", bench_args.cold, "also measure with the page cache dropped");
   bench->add_flag("!--no-hot", bench_args.hot, "skip the page-cache-hot runs");
   bench->add_flag("--resnapshot", bench_args.force_snapshot, "snapshot again even if fresh");
@@ -133,7 +156,7 @@ int main(int argc, char** argv) {
   auto* verify =
       app.add_subcommand("verify", "Check every byte of an image; exit 0 only if intact");
   verify->add_option("image", image)->required();
-  verify->add_option("--threads", threads);
+  verify->add_option("--threads", threads)->check(threads_range);
   verify->add_flag("--json", json);
 
   RestoreArgs restore_args;

@@ -94,7 +94,7 @@ int RunRestore(const RestoreArgs& a) {
     Json j = RestoreReportJson((*restored)->report());
     if (a.digest)
       j["digest"] = {{"xxh3", hex}, {"tensors", digest.tensors}, {"seconds", digest.seconds}};
-    std::cout << j.dump(2) << "\n";
+    std::cout << DumpJson(j) << "\n";
   } else {
     PrintReport((*restored)->report());
     if (a.digest)

@@ -1,5 +1,7 @@
 #include "tools/stasis/restore_options.h"
 
+#include "tools/stasis/cli_common.h"
+
 namespace stasis::cli {
 
 StatusOr<RestoreOptions> ToRestoreOptions(const RestoreArgs& a) {
@@ -36,7 +38,9 @@ void AddRestoreFlags(CLI::App* cmd, RestoreArgs* a) {
       ->check(CLI::IsMember({"auto", "uring", "pread"}));
   cmd->add_option("--direct", a->direct, "O_DIRECT: auto (when the file is not cached)|on|off")
       ->check(CLI::IsMember({"auto", "on", "off"}));
-  cmd->add_option("--threads", a->threads, "pipeline workers (default: all cores)");
+  cmd->add_option("--threads", a->threads, "pipeline workers (default: all cores)")
+      ->check(CLI::Range(0, kMaxThreadsFlag));
+  // --queue-depth and --staging-mb are bounded where they are used (exit 2).
   cmd->add_option("--queue-depth", a->queue_depth, "reads in flight per worker (default 32)");
   cmd->add_option("--staging-mb", a->staging_mb, "staging memory bound in MiB (default 256)");
   cmd->add_option(

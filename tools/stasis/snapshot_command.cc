@@ -1,10 +1,13 @@
 // `stasis snapshot`: an image from a safetensors checkpoint (a file or a sharded
 // index.json) or from a TorchScript module (through the torch plugin).
+#include <spdlog/spdlog.h>
+
 #include <cstdio>
 #include <cstring>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "common/stopwatch.h"
 #include "snapshot/safetensors.h"
@@ -13,6 +16,9 @@
 #include "stasis/torch_plugin.h"
 #include "tools/stasis/cli_common.h"
 #include "tools/stasis/commands.h"
+#include "tools/stasis/interrupt.h"
+#include "tools/stasis/same_file.h"
+#include "tools/stasis/temp_files.h"
 
 namespace stasis::cli {
 namespace {
@@ -71,7 +77,7 @@ int SnapshotTorchScript(const SnapshotArgs& a, const WriterOptions& writer) {
     j["file_size"] = r.writer.file_size;
     j["ratio"] = ratio;
     j["seconds"] = secs;
-    std::cout << j.dump(2) << "\n";
+    std::cout << DumpJson(j) << "\n";
   } else {
     std::printf(
         "wrote %s: TorchScript module (torch %s, %s) with %zu parameters and %zu buffers in %zu "
@@ -113,7 +119,7 @@ int SnapshotSafetensors(const SnapshotArgs& a, WriterOptions opt) {
                    {"grouped", st.chunks_by_codec[2]}};
     j["seconds"] = secs;
     j["raw_gb_per_s"] = secs > 0 ? static_cast<double>(st.raw_bytes) / secs / 1e9 : 0.0;
-    std::cout << j.dump(2) << "\n";
+    std::cout << DumpJson(j) << "\n";
   } else {
     std::printf(
         "wrote %s: %s of tensor data in %s (ratio %.3f; chunks raw %llu, zstd %llu, grouped %llu) "
@@ -142,7 +148,24 @@ StatusOr<WriterStats> WriteSafetensorsImage(const std::string& input, const std:
   return writer->stats();
 }
 
+// The files the snapshot reads: the model and, for a sharded checkpoint, its shards (an
+// index that does not parse is reported by the import).
+std::vector<std::string> SnapshotInputs(const std::string& input) {
+  std::vector<std::string> inputs = {input};
+  if (input.size() >= 5 && input.compare(input.size() - 5, 5, ".json") == 0) {
+    if (auto shards = ReadSafetensorsIndex(DefaultFileSystem(), input); shards.ok())
+      inputs.insert(inputs.end(), shards->begin(), shards->end());
+  }
+  return inputs;
+}
+
 int RunSnapshot(const SnapshotArgs& a) {
+  // First, while this is the only thread (interrupt.h).
+  if (Status s = CleanUpOnInterrupt(a.output); !s.ok())
+    spdlog::warn("{}; an interrupted snapshot may leave a temporary file", s.ToString());
+  if (Status s = CheckOutputIsNotAnInput(SnapshotInputs(a.input), a.output); !s.ok())
+    return ReportError(s);
+  RemoveTempFiles(a.output, TempFiles::kStale);
   auto writer = WriterOptionsFromFlags(a);
   if (!writer.ok()) return ReportError(writer.status());
   if (LooksLikeZip(a.input)) return SnapshotTorchScript(a, *writer);

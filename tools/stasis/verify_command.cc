@@ -22,7 +22,7 @@ int RunVerify(const std::string& path, int threads, bool json) {
   if (!reader.ok()) {
     if (json) {
       Json j = {{"image", path}, {"intact", false}, {"errors", {reader.status().ToString()}}};
-      std::cout << j.dump(2) << "\n";
+      std::cout << DumpJson(j) << "\n";
       return ExitCodeFor(reader.status());
     }
     return ReportError(reader.status());
@@ -46,7 +46,7 @@ int RunVerify(const std::string& path, int threads, bool json) {
     j["seconds"] = secs;
     j["errors"] = Json::array();
     for (const auto& e : report->errors) j["errors"].push_back(e.ToString());
-    std::cout << j.dump(2) << "\n";
+    std::cout << DumpJson(j) << "\n";
   } else if (report->ok()) {
     std::printf("%s: intact (%llu chunks, %llu sections, %s checked in %.2f s)\n", path.c_str(),
                 static_cast<unsigned long long>(report->chunks_checked),
