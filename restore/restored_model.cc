@@ -161,6 +161,7 @@ StatusOr<std::unique_ptr<RestoredModel>> RestoredModel::Restore(const std::strin
   model->loaded_ = true;
   report.phases.map = t.Seconds();
 
+  model->tensors_.reserve(m.tensors.size());
   for (const auto& ti : m.tensors) {
     RestoredTensor rt;
     rt.name = ti.name;

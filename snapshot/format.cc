@@ -1,5 +1,7 @@
 #include "snapshot/format.h"
 
+#include <zstd.h>
+
 #include <algorithm>
 #include <cstring>
 #include <numeric>
@@ -22,6 +24,13 @@ class ByteWriter {
   void I64(int64_t v) { Le(static_cast<uint64_t>(v), 8); }
   void Zeros(size_t n) { out_.append(n, '\0'); }
   void Bytes(std::string_view s) { out_.append(s); }
+  void Varint(uint64_t v) {  // unsigned LEB128
+    while (v >= 0x80) {
+      out_.push_back(static_cast<char>((v & 0x7f) | 0x80));
+      v >>= 7;
+    }
+    out_.push_back(static_cast<char>(v));
+  }
   std::string Take() { return std::move(out_); }
 
  private:
@@ -44,6 +53,27 @@ class ByteCursor {
                            std::to_string(remaining()) + " left");
     }
     return OkStatus();
+  }
+  // The same, naming record `index` of kind `what` ("chunk", 7) only when it fails.
+  Status Need(size_t n, const char* what, uint64_t index, const char* tail = "") const {
+    if (n <= remaining()) return OkStatus();
+    return Need(n, std::string(what) + " " + Num(index) + tail);
+  }
+  // An unsigned LEB128 of at most 10 bytes that fits in 64 bits; false when it does not, or
+  // when it runs past the end (the cursor is then left anywhere: the caller fails).
+  bool Varint(uint64_t* v) {
+    uint64_t out = 0;
+    for (int shift = 0; shift < 70; shift += 7) {
+      if (pos_ >= b_.size()) return false;
+      const uint8_t byte = static_cast<uint8_t>(b_[pos_++]);
+      if (shift == 63 && byte > 1) return false;  // past 64 bits
+      out |= static_cast<uint64_t>(byte & 0x7f) << shift;
+      if ((byte & 0x80) == 0) {
+        *v = out;
+        return true;
+      }
+    }
+    return false;  // longer than 10 bytes
   }
   uint8_t U8() { return static_cast<uint8_t>(b_[pos_++]); }
   uint16_t U16() { return static_cast<uint16_t>(Le(2)); }
@@ -111,6 +141,13 @@ const std::string* Manifest::FindMetadata(std::string_view key) const {
   return nullptr;
 }
 
+uint64_t StorageAlignment(uint64_t bytes) {
+  if (bytes >= kStorageAlign) return kStorageAlign;
+  uint64_t a = 1;
+  while (a < bytes) a <<= 1;
+  return a;
+}
+
 uint64_t AlignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 uint64_t AlignDown(uint64_t v, uint64_t a) { return v / a * a; }
 
@@ -173,10 +210,20 @@ StatusOr<uint64_t> ViewByteSize(DType dtype, const std::vector<int64_t>& shape,
   return static_cast<uint64_t>(extent * (bits / 8));
 }
 
-std::string EncodeHeader() {
+namespace {
+
+bool KnownVersion(uint32_t v) { return v >= kOldestFormatVersion && v <= kFormatVersion; }
+
+std::string VersionsRead() {
+  return "this build reads versions " + Num(kOldestFormatVersion) + " to " + Num(kFormatVersion);
+}
+
+}  // namespace
+
+std::string EncodeHeader(uint32_t version) {
   ByteWriter w;
   w.Bytes(std::string_view(kHeaderMagic, 8));
-  w.U32(kFormatVersion);
+  w.U32(version);
   w.U32(kHeaderSize);
   w.U64(0);  // flags
   std::string h = w.Take();
@@ -188,21 +235,21 @@ std::string EncodeHeader() {
   return w2.Take();
 }
 
-Status DecodeHeader(std::string_view b) {
+StatusOr<uint32_t> DecodeHeader(std::string_view b) {
   if (b.size() < kHeaderSize) return OutOfRangeError("truncated: header needs 4096 bytes");
   if (std::memcmp(b.data(), kHeaderMagic, 8) != 0)
     return InvalidArgumentError("not a stasis image: bad header magic");
   uint32_t version = LoadU32(b.data() + 8);
-  if (version != kFormatVersion)
-    return UnimplementedError("unsupported image format version " + Num(version) +
-                              " (this build reads version " + Num(kFormatVersion) + ")");
+  if (!KnownVersion(version))
+    return UnimplementedError("unsupported image format version " + Num(version) + " (" +
+                              VersionsRead() + ")");
   if (Xxh3(b.data(), kHeaderChecked) != LoadU64(b.data() + 24))
     return DataLossError("header checksum mismatch");
   if (LoadU32(b.data() + 12) != kHeaderSize)
     return DataLossError("header: header_size is not 4096");
   if (LoadU64(b.data() + 16) != 0) return DataLossError("header: unknown flags set");
   if (!AllZero(b.substr(32, kHeaderSize - 32))) return DataLossError("header: padding is not zero");
-  return OkStatus();
+  return version;
 }
 
 std::string EncodeFooter(const Footer& f) {
@@ -211,9 +258,14 @@ std::string EncodeFooter(const Footer& f) {
   w.U64(f.manifest_size);
   w.U64(f.manifest_xxh3);
   w.U64(f.file_size);
-  w.U32(kFormatVersion);
+  w.U32(f.format_version);
   w.U32(0);
-  w.U64(0);
+  if (f.format_version >= 2) {
+    w.U32(static_cast<uint32_t>(f.manifest_codec));
+    w.U32(f.manifest_raw_size);
+  } else {
+    w.U64(0);
+  }
   std::string s = w.Take();
   uint64_t sum = Xxh3(s.data(), s.size());
   ByteWriter w2;
@@ -228,32 +280,50 @@ StatusOr<Footer> DecodeFooter(std::string_view b) {
   if (std::memcmp(b.data() + 56, kFooterMagic, 8) != 0)
     return InvalidArgumentError("not a stasis image: bad footer magic (truncated or not an image)");
   uint32_t version = LoadU32(b.data() + 32);
-  if (version != kFormatVersion)
-    return UnimplementedError("unsupported image format version " + Num(version) +
-                              " in footer (this build reads version " + Num(kFormatVersion) + ")");
+  if (!KnownVersion(version))
+    return UnimplementedError("unsupported image format version " + Num(version) + " in footer (" +
+                              VersionsRead() + ")");
   if (Xxh3(b.data(), kFooterChecked) != LoadU64(b.data() + 48))
     return DataLossError("footer checksum mismatch");
   if (LoadU32(b.data() + 36) != 0) return DataLossError("footer: unknown flags set");
-  if (LoadU64(b.data() + 40) != 0) return DataLossError("footer: reserved field is not zero");
   Footer f;
   f.manifest_offset = LoadU64(b.data());
   f.manifest_size = LoadU64(b.data() + 8);
   f.manifest_xxh3 = LoadU64(b.data() + 16);
   f.file_size = LoadU64(b.data() + 24);
+  f.format_version = version;
+  if (version == 1) {
+    if (LoadU64(b.data() + 40) != 0) return DataLossError("footer: reserved field is not zero");
+  } else {
+    const uint32_t codec = LoadU32(b.data() + 40);
+    if (codec > static_cast<uint32_t>(Codec::kZstd))
+      return DataLossError("footer: unknown manifest codec " + Num(codec));
+    f.manifest_codec = static_cast<Codec>(codec);
+    f.manifest_raw_size = LoadU32(b.data() + 44);
+    if (f.manifest_raw_size > kMaxManifestSize)
+      return ResourceExhaustedError("footer: manifest_raw_size " + Num(f.manifest_raw_size) +
+                                    " exceeds the limit of " + Num(kMaxManifestSize));
+    if (f.manifest_raw_size < kManifestHeaderSize)
+      return DataLossError("footer: manifest_raw_size " + Num(f.manifest_raw_size) +
+                           " is too small");
+    if (f.manifest_codec == Codec::kRaw && f.manifest_raw_size != f.manifest_size)
+      return DataLossError("footer: a raw manifest's manifest_raw_size differs from its size");
+  }
   if (f.manifest_offset < kHeaderSize || f.manifest_offset % kBlockAlign != 0)
     return DataLossError("footer: manifest_offset " + Num(f.manifest_offset) + " is misaligned");
   if (f.manifest_size > kMaxManifestSize)
     return ResourceExhaustedError("footer: manifest_size " + Num(f.manifest_size) +
                                   " exceeds the limit of " + Num(kMaxManifestSize));
-  if (f.manifest_size < kManifestHeaderSize)
+  if (f.manifest_size < (version == 1 ? kManifestHeaderSize : 1))
     return DataLossError("footer: manifest_size " + Num(f.manifest_size) + " is too small");
   if (f.file_size != f.manifest_offset + f.manifest_size + kFooterSize)
     return DataLossError("footer: file_size does not match manifest_offset + manifest_size + 64");
   return f;
 }
 
-std::string EncodeManifest(const Manifest& m) {
-  ByteWriter w;
+namespace {
+
+void EncodeHeadRegionsChunks(const Manifest& m, ByteWriter& w) {
   w.U32(static_cast<uint32_t>(m.regions.size()));
   w.U32(static_cast<uint32_t>(m.tensors.size()));
   w.U32(static_cast<uint32_t>(m.sections.size()));
@@ -281,18 +351,9 @@ std::string EncodeManifest(const Manifest& m) {
     w.U64(c.raw_xxh3);
     w.U64(0);
   }
-  for (const auto& t : m.tensors) {
-    w.U16(static_cast<uint16_t>(t.name.size()));
-    w.U8(static_cast<uint8_t>(t.dtype));
-    w.U8(static_cast<uint8_t>(t.shape.size()));
-    w.U32(t.region_id);
-    w.U64(t.byte_offset);
-    w.U64(t.byte_size);
-    w.U64(0);
-    w.Bytes(t.name);
-    for (int64_t d : t.shape) w.I64(d);
-    for (int64_t s : t.strides) w.I64(s);
-  }
+}
+
+void EncodeSectionsMetadata(const Manifest& m, ByteWriter& w) {
   for (const auto& s : m.sections) {
     w.U16(static_cast<uint16_t>(s.name.size()));
     w.Zeros(6);
@@ -308,10 +369,252 @@ std::string EncodeManifest(const Manifest& m) {
     w.Bytes(k);
     w.Bytes(v);
   }
+}
+
+bool IsRowMajor(const std::vector<int64_t>& shape, const std::vector<int64_t>& strides) {
+  if (shape.size() != strides.size()) return false;
+  int64_t s = 1;
+  for (size_t i = shape.size(); i-- > 0;) {
+    if (strides[i] != s) return false;
+    s *= shape[i] > 0 ? shape[i] : 1;
+  }
+  return true;
+}
+
+}  // namespace
+
+std::string EncodeManifest(const Manifest& m) {
+  ByteWriter w;
+  EncodeHeadRegionsChunks(m, w);
+  for (const auto& t : m.tensors) {
+    w.U16(static_cast<uint16_t>(t.name.size()));
+    w.U8(static_cast<uint8_t>(t.dtype));
+    w.U8(static_cast<uint8_t>(t.shape.size()));
+    w.U32(t.region_id);
+    w.U64(t.byte_offset);
+    w.U64(t.byte_size);
+    w.U64(0);
+    w.Bytes(t.name);
+    for (int64_t d : t.shape) w.I64(d);
+    for (int64_t s : t.strides) w.I64(s);
+  }
+  EncodeSectionsMetadata(m, w);
   return w.Take();
 }
 
-StatusOr<Manifest> DecodeManifest(std::string_view bytes, uint64_t manifest_offset) {
+std::string EncodeManifestV2(const Manifest& m) {
+  ByteWriter w;
+  EncodeHeadRegionsChunks(m, w);
+  std::string_view prev;
+  for (const auto& t : m.tensors) {
+    const std::string_view name = t.name;
+    // At least one byte of suffix: names are unique, so a reader that finds an empty suffix
+    // or an equal name has found damage.
+    size_t shared = 0;
+    while (shared < prev.size() && shared + 1 < name.size() && prev[shared] == name[shared])
+      ++shared;
+    w.Varint(shared);
+    w.Varint(name.size() - shared);
+    w.Bytes(name.substr(shared));
+    w.U8(static_cast<uint8_t>(t.dtype));
+    const bool row_major = IsRowMajor(t.shape, t.strides);
+    w.U8(static_cast<uint8_t>(t.shape.size() | (row_major ? 0 : kStridesPresent)));
+    w.Varint(t.region_id);
+    w.Varint(t.byte_offset);
+    for (int64_t d : t.shape) w.Varint(static_cast<uint64_t>(d));
+    if (!row_major)
+      for (int64_t s : t.strides) w.Varint(static_cast<uint64_t>(s));
+    prev = name;
+  }
+  EncodeSectionsMetadata(m, w);
+  return w.Take();
+}
+
+void SortTensorsByName(std::vector<TensorInfo>* tensors) {
+  std::sort(tensors->begin(), tensors->end(), [](const TensorInfo& a, const TensorInfo& b) {
+    return std::string_view(a.name) < std::string_view(b.name);
+  });
+}
+
+StatusOr<std::string> EncodeStoredManifest(const Manifest& m, uint32_t version, int zstd_level,
+                                           Footer* footer) {
+  if (!KnownVersion(version))
+    return InvalidArgumentError("cannot write image format version " + Num(version) + " (" +
+                                VersionsRead() + ")");
+  footer->format_version = version;
+  footer->manifest_codec = Codec::kRaw;
+  footer->manifest_raw_size = 0;
+  if (version == 1) return EncodeManifest(m);
+  std::string raw = EncodeManifestV2(m);
+  if (raw.size() > kMaxManifestSize) return ResourceExhaustedError("manifest exceeds 256 MiB");
+  footer->manifest_raw_size = static_cast<uint32_t>(raw.size());
+  std::string packed(ZSTD_compressBound(raw.size()), '\0');
+  const size_t n = ZSTD_compress(packed.data(), packed.size(), raw.data(), raw.size(), zstd_level);
+  // As for chunks: stored raw unless compression saves at least 5%.
+  if (ZSTD_isError(n) || n > raw.size() - raw.size() / 20) return raw;
+  packed.resize(n);
+  footer->manifest_codec = Codec::kZstd;
+  return packed;
+}
+
+StatusOr<std::string_view> DecodeStoredManifest(std::string_view stored, const Footer& f,
+                                                std::string* scratch) {
+  if (f.format_version == 1 || f.manifest_codec == Codec::kRaw) return stored;
+  if (f.manifest_codec != Codec::kZstd)
+    return DataLossError("manifest: unknown codec " + Num(static_cast<int>(f.manifest_codec)));
+  // Exactly one frame, declaring exactly the size the footer promised (bounded there), so
+  // nothing is allocated on a hostile frame's word.
+  const unsigned long long content = ZSTD_getFrameContentSize(stored.data(), stored.size());
+  if (content == ZSTD_CONTENTSIZE_ERROR || content == ZSTD_CONTENTSIZE_UNKNOWN ||
+      content != f.manifest_raw_size)
+    return DataLossError("manifest: the zstd frame does not declare the footer's size of " +
+                         Num(f.manifest_raw_size) + " bytes");
+  const size_t frame = ZSTD_findFrameCompressedSize(stored.data(), stored.size());
+  if (ZSTD_isError(frame) || frame != stored.size())
+    return DataLossError("manifest: not exactly one zstd frame");
+  scratch->resize(f.manifest_raw_size);
+  const size_t n = ZSTD_decompress(scratch->data(), scratch->size(), stored.data(), stored.size());
+  if (ZSTD_isError(n) || n != f.manifest_raw_size)
+    return DataLossError("manifest: the zstd frame does not decode to " + Num(f.manifest_raw_size) +
+                         " bytes");
+  return std::string_view(*scratch);
+}
+
+namespace {
+
+// "tensor 12 'name': " for messages, built only when one is needed.
+std::string TensorWhere(size_t i, std::string_view name) {
+  return "tensor " + Num(i) + " '" + std::string(name) + "'";
+}
+
+// Version 2 tensor records (docs/image-format.md, "Tensor record, v2"), each checked as it
+// is parsed: the order of names (hence uniqueness), dtype, rank, region, view size and
+// bounds. Messages are built only on failure: no work per tensor beyond its record.
+Status DecodeTensorsV2(ByteCursor& c, uint64_t count, Manifest* m) {
+  auto bad = [&](uint64_t i, std::string_view what) {
+    return DataLossError("tensor " + Num(i) + ": " + std::string(what));
+  };
+  m->tensors.resize(count);
+  std::string_view prev;
+  for (uint64_t i = 0; i < count; ++i) {
+    TensorInfo& t = m->tensors[i];
+    uint64_t shared = 0, suffix_len = 0;
+    if (!c.Varint(&shared) || !c.Varint(&suffix_len))
+      return bad(i, "name lengths are truncated or not a varint");
+    if (shared > prev.size())
+      return bad(i, "shares " + Num(shared) + " bytes with a previous name of " + Num(prev.size()));
+    if (suffix_len == 0 || suffix_len > kMaxTensorNameLen ||
+        shared + suffix_len > kMaxTensorNameLen)
+      return bad(i, "name length out of range");
+    STASIS_RETURN_IF_ERROR(c.Need(suffix_len + 2, "tensor", i, " name and dims"));
+    const std::string_view suffix = c.Bytes(suffix_len);
+    // The first `shared` bytes are equal, so the order is decided by the rest.
+    if (i > 0 && suffix.compare(prev.substr(shared)) <= 0) {
+      std::string name = std::string(prev.substr(0, shared)) + std::string(suffix);
+      if (name == prev) return bad(i, "duplicate name '" + name + "'");
+      return bad(i, "name '" + name + "' is not after '" + std::string(prev) +
+                        "' (tensors are sorted by name)");
+    }
+    if (suffix.find('\0') != std::string_view::npos) return bad(i, "name contains NUL");
+    t.name.reserve(shared + suffix_len);
+    t.name.assign(prev.data(), shared);
+    t.name.append(suffix);
+    prev = t.name;
+    const uint8_t dtype = c.U8();
+    const uint8_t rank_flags = c.U8();
+    auto dt = DTypeFromId(dtype);
+    if (!dt) return bad(i, "unknown dtype id " + Num(dtype));
+    t.dtype = *dt;
+    if (rank_flags & 0x80) return bad(i, "reserved bit of rank_flags is set");
+    const size_t rank = rank_flags & kRankMask;
+    if (rank > kMaxRank) return bad(i, "rank " + Num(rank) + " exceeds 32");
+    uint64_t region = 0;
+    if (!c.Varint(&region) || !c.Varint(&t.byte_offset))
+      return bad(i, "region or offset is truncated or not a varint");
+    if (region >= m->regions.size()) return bad(i, "region id " + Num(region) + " out of range");
+    t.region_id = static_cast<uint32_t>(region);
+    t.shape.resize(rank);
+    for (auto& d : t.shape) {
+      uint64_t v = 0;
+      if (!c.Varint(&v) || v >= (1ull << 63)) return bad(i, "bad dimension");
+      d = static_cast<int64_t>(v);
+    }
+    StatusOr<uint64_t> size = uint64_t{0};
+    if (rank_flags & kStridesPresent) {
+      t.strides.resize(rank);
+      for (auto& s : t.strides) {
+        uint64_t v = 0;
+        if (!c.Varint(&v) || v >= (1ull << 63)) return bad(i, "bad stride");
+        s = static_cast<int64_t>(v);
+      }
+      size = ViewByteSize(t.dtype, t.shape, t.strides);
+    } else {
+      t.strides = ContiguousStrides(t.shape);
+      // Row-major: the extent is the element count (the sub-byte rule holds by construction).
+      auto count = ElementCount(t.shape);
+      if (count.ok())
+        size = static_cast<uint64_t>(
+            (static_cast<u128>(*count) * static_cast<unsigned>(DTypeBits(t.dtype)) + 7) / 8);
+      else
+        size = count.status();
+    }
+    if (!size.ok())
+      return DataLossError(TensorWhere(i, t.name) + ": " + std::string(size.status().message()));
+    t.byte_size = *size;
+    const RegionInfo& r = m->regions[t.region_id];
+    if (t.byte_offset > r.size || t.byte_size > r.size - t.byte_offset)
+      return DataLossError(TensorWhere(i, t.name) + ": runs past the end of region " +
+                           Num(t.region_id));
+  }
+  return OkStatus();
+}
+
+Status DecodeTensorsV1(ByteCursor& c, uint64_t count, Manifest* m) {
+  m->tensors.reserve(count);
+  for (uint64_t i = 0; i < count; ++i) {
+    STASIS_RETURN_IF_ERROR(c.Need(kTensorRecordFixed, "tensor", i));
+    TensorInfo t;
+    size_t name_len = c.U16();
+    uint8_t dtype = c.U8();
+    size_t rank = c.U8();
+    t.region_id = c.U32();
+    t.byte_offset = c.U64();
+    t.byte_size = c.U64();
+    if (c.U64() != 0) return DataLossError("tensor " + Num(i) + ": reserved bytes are not zero");
+    if (name_len == 0 || name_len > kMaxTensorNameLen)
+      return DataLossError("tensor " + Num(i) + ": name length " + Num(name_len) + " out of range");
+    if (rank > kMaxRank)
+      return DataLossError("tensor " + Num(i) + ": rank " + Num(rank) + " exceeds 32");
+    auto dt = DTypeFromId(dtype);
+    if (!dt) return DataLossError("tensor " + Num(i) + ": unknown dtype id " + Num(dtype));
+    t.dtype = *dt;
+    STASIS_RETURN_IF_ERROR(c.Need(name_len + 16 * rank, "tensor", i, " name and dims"));
+    t.name = std::string(c.Bytes(name_len));
+    t.shape.resize(rank);
+    t.strides.resize(rank);
+    for (auto& d : t.shape) d = c.I64();
+    for (auto& s : t.strides) s = c.I64();
+    m->tensors.push_back(std::move(t));
+  }
+  return OkStatus();
+}
+
+Status ValidateCounts(const Manifest& m) {
+  if (m.regions.size() > kMaxRegions || m.chunks.size() > kMaxChunks ||
+      m.tensors.size() > kMaxTensors || m.sections.size() > kMaxSections ||
+      m.metadata.size() > kMaxMetadata)
+    return ResourceExhaustedError("manifest: a record count exceeds its limit");
+  return OkStatus();
+}
+Status ValidateAllButTensors(const Manifest& m, uint64_t manifest_offset);
+Status ValidateTensors(const Manifest& m);
+
+}  // namespace
+
+StatusOr<Manifest> DecodeManifest(std::string_view bytes, uint64_t manifest_offset,
+                                  uint32_t version) {
+  if (!KnownVersion(version))
+    return UnimplementedError("unsupported image format version " + Num(version));
   if (bytes.size() > kMaxManifestSize) return ResourceExhaustedError("manifest exceeds 256 MiB");
   ByteCursor c(bytes);
   STASIS_RETURN_IF_ERROR(c.Need(kManifestHeaderSize, "manifest header"));
@@ -335,9 +638,10 @@ StatusOr<Manifest> DecodeManifest(std::string_view bytes, uint64_t manifest_offs
   STASIS_RETURN_IF_ERROR(limit(metadata_count, kMaxMetadata, "metadata"));
   // Every record has a minimum size: a count the remaining bytes cannot hold is corrupt,
   // and checking it first keeps every reservation below a multiple of the manifest size.
+  const size_t tensor_min = version == 1 ? kTensorRecordFixed + 1 : kTensorRecordMinV2;
   u128 min_bytes = static_cast<u128>(region_count) * kRegionRecordSize +
                    static_cast<u128>(chunk_count) * kChunkRecordSize +
-                   static_cast<u128>(tensor_count) * (kTensorRecordFixed + 1) +
+                   static_cast<u128>(tensor_count) * tensor_min +
                    static_cast<u128>(section_count) * (kSectionRecordFixed + 1) +
                    static_cast<u128>(metadata_count) * (kMetadataRecordFixed + 1);
   if (min_bytes > c.remaining())
@@ -348,7 +652,7 @@ StatusOr<Manifest> DecodeManifest(std::string_view bytes, uint64_t manifest_offs
   Manifest m;
   m.regions.reserve(region_count);
   for (uint64_t i = 0; i < region_count; ++i) {
-    STASIS_RETURN_IF_ERROR(c.Need(kRegionRecordSize, "region " + Num(i)));
+    STASIS_RETURN_IF_ERROR(c.Need(kRegionRecordSize, "region", i));
     RegionInfo r;
     r.size = c.U64();
     r.alignment = c.U64();
@@ -363,7 +667,7 @@ StatusOr<Manifest> DecodeManifest(std::string_view bytes, uint64_t manifest_offs
   }
   m.chunks.reserve(chunk_count);
   for (uint64_t i = 0; i < chunk_count; ++i) {
-    STASIS_RETURN_IF_ERROR(c.Need(kChunkRecordSize, "chunk " + Num(i)));
+    STASIS_RETURN_IF_ERROR(c.Need(kChunkRecordSize, "chunk", i));
     ChunkInfo ch;
     ch.file_offset = c.U64();
     ch.stored_size = c.U64();
@@ -382,35 +686,11 @@ StatusOr<Manifest> DecodeManifest(std::string_view bytes, uint64_t manifest_offs
     ch.codec = static_cast<Codec>(codec);
     m.chunks.push_back(ch);
   }
-  m.tensors.reserve(tensor_count);
-  for (uint64_t i = 0; i < tensor_count; ++i) {
-    STASIS_RETURN_IF_ERROR(c.Need(kTensorRecordFixed, "tensor " + Num(i)));
-    TensorInfo t;
-    size_t name_len = c.U16();
-    uint8_t dtype = c.U8();
-    size_t rank = c.U8();
-    t.region_id = c.U32();
-    t.byte_offset = c.U64();
-    t.byte_size = c.U64();
-    if (c.U64() != 0) return DataLossError("tensor " + Num(i) + ": reserved bytes are not zero");
-    if (name_len == 0 || name_len > kMaxTensorNameLen)
-      return DataLossError("tensor " + Num(i) + ": name length " + Num(name_len) + " out of range");
-    if (rank > kMaxRank)
-      return DataLossError("tensor " + Num(i) + ": rank " + Num(rank) + " exceeds 32");
-    auto dt = DTypeFromId(dtype);
-    if (!dt) return DataLossError("tensor " + Num(i) + ": unknown dtype id " + Num(dtype));
-    t.dtype = *dt;
-    STASIS_RETURN_IF_ERROR(c.Need(name_len + 16 * rank, "tensor " + Num(i) + " name and dims"));
-    t.name = std::string(c.Bytes(name_len));
-    t.shape.resize(rank);
-    t.strides.resize(rank);
-    for (auto& d : t.shape) d = c.I64();
-    for (auto& s : t.strides) s = c.I64();
-    m.tensors.push_back(std::move(t));
-  }
+  STASIS_RETURN_IF_ERROR(version == 1 ? DecodeTensorsV1(c, tensor_count, &m)
+                                      : DecodeTensorsV2(c, tensor_count, &m));
   m.sections.reserve(section_count);
   for (uint64_t i = 0; i < section_count; ++i) {
-    STASIS_RETURN_IF_ERROR(c.Need(kSectionRecordFixed, "section " + Num(i)));
+    STASIS_RETURN_IF_ERROR(c.Need(kSectionRecordFixed, "section", i));
     SectionInfo s;
     size_t name_len = c.U16();
     if (!AllZero(c.Bytes(6)))
@@ -421,13 +701,13 @@ StatusOr<Manifest> DecodeManifest(std::string_view bytes, uint64_t manifest_offs
     if (name_len == 0 || name_len > kMaxSectionNameLen)
       return DataLossError("section " + Num(i) + ": name length " + Num(name_len) +
                            " out of range");
-    STASIS_RETURN_IF_ERROR(c.Need(name_len, "section " + Num(i) + " name"));
+    STASIS_RETURN_IF_ERROR(c.Need(name_len, "section", i, " name"));
     s.name = std::string(c.Bytes(name_len));
     m.sections.push_back(std::move(s));
   }
   m.metadata.reserve(metadata_count);
   for (uint64_t i = 0; i < metadata_count; ++i) {
-    STASIS_RETURN_IF_ERROR(c.Need(kMetadataRecordFixed, "metadata " + Num(i)));
+    STASIS_RETURN_IF_ERROR(c.Need(kMetadataRecordFixed, "metadata", i));
     size_t key_len = c.U16();
     if (c.U16() != 0) return DataLossError("metadata " + Num(i) + ": reserved bytes are not zero");
     size_t value_len = c.U32();
@@ -436,7 +716,7 @@ StatusOr<Manifest> DecodeManifest(std::string_view bytes, uint64_t manifest_offs
     if (value_len > kMaxMetadataValueLen)
       return ResourceExhaustedError("metadata " + Num(i) + ": value length " + Num(value_len) +
                                     " exceeds 1 MiB");
-    STASIS_RETURN_IF_ERROR(c.Need(key_len + value_len, "metadata " + Num(i) + " key and value"));
+    STASIS_RETURN_IF_ERROR(c.Need(key_len + value_len, "metadata", i, " key and value"));
     std::string key(c.Bytes(key_len));
     std::string value(c.Bytes(value_len));
     m.metadata.emplace_back(std::move(key), std::move(value));
@@ -444,36 +724,43 @@ StatusOr<Manifest> DecodeManifest(std::string_view bytes, uint64_t manifest_offs
   if (c.remaining() != 0)
     return DataLossError("manifest: " + Num(c.remaining()) +
                          " unexpected bytes after the last record");
-  STASIS_RETURN_IF_ERROR(ValidateManifest(m, manifest_offset));
+  STASIS_RETURN_IF_ERROR(ValidateCounts(m));
+  STASIS_RETURN_IF_ERROR(ValidateAllButTensors(m, manifest_offset));
+  // v2 tensors were checked record by record; v1 tensors are checked here.
+  if (version == 1) STASIS_RETURN_IF_ERROR(ValidateTensors(m));
   return m;
 }
 
 Status ValidateManifest(const Manifest& m, uint64_t manifest_offset) {
-  if (m.regions.size() > kMaxRegions || m.chunks.size() > kMaxChunks ||
-      m.tensors.size() > kMaxTensors || m.sections.size() > kMaxSections ||
-      m.metadata.size() > kMaxMetadata)
-    return ResourceExhaustedError("manifest: a record count exceeds its limit");
+  STASIS_RETURN_IF_ERROR(ValidateCounts(m));
+  STASIS_RETURN_IF_ERROR(ValidateAllButTensors(m, manifest_offset));
+  return ValidateTensors(m);
+}
+
+namespace {
+
+Status ValidateAllButTensors(const Manifest& m, uint64_t manifest_offset) {
   for (size_t i = 0; i < m.regions.size(); ++i) {
     const RegionInfo& r = m.regions[i];
-    std::string where = "region " + Num(i) + ": ";
-    if (r.size > kMaxRegionSize) return ResourceExhaustedError(where + "size exceeds 2^48");
+    auto where = [&] { return "region " + Num(i) + ": "; };
+    if (r.size > kMaxRegionSize) return ResourceExhaustedError(where() + "size exceeds 2^48");
     if (!IsPowerOfTwo(r.alignment) || r.alignment > kMaxRegionAlignment)
-      return DataLossError(where + "alignment " + Num(r.alignment) +
+      return DataLossError(where() + "alignment " + Num(r.alignment) +
                            " is not a power of two <= 2^30");
-    if (r.va_hint % r.alignment != 0) return DataLossError(where + "va_hint is not aligned");
+    if (r.va_hint % r.alignment != 0) return DataLossError(where() + "va_hint is not aligned");
     if (r.device_kind == DeviceKind::kCpu ? r.device_ordinal != -1 : r.device_ordinal < 0)
-      return DataLossError(where + "device ordinal " + std::to_string(r.device_ordinal) +
+      return DataLossError(where() + "device ordinal " + std::to_string(r.device_ordinal) +
                            " does not fit the device kind");
   }
 
   // Blocks (chunk and section payloads) in file order must not overlap and must lie between
   // the header and the manifest.
-  auto check_block = [&](uint64_t off, uint64_t size, const std::string& what) -> Status {
+  auto check_block = [&](uint64_t off, uint64_t size, const char* kind, size_t i) -> Status {
     if (off % kBlockAlign != 0 || off < kHeaderSize)
-      return DataLossError(what + ": file offset " + Num(off) +
+      return DataLossError(kind + Num(i) + ": file offset " + Num(off) +
                            " is not a block boundary after the header");
     if (size > manifest_offset || off > manifest_offset - size)
-      return DataLossError(what + ": payload runs past the manifest offset " +
+      return DataLossError(kind + Num(i) + ": payload runs past the manifest offset " +
                            Num(manifest_offset));
     return OkStatus();
   };
@@ -482,56 +769,60 @@ Status ValidateManifest(const Manifest& m, uint64_t manifest_offset) {
 
   for (size_t i = 0; i < m.chunks.size(); ++i) {
     const ChunkInfo& c = m.chunks[i];
-    std::string where = "chunk " + Num(i);
+    auto where = [&] { return "chunk " + Num(i); };
     if (c.region_id >= m.regions.size())
-      return DataLossError(where + ": region id " + Num(c.region_id) + " out of range");
+      return DataLossError(where() + ": region id " + Num(c.region_id) + " out of range");
     if (c.raw_size == 0 || c.raw_size > kMaxChunkRawSize)
-      return DataLossError(where + ": raw size " + Num(c.raw_size) + " out of range");
-    if (c.stored_size == 0) return DataLossError(where + ": stored size is zero");
+      return DataLossError(where() + ": raw size " + Num(c.raw_size) + " out of range");
+    if (c.stored_size == 0) return DataLossError(where() + ": stored size is zero");
     const RegionInfo& r = m.regions[c.region_id];
     if (c.dst_offset > r.size || c.raw_size > r.size - c.dst_offset)
-      return DataLossError(where + ": destination runs past the end of region " + Num(c.region_id));
+      return DataLossError(where() + ": destination runs past the end of region " +
+                           Num(c.region_id));
     switch (c.codec) {
       case Codec::kRaw:
         if (c.element_size != 0 || c.stored_size != c.raw_size || c.stored_xxh3 != c.raw_xxh3)
-          return DataLossError(where + ": inconsistent raw chunk");
+          return DataLossError(where() + ": inconsistent raw chunk");
         break;
       case Codec::kZstd:
-        if (c.element_size != 0) return DataLossError(where + ": element size set on a zstd chunk");
+        if (c.element_size != 0)
+          return DataLossError(where() + ": element size set on a zstd chunk");
         [[fallthrough]];
       case Codec::kGrouped:
         if (c.stored_size > c.raw_size + c.raw_size / 8 + 4096)
-          return DataLossError(where + ": stored size " + Num(c.stored_size) +
+          return DataLossError(where() + ": stored size " + Num(c.stored_size) +
                                " exceeds the bound");
         if (c.codec == Codec::kGrouped) {
           if (c.element_size != 2 && c.element_size != 4)
-            return DataLossError(where + ": element size " + Num(c.element_size) +
+            return DataLossError(where() + ": element size " + Num(c.element_size) +
                                  " is not 2 or 4");
           if (c.raw_size % c.element_size != 0)
-            return DataLossError(where + ": raw size is not a multiple of the element size");
+            return DataLossError(where() + ": raw size is not a multiple of the element size");
           if (c.stored_size < 8u * c.element_size)
-            return DataLossError(where + ": stored size too small for the plane table");
+            return DataLossError(where() + ": stored size too small for the plane table");
         }
         break;
+      default:
+        return DataLossError(where() + ": unknown codec " + Num(static_cast<int>(c.codec)));
     }
-    STASIS_RETURN_IF_ERROR(check_block(c.file_offset, c.stored_size, where));
+    STASIS_RETURN_IF_ERROR(check_block(c.file_offset, c.stored_size, "chunk ", i));
     extents.emplace_back(c.file_offset, c.file_offset + c.stored_size);
   }
 
   std::unordered_set<std::string_view> names;
   for (size_t i = 0; i < m.sections.size(); ++i) {
     const SectionInfo& s = m.sections[i];
-    std::string where = "section " + Num(i);
+    auto where = [&] { return "section " + Num(i); };
     if (s.name.empty() || s.name.size() > kMaxSectionNameLen)
-      return DataLossError(where + ": name length out of range");
+      return DataLossError(where() + ": name length out of range");
     if (!names.insert(s.name).second)
-      return DataLossError(where + ": duplicate name '" + s.name + "'");
-    if (s.size > kMaxSectionSize) return ResourceExhaustedError(where + ": size exceeds 1 GiB");
+      return DataLossError(where() + ": duplicate name '" + s.name + "'");
+    if (s.size > kMaxSectionSize) return ResourceExhaustedError(where() + ": size exceeds 1 GiB");
     if (s.size == 0) {
-      if (s.file_offset != 0) return DataLossError(where + ": empty section with a file offset");
+      if (s.file_offset != 0) return DataLossError(where() + ": empty section with a file offset");
       continue;
     }
-    STASIS_RETURN_IF_ERROR(check_block(s.file_offset, s.size, where));
+    STASIS_RETURN_IF_ERROR(check_block(s.file_offset, s.size, "section ", i));
     extents.emplace_back(s.file_offset, s.file_offset + s.size);
   }
   std::sort(extents.begin(), extents.end());
@@ -554,31 +845,6 @@ Status ValidateManifest(const Manifest& m, uint64_t manifest_offset) {
   }
 
   names.clear();
-  for (size_t i = 0; i < m.tensors.size(); ++i) {
-    const TensorInfo& t = m.tensors[i];
-    std::string where = "tensor " + Num(i);
-    if (t.name.empty() || t.name.size() > kMaxTensorNameLen)
-      return DataLossError(where + ": name length out of range");
-    if (t.name.find('\0') != std::string::npos) return DataLossError(where + ": name contains NUL");
-    if (!names.insert(t.name).second)
-      return DataLossError(where + ": duplicate name '" + t.name + "'");
-    if (t.shape.size() > kMaxRank || t.shape.size() != t.strides.size())
-      return DataLossError(where + ": bad rank");
-    if (t.region_id >= m.regions.size())
-      return DataLossError(where + ": region id " + Num(t.region_id) + " out of range");
-    auto size = ViewByteSize(t.dtype, t.shape, t.strides);
-    if (!size.ok())
-      return DataLossError(where + " '" + t.name + "': " + std::string(size.status().message()));
-    if (*size != t.byte_size)
-      return DataLossError(where + " '" + t.name + "': byte_size " + Num(t.byte_size) +
-                           " does not match its view (" + Num(*size) + ")");
-    const RegionInfo& r = m.regions[t.region_id];
-    if (t.byte_offset > r.size || t.byte_size > r.size - t.byte_offset)
-      return DataLossError(where + " '" + t.name + "': runs past the end of region " +
-                           Num(t.region_id));
-  }
-
-  names.clear();
   for (size_t i = 0; i < m.metadata.size(); ++i) {
     const auto& [k, v] = m.metadata[i];
     if (k.empty() || k.size() > kMaxMetadataKeyLen)
@@ -590,5 +856,39 @@ Status ValidateManifest(const Manifest& m, uint64_t manifest_offset) {
   }
   return OkStatus();
 }
+
+Status ValidateTensors(const Manifest& m) {
+  std::unordered_set<std::string_view> names;
+  names.reserve(m.tensors.size());
+  for (size_t i = 0; i < m.tensors.size(); ++i) {
+    const TensorInfo& t = m.tensors[i];
+    auto where = [&] { return "tensor " + Num(i); };
+    if (t.name.empty() || t.name.size() > kMaxTensorNameLen)
+      return DataLossError(where() + ": name length out of range");
+    if (t.name.find('\0') != std::string::npos)
+      return DataLossError(where() + ": name contains NUL");
+    if (!names.insert(t.name).second)
+      return DataLossError(where() + ": duplicate name '" + t.name + "'");
+    if (t.shape.size() > kMaxRank || t.shape.size() != t.strides.size())
+      return DataLossError(where() + ": bad rank");
+    if (!DTypeFromId(static_cast<uint8_t>(t.dtype)))
+      return DataLossError(where() + ": unknown dtype id " + Num(static_cast<int>(t.dtype)));
+    if (t.region_id >= m.regions.size())
+      return DataLossError(where() + ": region id " + Num(t.region_id) + " out of range");
+    auto size = ViewByteSize(t.dtype, t.shape, t.strides);
+    if (!size.ok())
+      return DataLossError(where() + " '" + t.name + "': " + std::string(size.status().message()));
+    if (*size != t.byte_size)
+      return DataLossError(where() + " '" + t.name + "': byte_size " + Num(t.byte_size) +
+                           " does not match its view (" + Num(*size) + ")");
+    const RegionInfo& r = m.regions[t.region_id];
+    if (t.byte_offset > r.size || t.byte_size > r.size - t.byte_offset)
+      return DataLossError(where() + " '" + t.name + "': runs past the end of region " +
+                           Num(t.region_id));
+  }
+  return OkStatus();
+}
+
+}  // namespace
 
 }  // namespace stasis::format

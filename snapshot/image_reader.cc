@@ -29,7 +29,8 @@ StatusOr<std::unique_ptr<ImageReader>> ImageReader::Open(const std::string& path
     return OutOfRangeError(where + " is truncated: " + Num(size) +
                            " bytes, an image has at least " +
                            Num(format::kHeaderSize + format::kFooterSize));
-  STASIS_RETURN_IF_ERROR(format::DecodeHeader(header).WithContext(where));
+  auto version = format::DecodeHeader(header);
+  if (!version.ok()) return version.status().WithContext(where);
 
   std::string footer(format::kFooterSize, '\0');
   STASIS_RETURN_IF_ERROR(
@@ -41,6 +42,9 @@ StatusOr<std::unique_ptr<ImageReader>> ImageReader::Open(const std::string& path
     return f.status().WithContext(where);
   }
   r->footer_ = *f;
+  if (r->footer_.format_version != *version)
+    return UnimplementedError(where + ": the header says format version " + Num(*version) +
+                              ", the footer version " + Num(r->footer_.format_version));
   if (r->footer_.file_size != size) {
     return DataLossError(where + ": footer says the file has " + Num(r->footer_.file_size) +
                          " bytes, it has " + Num(size));
@@ -50,8 +54,11 @@ StatusOr<std::unique_ptr<ImageReader>> ImageReader::Open(const std::string& path
                                              manifest.data(), "manifest"));
   if (Xxh3(manifest.data(), manifest.size()) != r->footer_.manifest_xxh3)
     return DataLossError(where + ": manifest checksum mismatch");
+  std::string decoded;
+  auto bytes = format::DecodeStoredManifest(manifest, r->footer_, &decoded);
+  if (!bytes.ok()) return bytes.status().WithContext(where);
   STASIS_ASSIGN_OR_RETURN(r->manifest_,
-                          format::DecodeManifest(manifest, r->footer_.manifest_offset));
+                          format::DecodeManifest(*bytes, r->footer_.manifest_offset, *version));
   return r;
 }
 

@@ -99,7 +99,7 @@ StatusOr<std::vector<std::string>> ReadSafetensorsIndex(FileSystem* fs,
 struct SafetensorsImportItem {
   size_t shard = 0;            // index into SafetensorsImportPlan::shard_paths
   size_t entry = 0;            // index into that shard's header entries
-  uint64_t region_offset = 0;  // byte offset in the region, a multiple of 256
+  uint64_t region_offset = 0;  // byte offset in the region: format::StorageAlignment(size)
 };
 
 struct SafetensorsImportPlan {
@@ -114,9 +114,6 @@ struct SafetensorsImportPlan {
   // conflicting key); empty when no shard has any.
   std::string metadata_json;
 };
-
-// Byte alignment of every tensor inside the imported region.
-inline constexpr uint64_t kImportTensorAlignment = 256;
 
 // Reads every header of `path` (a .safetensors file, or an index when it ends in ".json")
 // and computes the layout. For a sharded checkpoint also checks that the weight_map and the

@@ -133,7 +133,7 @@ StatusOr<SafetensorsImportPlan> PlanSafetensorsImport(FileSystem* fs, const std:
   uint64_t offset = 0;
   for (SafetensorsImportItem& item : plan.items) {
     const SafetensorsEntry& e = entry_of(item);
-    offset = format::AlignUp(offset, kImportTensorAlignment);
+    offset = format::AlignUp(offset, format::StorageAlignment(e.end - e.begin));
     item.region_offset = offset;
     // Each size is bounded by its file's size, so the sum cannot wrap before the check.
     offset += e.end - e.begin;

@@ -8,10 +8,6 @@
 namespace stasis {
 namespace {
 
-// Storage bytes are placed at this alignment in the region (CUDA's allocation granule for
-// tensors is 256 bytes; matching it keeps restored tensors as aligned as the framework's).
-constexpr uint64_t kStorageAlign = 256;
-
 struct Block {
   uintptr_t begin, end;
   int element_size;
@@ -73,7 +69,8 @@ Status AddHostTensors(const std::vector<HostTensor>& tensors, ImageWriter* write
   });
   uint64_t region_size = 0;
   for (size_t k : placement) {
-    region_size = format::AlignUp(region_size, kStorageAlign);
+    region_size =
+        format::AlignUp(region_size, format::StorageAlignment(blocks[k].end - blocks[k].begin));
     blocks[k].region_offset = region_size;
     region_size += blocks[k].end - blocks[k].begin;
   }

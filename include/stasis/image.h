@@ -37,8 +37,10 @@
 namespace stasis {
 namespace format {
 
-// The version this build writes and reads.
-inline constexpr uint32_t kFormatVersion = 1;
+// The version this build writes by default; it reads every version from
+// kOldestFormatVersion to kFormatVersion (docs/image-format.md, "Version 2").
+inline constexpr uint32_t kFormatVersion = 2;
+inline constexpr uint32_t kOldestFormatVersion = 1;
 
 // How a chunk's bytes are stored: as they are, zstd, or zstd after byte grouping.
 enum class Codec : uint8_t { kRaw = 0, kZstd = 1, kGrouped = 2 };
@@ -106,12 +108,16 @@ struct Manifest {
   uint64_t RawBytes() const;
 };
 
-// Where the manifest lies, and the file size the image was written with.
+// Where the manifest lies, how it is stored, and the file size the image was written with.
 struct Footer {
   uint64_t manifest_offset = 0;
-  uint64_t manifest_size = 0;
-  uint64_t manifest_xxh3 = 0;
+  uint64_t manifest_size = 0;  // as stored
+  uint64_t manifest_xxh3 = 0;  // of the stored bytes
   uint64_t file_size = 0;
+  uint32_t format_version = kFormatVersion;
+  // v2: how the manifest is stored (kRaw or kZstd) and its size decoded; v1: kRaw and 0.
+  Codec manifest_codec = Codec::kRaw;
+  uint32_t manifest_raw_size = 0;
 };
 
 }  // namespace format
@@ -189,6 +195,9 @@ class ImageReader {
 // ---- Writing ----
 
 struct WriterOptions {
+  // The image format version to write: 2 (compact, sorted tensor records and a compressed
+  // manifest), or 1 for readers that predate version 2. kInvalidArgument otherwise.
+  uint32_t format_version = format::kFormatVersion;
   CodecChoice codec = CodecChoice::kAuto;
   int zstd_level = 1;
   uint64_t chunk_size = 4ull << 20;  // raw bytes per chunk; 4 KiB .. 64 MiB
@@ -242,7 +251,8 @@ class ImageWriter {
   Status AddRegionData(uint32_t region, uint64_t dst_offset, const void* data, size_t n,
                        int element_size);
 
-  // Records a tensor view. Validated against its region when Finish() runs.
+  // Records a tensor view. Validated against its region when Finish() runs. A version 2
+  // image stores tensors sorted by name, whatever the order they were added in.
   Status AddTensor(format::TensorInfo tensor);
 
   // Stores an opaque named blob (raw, checksummed).
@@ -282,8 +292,10 @@ struct HostTensor {
 };
 
 // Adds `tensors` to `writer` as one cpu region. Tensors whose storages overlap share
-// bytes in the region. REQUIRES: every storage stays valid during the call.
-// Errors: kInvalidArgument for a view that runs past its storage, bad shapes, duplicate
+// bytes in the region. Storages of 256 bytes or more start at multiples of 256; smaller
+// ones are packed at their natural alignment (their size rounded up to a power of two),
+// so many tiny tensors cost their bytes, not 256 each. REQUIRES: every storage stays valid during
+// the call. Errors: kInvalidArgument for a view that runs past its storage, bad shapes, duplicate
 // names; writer errors as they come.
 Status AddHostTensors(const std::vector<HostTensor>& tensors, ImageWriter* writer);
 

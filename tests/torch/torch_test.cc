@@ -345,10 +345,10 @@ TEST_F(TorchTest, RestoreAndBindThroughThePluginMatchesLoadModule) {
   ASSERT_OK(want);
   ASSERT_OK(got);
   EXPECT_EQ(got->xxh3, want->xxh3);
-  // The bytes the weights span, the same on both paths (not the region, which includes
-  // alignment gaps).
+  // The bytes the weights span, the same on both paths (not the region, which may include
+  // alignment gaps: none here, since small storages are packed at their natural alignment).
   EXPECT_EQ(cold->module->WeightBytes(), (*ordinary)->WeightBytes());
-  EXPECT_LT(cold->module->WeightBytes(), cold->restored->regions()[0].size);
+  EXPECT_LE(cold->module->WeightBytes(), cold->restored->regions()[0].size);
   EXPECT_EQ((*ordinary)->WeightBytes(), report_->stored_bytes);
   EXPECT_OK(cold->module->ToDevice("cpu"));
   EXPECT_OK((*ordinary)->ToDevice("cpu"));

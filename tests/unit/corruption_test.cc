@@ -31,13 +31,16 @@ void PutU32(std::string* s, size_t off, uint32_t v) {
   for (int i = 0; i < 4; ++i) (*s)[off + i] = static_cast<char>((v >> (8 * i)) & 0xff);
 }
 
-class CorruptionTest : public ::testing::Test {
+// The catalogue runs on an image of each format version (mutations re-encode the records
+// of the image's version; version 2's manifest is then stored raw).
+class CorruptionTest : public ::testing::TestWithParam<uint32_t> {
  protected:
   void SetUp() override {
     // Two regions, compressed and raw chunks, a section, metadata: every structure present.
     bf16_ = NormalBF16Bytes(6000, TestSeed());
     noise_ = RandomBytes(9000, TestSeed() + 1);
     WriterOptions opt;
+    opt.format_version = version();
     opt.chunk_size = 4096;
     auto w = ImageWriter::Create(dir_.File("good"), opt);
     ASSERT_OK(w.status());
@@ -62,6 +65,8 @@ class CorruptionTest : public ::testing::Test {
     }
     ASSERT_TRUE(has_grouped && has_raw) << "the fixture must cover both codecs";
   }
+
+  uint32_t version() const { return GetParam(); }
 
   // Writes `bytes` to a file and opens it.
   StatusOr<std::unique_ptr<ImageReader>> OpenBytes(const std::string& bytes) {
@@ -99,7 +104,19 @@ class CorruptionTest : public ::testing::Test {
   std::string Mutated(const std::function<void(format::Manifest&)>& mutate) {
     format::Manifest m = manifest_;
     mutate(m);
-    return WithManifest(format::EncodeManifest(m));
+    if (version() == 1) return WithManifest(format::EncodeManifest(m));
+    return WithManifestV2(format::EncodeManifestV2(m));
+  }
+  // Version 2: a decoded manifest stored raw, the footer saying so.
+  std::string WithManifestV2(const std::string& decoded) {
+    std::string s = good_.substr(0, footer_.manifest_offset) + decoded;
+    format::Footer f = footer_;
+    f.manifest_codec = format::Codec::kRaw;
+    f.manifest_raw_size = static_cast<uint32_t>(decoded.size());
+    f.manifest_size = decoded.size();
+    f.manifest_xxh3 = Xxh3(decoded.data(), decoded.size());
+    f.file_size = s.size() + format::kFooterSize;
+    return s + format::EncodeFooter(f);
   }
   Status OpenMutated(const std::function<void(format::Manifest&)>& mutate) {
     return OpenBytes(Mutated(mutate)).status();
@@ -117,9 +134,12 @@ class CorruptionTest : public ::testing::Test {
   format::Manifest manifest_;
 };
 
-TEST_F(CorruptionTest, GoodImageIsIntact) { EXPECT_OK(OpenAndVerify(good_)); }
+INSTANTIATE_TEST_SUITE_P(Versions, CorruptionTest, ::testing::Values(1u, 2u),
+                         [](const auto& info) { return "v" + std::to_string(info.param); });
 
-TEST_F(CorruptionTest, BadMagic) {
+TEST_P(CorruptionTest, GoodImageIsIntact) { EXPECT_OK(OpenAndVerify(good_)); }
+
+TEST_P(CorruptionTest, BadMagic) {
   std::string s = good_;
   s[1] = 'X';
   EXPECT_THAT(OpenBytes(s).status(),
@@ -131,11 +151,17 @@ TEST_F(CorruptionTest, BadMagic) {
   EXPECT_THAT(OpenBytes(s).status(), StatusIs(StatusCode::kOutOfRange, HasSubstr("no footer")));
 }
 
-TEST_F(CorruptionTest, FutureVersion) {
+TEST_P(CorruptionTest, FutureVersion) {
+  // The header names the other known version than the footer, or an unknown one.
+  const uint32_t other = version() == 1 ? 2 : 1;
   std::string s = good_;
-  PutU32(&s, 8, 2);
+  PutU32(&s, 8, other);
   EXPECT_THAT(OpenBytes(FixHeader(s)).status(),
-              StatusIs(StatusCode::kUnimplemented, HasSubstr("version 2")));
+              StatusIs(StatusCode::kUnimplemented, HasSubstr("version " + std::to_string(other))));
+  s = good_;
+  PutU32(&s, 8, 3);
+  EXPECT_THAT(OpenBytes(FixHeader(s)).status(),
+              StatusIs(StatusCode::kUnimplemented, HasSubstr("version 3")));
   s = good_;
   PutU32(&s, s.size() - format::kFooterSize + 32, 7);
   EXPECT_THAT(OpenBytes(FixFooter(s)).status(),
@@ -146,7 +172,7 @@ TEST_F(CorruptionTest, FutureVersion) {
               StatusIs(StatusCode::kUnimplemented, HasSubstr("version 0")));
 }
 
-TEST_F(CorruptionTest, UnknownFlagsAndDirtyHeaderPadding) {
+TEST_P(CorruptionTest, UnknownFlagsAndDirtyHeaderPadding) {
   std::string s = good_;
   s[16] = 1;
   EXPECT_THAT(OpenBytes(FixHeader(s)).status(),
@@ -160,7 +186,7 @@ TEST_F(CorruptionTest, UnknownFlagsAndDirtyHeaderPadding) {
               StatusIs(StatusCode::kDataLoss, HasSubstr("flags")));
 }
 
-TEST_F(CorruptionTest, TruncationAtEveryStructureBoundary) {
+TEST_P(CorruptionTest, TruncationAtEveryStructureBoundary) {
   std::vector<size_t> cuts = {0,
                               1,
                               7,
@@ -189,12 +215,12 @@ TEST_F(CorruptionTest, TruncationAtEveryStructureBoundary) {
   }
 }
 
-TEST_F(CorruptionTest, TrailingBytes) {
+TEST_P(CorruptionTest, TrailingBytes) {
   EXPECT_THAT(OpenBytes(good_ + "x").status(),
               StatusIs(StatusCode::kOutOfRange, HasSubstr("trailing")));
 }
 
-TEST_F(CorruptionTest, FlippedByteInEachStructure) {
+TEST_P(CorruptionTest, FlippedByteInEachStructure) {
   auto flip = [&](size_t off) {
     std::string s = good_;
     s[off] ^= 0x20;
@@ -226,7 +252,7 @@ TEST_F(CorruptionTest, FlippedByteInEachStructure) {
               StatusIs(StatusCode::kDataLoss, HasSubstr("padding")));
 }
 
-TEST_F(CorruptionTest, VerifyDetectsEverySingleByteChange) {
+TEST_P(CorruptionTest, VerifyDetectsEverySingleByteChange) {
   // The format's integrity promise, checked exhaustively: no byte of the file is unchecked.
   ASSERT_LT(good_.size(), 64u << 10) << "keep the fixture small: this test flips every byte";
   std::string s = good_;
@@ -245,32 +271,30 @@ TEST_F(CorruptionTest, VerifyDetectsEverySingleByteChange) {
   }
 }
 
-TEST_F(CorruptionTest, DecodedChecksumCatchesPayloadFixedUp) {
+TEST_P(CorruptionTest, DecodedChecksumCatchesPayloadFixedUp) {
   // Corrupt a compressed chunk's payload and fix its stored checksum: the decoded-bytes
   // checksum (or the decoder) must still catch it.
   size_t i = ChunkOfCodec(format::Codec::kGrouped);
   const auto& c = manifest_.chunks[i];
   std::string s = good_;
   s[c.file_offset + c.stored_size - 10] ^= 0x11;  // in the raw mantissa plane
-  std::string mutated = s.substr(0, footer_.manifest_offset);
-  format::Manifest m = manifest_;
-  m.chunks[i].stored_xxh3 = Xxh3(s.data() + c.file_offset, c.stored_size);
-  std::string enc = format::EncodeManifest(m);
-  format::Footer f = footer_;
-  f.manifest_xxh3 = Xxh3(enc.data(), enc.size());
-  mutated += enc + format::EncodeFooter(f);
+  const uint64_t fixed = Xxh3(s.data() + c.file_offset, c.stored_size);
+  std::string mutated = Mutated([&](auto& m) { m.chunks[i].stored_xxh3 = fixed; });
+  mutated[c.file_offset + c.stored_size - 10] ^= 0x11;
   EXPECT_THAT(OpenAndVerify(mutated),
               StatusIs(StatusCode::kDataLoss, HasSubstr("chunk " + std::to_string(i))));
 }
 
-TEST_F(CorruptionTest, SemanticChecksBehindTheChecksum) {
+TEST_P(CorruptionTest, SemanticChecksBehindTheChecksum) {
   struct Case {
     const char* name;
     std::function<void(format::Manifest&)> mutate;
     StatusCode code;
-    const char* message;
+    std::string message;
   };
   const uint64_t mo = footer_.manifest_offset;
+  const bool v1 = version() == 1;
+  // v2 sorts tensors by name: tensors[0] is "n", tensors[1] "w".
   std::vector<Case> cases = {
       {"overlapping chunks", [](auto& m) { m.chunks[1].dst_offset = m.chunks[0].dst_offset + 2; },
        StatusCode::kDataLoss, "overlaps chunk"},
@@ -300,12 +324,13 @@ TEST_F(CorruptionTest, SemanticChecksBehindTheChecksum) {
        "out of range"},
       {"tensor past region", [](auto& m) { m.tensors[0].byte_offset = 100; }, StatusCode::kDataLoss,
        "past the end of region"},
-      {"tensor size mismatch", [](auto& m) { m.tensors[0].byte_size = 11999; },
-       StatusCode::kDataLoss, "does not match its view"},
+      // v2 stores no byte_size (it is the view's extent): a wrong one cannot be written.
+      {"tensor size mismatch", [v1](auto& m) { m.tensors[0].byte_size = v1 ? 11999 : 8999; },
+       v1 ? StatusCode::kDataLoss : StatusCode::kOk, "does not match its view"},
       {"negative dim", [](auto& m) { m.tensors[0].shape[0] = -1; }, StatusCode::kDataLoss,
-       "negative dimension"},
+       v1 ? "negative dimension" : "bad dimension"},
       {"duplicate tensor", [](auto& m) { m.tensors[1].name = m.tensors[0].name; },
-       StatusCode::kDataLoss, "duplicate name 'w'"},
+       StatusCode::kDataLoss, v1 ? "duplicate name 'w'" : "duplicate name 'n'"},
       {"unknown dtype", [](auto& m) { m.tensors[0].dtype = static_cast<DType>(99); },
        StatusCode::kDataLoss, "unknown dtype id 99"},
       {"dtype zero", [](auto& m) { m.tensors[0].dtype = static_cast<DType>(0); },
@@ -338,14 +363,26 @@ TEST_F(CorruptionTest, SemanticChecksBehindTheChecksum) {
       {"huge metadata value", [](auto& m) { m.metadata[0].second.assign((1u << 20) + 1, 'x'); },
        StatusCode::kResourceExhausted, "exceeds 1 MiB"},
   };
+  if (!v1) {
+    cases.push_back({"unsorted tensors", [](auto& m) { std::swap(m.tensors[0], m.tensors[1]); },
+                     StatusCode::kDataLoss, "sorted by name"});
+  }
   for (const auto& c : cases) {
     SCOPED_TRACE(c.name);
+    if (c.code == StatusCode::kOk) {
+      EXPECT_OK(OpenMutated(c.mutate));
+      continue;
+    }
     EXPECT_THAT(OpenMutated(c.mutate), StatusIs(c.code, HasSubstr(c.message)));
   }
 }
 
-TEST_F(CorruptionTest, OversizedCountsAreRejectedBeforeAllocating) {
-  std::string enc = format::EncodeManifest(manifest_);
+TEST_P(CorruptionTest, OversizedCountsAreRejectedBeforeAllocating) {
+  const bool v1 = version() == 1;
+  std::string enc = v1 ? format::EncodeManifest(manifest_) : format::EncodeManifestV2(manifest_);
+  auto with_manifest = [&](const std::string& m) {
+    return v1 ? WithManifest(m) : WithManifestV2(m);
+  };
   struct Case {
     size_t offset;
     uint64_t value;
@@ -370,8 +407,12 @@ TEST_F(CorruptionTest, OversizedCountsAreRejectedBeforeAllocating) {
     else
       PutU64(&m, c.offset, c.value);
     SCOPED_TRACE(c.message);
-    EXPECT_THAT(OpenBytes(WithManifest(m)).status(), StatusIs(c.code, HasSubstr(c.message)));
+    EXPECT_THAT(OpenBytes(with_manifest(m)).status(), StatusIs(c.code, HasSubstr(c.message)));
   }
+  // Trailing bytes after the last record.
+  EXPECT_THAT(OpenBytes(with_manifest(enc + "zz")).status(),
+              StatusIs(StatusCode::kDataLoss, HasSubstr("unexpected bytes")));
+  if (!v1) return;  // v2 name lengths: format_test's ManifestV2RejectsBadTensorRecords
   // Name lengths: a tensor name length that runs past the manifest.
   std::string m = enc;
   size_t tensor0 = format::kManifestHeaderSize +
@@ -381,12 +422,9 @@ TEST_F(CorruptionTest, OversizedCountsAreRejectedBeforeAllocating) {
   m[tensor0 + 1] = static_cast<char>(0x0f);  // 4095 bytes
   EXPECT_THAT(OpenBytes(WithManifest(m)).status(),
               StatusIs(StatusCode::kDataLoss, HasSubstr("name and dims")));
-  // Trailing bytes after the last record.
-  EXPECT_THAT(OpenBytes(WithManifest(enc + "zz")).status(),
-              StatusIs(StatusCode::kDataLoss, HasSubstr("unexpected bytes")));
 }
 
-TEST_F(CorruptionTest, FooterFieldsOutOfRange) {
+TEST_P(CorruptionTest, FooterFieldsOutOfRange) {
   auto with_footer = [&](const std::function<void(format::Footer&)>& mutate) {
     format::Footer f = footer_;
     mutate(f);
@@ -405,7 +443,7 @@ TEST_F(CorruptionTest, FooterFieldsOutOfRange) {
               StatusIs(StatusCode::kDataLoss, HasSubstr("bytes, it has")));
 }
 
-TEST_F(CorruptionTest, ReadFaultsAreReportedNotFatal) {
+TEST_P(CorruptionTest, ReadFaultsAreReportedNotFatal) {
   FaultInjectionFileSystem fs(DefaultFileSystem());
   // EIO at each of the first reads of Open and of a full load.
   for (uint64_t k = 1; k <= 12; ++k) {

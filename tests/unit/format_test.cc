@@ -11,12 +11,15 @@ TEST(FormatTest, HeaderRoundTripAndLayout) {
   std::string h = EncodeHeader();
   ASSERT_EQ(h.size(), kHeaderSize);
   EXPECT_EQ(h.substr(0, 8), std::string("\x89STASIS\n", 8));
-  EXPECT_EQ(h[8], 1);  // version, little-endian
-  EXPECT_OK(DecodeHeader(h));
+  EXPECT_EQ(h[8], 2);  // version, little-endian
+  EXPECT_EQ(*DecodeHeader(h), 2u);
+  EXPECT_EQ(*DecodeHeader(EncodeHeader(1)), 1u);
+  EXPECT_THAT(DecodeHeader(EncodeHeader(3)).status(),
+              StatusIs(StatusCode::kUnimplemented, HasSubstr("version 3")));
 }
 
 TEST(FormatTest, FooterRoundTrip) {
-  Footer f{8192, 100, 0x1234, 8192 + 100 + 64};
+  Footer f{8192, 100, 0x1234, 8192 + 100 + 64, 2, Codec::kRaw, 100};
   std::string s = EncodeFooter(f);
   ASSERT_EQ(s.size(), kFooterSize);
   EXPECT_EQ(s.substr(56), std::string("\nSISATS\x89", 8));
@@ -25,6 +28,190 @@ TEST(FormatTest, FooterRoundTrip) {
   EXPECT_EQ(d->manifest_offset, 8192u);
   EXPECT_EQ(d->manifest_size, 100u);
   EXPECT_EQ(d->manifest_xxh3, 0x1234u);
+  EXPECT_EQ(d->format_version, 2u);
+  EXPECT_EQ(d->manifest_codec, Codec::kRaw);
+
+  // v2: the manifest's codec and decoded size in bytes 40..47.
+  f.manifest_codec = Codec::kZstd;
+  f.manifest_raw_size = 5000;
+  d = DecodeFooter(EncodeFooter(f));
+  ASSERT_OK(d.status());
+  EXPECT_EQ(d->manifest_codec, Codec::kZstd);
+  EXPECT_EQ(d->manifest_raw_size, 5000u);
+  f.manifest_codec = Codec::kRaw;  // a raw manifest's decoded size is its size
+  EXPECT_THAT(DecodeFooter(EncodeFooter(f)).status(),
+              StatusIs(StatusCode::kDataLoss, HasSubstr("differs")));
+  f.manifest_codec = Codec::kZstd;
+  f.manifest_raw_size = (256u << 20) + 1;
+  EXPECT_THAT(DecodeFooter(EncodeFooter(f)).status(),
+              StatusIs(StatusCode::kResourceExhausted, HasSubstr("manifest_raw_size")));
+  // v1: bytes 40..47 are written as zero whatever the record says, and must be zero.
+  f.format_version = 1;
+  std::string v1 = EncodeFooter(f);
+  EXPECT_EQ(v1.substr(40, 8), std::string(8, '\0'));
+  d = DecodeFooter(v1);
+  ASSERT_OK(d.status());
+  EXPECT_EQ(d->format_version, 1u);
+  EXPECT_EQ(d->manifest_raw_size, 0u);
+}
+
+Manifest SampleManifest() {
+  Manifest m;
+  m.regions.push_back({10000, 4096, 0x7f0000000000, DeviceKind::kCuda, 3});
+  m.chunks.push_back({4096, 5000, 8000, 0, 0, Codec::kGrouped, 2, 11, 22});
+  m.chunks.push_back({12288, 2000, 2000, 8000, 0, Codec::kRaw, 0, 33, 33});
+  m.tensors.push_back({"a.b", DType::kBF16, {40, 100}, {100, 1}, 0, 0, 8000});
+  m.tensors.push_back({"a.c", DType::kF32, {50, 10}, {1, 50}, 0, 8000, 2000});
+  m.tensors.push_back({"s", DType::kI64, {}, {}, 0, 16, 8});
+  m.tensors.push_back({"z", DType::kF32, {0, 3}, {3, 1}, 0, 9999, 0});
+  m.sections.push_back({"skeleton", 16384, 10, 99});
+  m.metadata.push_back({"k", "v"});
+  return m;
+}
+
+TEST(FormatTest, ManifestV2RoundTrip) {
+  Manifest m = SampleManifest();
+  std::string enc = EncodeManifestV2(m);
+  EXPECT_LT(enc.size(), EncodeManifest(m).size());
+  auto d = DecodeManifest(enc, 20480, 2);
+  ASSERT_OK(d.status());
+  ASSERT_EQ(d->tensors.size(), 4u);
+  for (size_t i = 0; i < m.tensors.size(); ++i) {
+    SCOPED_TRACE(m.tensors[i].name);
+    const TensorInfo &a = m.tensors[i], &b = d->tensors[i];
+    EXPECT_EQ(a.name, b.name);
+    EXPECT_EQ(a.dtype, b.dtype);
+    EXPECT_EQ(a.shape, b.shape);
+    EXPECT_EQ(a.strides, b.strides);
+    EXPECT_EQ(a.region_id, b.region_id);
+    EXPECT_EQ(a.byte_offset, b.byte_offset);
+    EXPECT_EQ(a.byte_size, b.byte_size);  // not stored: computed from the view
+  }
+  EXPECT_EQ(EncodeManifestV2(*d), enc);
+  EXPECT_EQ(d->sections[0].name, "skeleton");
+  EXPECT_EQ(*d->FindMetadata("k"), "v");
+  // "a.c" shares "a." with "a.b"; its transposed strides are stored, "a.b"'s are not.
+  const size_t tensors_at = kManifestHeaderSize + kRegionRecordSize + 2 * kChunkRecordSize;
+  EXPECT_EQ(enc.substr(tensors_at, 5), std::string("\0\x03"
+                                                   "a.b",
+                                                   5));
+  EXPECT_EQ(static_cast<uint8_t>(enc[tensors_at + 6]), 2);  // rank 2, no strides
+  // A v1 decode of v2 bytes fails cleanly, and v2 is what the offset check sees too.
+  EXPECT_FALSE(DecodeManifest(enc, 20480, 1).ok());
+  EXPECT_THAT(DecodeManifest(enc, 16384, 2).status(),
+              StatusIs(StatusCode::kDataLoss, HasSubstr("past the manifest")));
+}
+
+TEST(FormatTest, ManifestV2RejectsBadTensorRecords) {
+  const Manifest m = SampleManifest();
+  const std::string good = EncodeManifestV2(m);
+  const size_t t0 = kManifestHeaderSize + kRegionRecordSize + 2 * kChunkRecordSize;
+  auto with = [&](size_t off, std::string bytes) {
+    std::string s = good;
+    s.replace(off, bytes.size(), bytes);
+    return DecodeManifest(s, 20480, 2).status();
+  };
+  // Record 0 is: shared 0, suffix_len 3, "a.b", dtype, rank_flags, region 0, offset 0, dims.
+  EXPECT_THAT(with(t0, "\x01"), StatusIs(StatusCode::kDataLoss, HasSubstr("shares 1 bytes")));
+  EXPECT_THAT(with(t0 + 1, std::string(1, '\0')),
+              StatusIs(StatusCode::kDataLoss, HasSubstr("name length out of range")));
+  EXPECT_THAT(with(t0 + 5, std::string(1, '\0')),
+              StatusIs(StatusCode::kDataLoss, HasSubstr("unknown dtype id 0")));
+  EXPECT_THAT(with(t0 + 6, "\x82"), StatusIs(StatusCode::kDataLoss, HasSubstr("reserved bit")));
+  EXPECT_THAT(with(t0 + 6, "\x21"), StatusIs(StatusCode::kDataLoss, HasSubstr("rank 33")));
+  EXPECT_THAT(with(t0 + 7, "\x05"), StatusIs(StatusCode::kDataLoss, HasSubstr("region id 5")));
+  EXPECT_THAT(with(t0 + 4, std::string(1, '\0')),
+              StatusIs(StatusCode::kDataLoss, HasSubstr("NUL")));
+  // An offset varint of 11 bytes, and one past 64 bits.
+  std::string s = good;
+  s.replace(t0 + 8, 1, std::string(10, '\x80') + "\x01");
+  EXPECT_THAT(DecodeManifest(s, 20480, 2).status(),
+              StatusIs(StatusCode::kDataLoss, HasSubstr("not a varint")));
+  s = good;
+  s.replace(t0 + 8, 1, std::string(9, '\xff') + "\x02");
+  EXPECT_THAT(DecodeManifest(s, 20480, 2).status(),
+              StatusIs(StatusCode::kDataLoss, HasSubstr("not a varint")));
+  // Past the end of the region (the view's size is computed, not stored).
+  s = good;
+  s.replace(t0 + 8, 1, "\xff\x4f");  // 10239
+  EXPECT_THAT(DecodeManifest(s, 20480, 2).status(),
+              StatusIs(StatusCode::kDataLoss, HasSubstr("past the end of region")));
+
+  // Names out of order or repeated: the rule that makes names unique.
+  Manifest unsorted = m;
+  std::swap(unsorted.tensors[0], unsorted.tensors[1]);
+  EXPECT_THAT(DecodeManifest(EncodeManifestV2(unsorted), 20480, 2).status(),
+              StatusIs(StatusCode::kDataLoss, HasSubstr("sorted by name")));
+  Manifest dup = m;
+  dup.tensors[1].name = "a.b";
+  EXPECT_THAT(DecodeManifest(EncodeManifestV2(dup), 20480, 2).status(),
+              StatusIs(StatusCode::kDataLoss, HasSubstr("duplicate name 'a.b'")));
+  // Counts the bytes cannot hold are rejected before reserving.
+  s = good;
+  s[4] = static_cast<char>(0xff);
+  s[5] = static_cast<char>(0xff);
+  EXPECT_THAT(DecodeManifest(s, 20480, 2).status(),
+              StatusIs(StatusCode::kDataLoss, HasSubstr("record counts need")));
+  // Every truncation fails cleanly.
+  for (size_t n = 0; n < good.size(); ++n)
+    EXPECT_FALSE(DecodeManifest(good.substr(0, n), 20480, 2).ok()) << n;
+}
+
+TEST(FormatTest, StoredManifestIsCompressedWhenThatPays) {
+  Manifest m = SampleManifest();
+  for (int i = 0; i < 200; ++i)
+    m.tensors.push_back({"layers." + std::to_string(1000 + i) + ".weight",
+                         DType::kF32,
+                         {1},
+                         {1},
+                         0,
+                         static_cast<uint64_t>(4 * i),
+                         4});
+  SortTensorsByName(&m.tensors);
+  Footer f;
+  auto stored = EncodeStoredManifest(m, 2, 3, &f);
+  ASSERT_OK(stored.status());
+  EXPECT_EQ(f.format_version, 2u);
+  EXPECT_EQ(f.manifest_codec, Codec::kZstd);
+  EXPECT_EQ(f.manifest_raw_size, EncodeManifestV2(m).size());
+  EXPECT_LT(stored->size(), f.manifest_raw_size / 2);
+  std::string scratch;
+  auto raw = DecodeStoredManifest(*stored, f, &scratch);
+  ASSERT_OK(raw.status());
+  EXPECT_EQ(*raw, EncodeManifestV2(m));
+  // A frame that lies about its size, or is cut short, or has bytes after it.
+  Footer lie = f;
+  lie.manifest_raw_size += 1;
+  EXPECT_THAT(DecodeStoredManifest(*stored, lie, &scratch).status(),
+              StatusIs(StatusCode::kDataLoss, HasSubstr("does not declare")));
+  EXPECT_FALSE(DecodeStoredManifest(stored->substr(0, stored->size() - 3), f, &scratch).ok());
+  EXPECT_THAT(DecodeStoredManifest(*stored + "x", f, &scratch).status(),
+              StatusIs(StatusCode::kDataLoss, HasSubstr("one zstd frame")));
+  // Version 1 is the v1 bytes, raw; a tiny v2 manifest that zstd cannot shrink is raw.
+  auto v1 = EncodeStoredManifest(m, 1, 3, &f);
+  ASSERT_OK(v1.status());
+  EXPECT_EQ(*v1, EncodeManifest(m));
+  EXPECT_EQ(f.manifest_codec, Codec::kRaw);
+  EXPECT_EQ(f.manifest_raw_size, 0u);
+  Manifest tiny;
+  const std::vector<uint8_t> noise = testing::RandomBytes(200, testing::TestSeed());
+  tiny.metadata.push_back({"noise", std::string(noise.begin(), noise.end())});
+  auto small = EncodeStoredManifest(tiny, 2, 3, &f);
+  ASSERT_OK(small.status());
+  EXPECT_EQ(f.manifest_codec, Codec::kRaw);
+  EXPECT_EQ(f.manifest_raw_size, small->size());
+  EXPECT_THAT(EncodeStoredManifest(m, 3, 3, &f).status(),
+              StatusIs(StatusCode::kInvalidArgument, HasSubstr("version 3")));
+}
+
+TEST(FormatTest, StorageAlignmentPacksTinyStorages) {
+  EXPECT_EQ(StorageAlignment(0), 1u);
+  EXPECT_EQ(StorageAlignment(1), 1u);
+  EXPECT_EQ(StorageAlignment(4), 4u);
+  EXPECT_EQ(StorageAlignment(5), 8u);
+  EXPECT_EQ(StorageAlignment(255), 256u);
+  EXPECT_EQ(StorageAlignment(256), 256u);
+  EXPECT_EQ(StorageAlignment(1 << 20), 256u);
 }
 
 TEST(FormatTest, ManifestRoundTrip) {

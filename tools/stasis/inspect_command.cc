@@ -40,7 +40,7 @@ int RunInspect(const std::string& path, bool json) {
   if (json) {
     Json j;
     j["image"] = path;
-    j["format_version"] = format::kFormatVersion;
+    j["format_version"] = (*reader)->footer().format_version;
     j["file_size"] = (*reader)->footer().file_size;
     j["raw_bytes"] = raw;
     j["stored_bytes"] = stored;
@@ -81,7 +81,7 @@ int RunInspect(const std::string& path, bool json) {
     std::cout << DumpJson(j) << "\n";
     return kExitOk;
   }
-  std::printf("image     %s (format v%u, %s)\n", path.c_str(), format::kFormatVersion,
+  std::printf("image     %s (format v%u, %s)\n", path.c_str(), (*reader)->footer().format_version,
               HumanBytes((*reader)->footer().file_size).c_str());
   std::printf("data      %s raw, %s stored, ratio %.3f\n", HumanBytes(raw).c_str(),
               HumanBytes(stored).c_str(), ratio);
