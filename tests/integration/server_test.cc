@@ -3,11 +3,15 @@
 // I64, echo for the other dtypes) and a ManualClock, so latencies and timeouts are exact.
 #include "runtime/server.h"
 
+#include <arpa/inet.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include <atomic>
 #include <chrono>
@@ -1210,6 +1214,281 @@ TEST_F(ServerTest, JsonLogLinesAreValidJson) {
   }
   spdlog::drop("stasis");
   spdlog::set_default_logger(previous);
+}
+
+}  // namespace
+}  // namespace stasis::runtime
+
+namespace stasis::runtime {
+namespace {
+
+// ----- Hardening (issue 16: the red-team report's H2, H3, H4, M2, M3, L8) -----
+
+namespace hardening {
+
+// A raw connection, for what no well-behaved client library sends.
+class RawConn {
+ public:
+  explicit RawConn(int port) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<uint16_t>(port));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ok_ = fd_ >= 0 && ::connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+    timeval tv{10, 0};
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  }
+  ~RawConn() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  bool ok() const { return ok_; }
+  bool Send(std::string_view s) {
+    while (!s.empty()) {
+      const ssize_t n = ::send(fd_, s.data(), s.size(), MSG_NOSIGNAL);
+      if (n <= 0) return false;
+      s.remove_prefix(static_cast<size_t>(n));
+    }
+    return true;
+  }
+  // Everything until the server closes (or 10 s of silence); `closed` says which.
+  std::string ReadAll(bool* closed) {
+    std::string out;
+    char buf[65536];
+    for (;;) {
+      const ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
+      if (n > 0) {
+        out.append(buf, static_cast<size_t>(n));
+        continue;
+      }
+      *closed = n == 0 || errno == ECONNRESET;
+      return out;
+    }
+  }
+
+ private:
+  int fd_ = -1;
+  bool ok_ = false;
+};
+
+size_t CountResponses(const std::string& s) {
+  size_t n = 0;
+  for (size_t at = s.find("HTTP/1.1 "); at != std::string::npos; at = s.find("HTTP/1.1 ", at + 1))
+    ++n;
+  return n;
+}
+
+}  // namespace hardening
+
+using hardening::CountResponses;
+using hardening::RawConn;
+
+TEST_F(ServerTest, ConflictingContentLengthsGetOne400AndAClosedConnection) {
+  StartServer();
+  const std::string inner = "GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n";
+  RawConn c(server_->port());
+  ASSERT_TRUE(c.ok());
+  ASSERT_TRUE(c.Send("POST /v1/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: " +
+                     std::to_string(5 + inner.size()) + "\r\n\r\n{\"a\":" + inner));
+  bool closed = false;
+  const std::string got = c.ReadAll(&closed);
+  EXPECT_EQ(CountResponses(got), 1u) << got;
+  EXPECT_THAT(got, HasSubstr("HTTP/1.1 400")) << got;
+  EXPECT_TRUE(closed);
+}
+
+TEST_F(ServerTest, ContentLengthWithTransferEncodingIsRefused) {
+  StartServer();
+  for (const char* te : {"chunked", "gzip, chunked", "gzip"}) {
+    RawConn c(server_->port());
+    ASSERT_TRUE(c.ok());
+    ASSERT_TRUE(c.Send(std::string("POST /v1/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+                                   "Transfer-Encoding: ") +
+                       te + "\r\n\r\n0\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"));
+    bool closed = false;
+    const std::string got = c.ReadAll(&closed);
+    EXPECT_EQ(CountResponses(got), 1u) << te << ": " << got;
+    EXPECT_TRUE(got.rfind("HTTP/1.1 400", 0) == 0 || got.rfind("HTTP/1.1 501", 0) == 0)
+        << te << ": " << got;
+    EXPECT_TRUE(closed) << te;
+  }
+}
+
+TEST_F(ServerTest, AnUnauthorizedBodyIsNeverParsedAsARequest) {
+  ServerOptions o;
+  o.token = "s3cret";
+  StartServer(o);
+  const std::string inner = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+  RawConn c(server_->port());
+  ASSERT_TRUE(c.ok());
+  ASSERT_TRUE(c.Send("POST /v1/infer HTTP/1.1\r\nHost: x\r\nContent-Length: " +
+                     std::to_string(inner.size()) + "\r\n\r\n"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  c.Send(inner);  // may fail: the server may have closed already
+  bool closed = false;
+  const std::string got = c.ReadAll(&closed);
+  EXPECT_EQ(CountResponses(got), 1u) << got;
+  EXPECT_THAT(got, HasSubstr("HTTP/1.1 401")) << got;
+  EXPECT_TRUE(closed);
+}
+
+TEST_F(ServerTest, PipelinedRequestsAreAllAnsweredInOrder) {
+  StartServer();
+  RawConn c(server_->port());
+  ASSERT_TRUE(c.ok());
+  ASSERT_TRUE(
+      c.Send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+             "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
+             "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
+  bool closed = false;
+  const std::string got = c.ReadAll(&closed);
+  ASSERT_EQ(CountResponses(got), 3u) << got;
+  const size_t a = got.find("HTTP/1.1 200"), b = got.find("HTTP/1.1 404"),
+               d = got.find("HTTP/1.1 200", b);
+  EXPECT_TRUE(a < b && b < d && d != std::string::npos) << got;
+  EXPECT_TRUE(closed);
+}
+
+TEST_F(ServerTest, HeadsAreBounded) {
+  StartServer();
+  RawConn c(server_->port());
+  ASSERT_TRUE(c.ok());
+  std::string head = "GET /healthz HTTP/1.1\r\nHost: x\r\n";
+  for (int i = 0; i < 5000; ++i) head += "X-" + std::to_string(i) + ": y\r\n";
+  c.Send(head + "\r\n");
+  bool closed = false;
+  const std::string got = c.ReadAll(&closed);
+  EXPECT_THAT(got, HasSubstr("HTTP/1.1 431")) << got.substr(0, 200);
+  EXPECT_TRUE(closed);
+}
+
+TEST_F(ServerTest, DecodedAndChunkedBodiesAreBoundedByMaxBody) {
+  ServerOptions o;
+  o.max_body_bytes = 1 << 20;
+  StartServer(o);
+  // 64 MiB of spaces, gzip'd to ~64 KiB: refused once inflation passes 1 MiB.
+  std::string plain(64 << 20, ' ');
+  uLongf packed_size = compressBound(plain.size());
+  std::string packed(packed_size, '\0');
+  z_stream zs{};
+  ASSERT_EQ(deflateInit2(&zs, 9, Z_DEFLATED, 16 + MAX_WBITS, 9, Z_DEFAULT_STRATEGY), Z_OK);
+  zs.next_in = reinterpret_cast<Bytef*>(plain.data());
+  zs.avail_in = static_cast<uInt>(plain.size());
+  zs.next_out = reinterpret_cast<Bytef*>(packed.data());
+  zs.avail_out = static_cast<uInt>(packed.size());
+  ASSERT_EQ(deflate(&zs, Z_FINISH), Z_STREAM_END);
+  packed.resize(zs.total_out);
+  deflateEnd(&zs);
+  ASSERT_LT(packed.size(), size_t{1} << 20);
+  auto r = Post("/v1/infer", packed, "application/json", {{"Content-Encoding", "gzip"}});
+  ExpectError(r, 413, "payload_too_large", "gzip bomb");
+
+  // A small gzip body is inflated and served.
+  const std::string body = InferBody({F32Input("x", {1, 2})});
+  std::string small(compressBound(body.size()) + 32, '\0');
+  z_stream zs2{};
+  ASSERT_EQ(deflateInit2(&zs2, 6, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY), Z_OK);
+  zs2.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(body.data()));
+  zs2.avail_in = static_cast<uInt>(body.size());
+  zs2.next_out = reinterpret_cast<Bytef*>(small.data());
+  zs2.avail_out = static_cast<uInt>(small.size());
+  ASSERT_EQ(deflate(&zs2, Z_FINISH), Z_STREAM_END);
+  small.resize(zs2.total_out);
+  deflateEnd(&zs2);
+  r = Post("/v1/infer", small, "application/json", {{"Content-Encoding", "gzip"}});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200) << r->body;
+
+  // Chunked: 2 MiB in 64 KiB chunks against 1 MiB.
+  RawConn c(server_->port());
+  ASSERT_TRUE(c.ok());
+  std::string req =
+      "POST /v1/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+      "Transfer-Encoding: chunked\r\n\r\n";
+  const std::string piece(64 << 10, '1');
+  for (int i = 0; i < 32; ++i) req += "10000\r\n" + piece + "\r\n";
+  req += "0\r\n\r\n";
+  c.Send(req);
+  bool closed = false;
+  const std::string got = c.ReadAll(&closed);
+  EXPECT_THAT(got, HasSubstr("HTTP/1.1 413")) << got.substr(0, 300);
+  EXPECT_TRUE(closed);
+}
+
+TEST_F(ServerTest, OutputsAreBoundedByMaxOutput) {
+  ServerOptions o;
+  o.max_output_bytes = 16 << 10;
+  StartServer(o);
+  auto r = Infer({F32Input("x", std::vector<float>(4096, 1.5f))});
+  ExpectError(r, 413, "output_too_large", "4096 floats against 16 KiB");
+  r = Infer({F32Input("x", {1, 2})});
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200) << r->body;
+}
+
+TEST_F(ServerTest, RangeErrorsAndImpossibleShapesAre400) {
+  StartServer();
+  auto r = Post("/v1/infer", R"({"inputs":[{"dtype":"F32","shape":[1],"data":[1e400]}]})");
+  ExpectError(r, 400, "bad_json", "1e400");
+  r = Post("/v1/infer",
+           R"({"inputs":[{"dtype":"I64","shape":[4611686018427387904,0],"data":[]}]})");
+  ExpectError(r, 400, "bad_request", "[2^62, 0]");
+}
+
+TEST_F(ServerTest, AdminPostsWithoutABodyWork) {
+  StartServer();
+  RawConn c(server_->port());
+  ASSERT_TRUE(c.ok());
+  ASSERT_TRUE(c.Send("POST /v1/unload HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
+  bool closed = false;
+  const std::string got = c.ReadAll(&closed);
+  EXPECT_THAT(got, HasSubstr("HTTP/1.1 200")) << got;
+}
+
+TEST_F(ServerTest, ASecondServerOnATakenPortFailsToStart) {
+  StartServer();
+  ServerOptions o;
+  o.port = server_->port();
+  Lifecycle other(host_.get(), &clock_, LifecycleOptions{});
+  auto second = Server::Start(&other, &metrics_, &clock_, o);
+  EXPECT_THAT(second, StatusIs(StatusCode::kUnavailable, HasSubstr("bind")));
+}
+
+TEST_F(ServerTest, HealthzAnswersWhileAHundredSlowClientsTrickle) {
+  StartServer();
+  std::vector<std::unique_ptr<RawConn>> slow;
+  for (int i = 0; i < 100; ++i) {
+    slow.push_back(std::make_unique<RawConn>(server_->port()));
+    ASSERT_TRUE(slow.back()->ok());
+    slow.back()->Send("GET /healthz HTTP/1.1\r\nHost: x\r\n");
+  }
+  for (int round = 0; round < 3; ++round) {
+    for (auto& s : slow) s->Send("X-Slow: y\r\n");
+    auto c = NewClient();
+    c->set_read_timeout(std::chrono::seconds(2));
+    auto r = c->Get("/healthz");
+    ASSERT_TRUE(r) << "round " << round << ": " << httplib::to_string(r.error());
+    EXPECT_EQ(r->status, 200);
+  }
+}
+
+TEST_F(ServerTest, ShutdownFinishesWhileAClientTrickles) {
+  StartServer();
+  RawConn c(server_->port());
+  ASSERT_TRUE(c.ok());
+  c.Send("POST /v1/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{");
+  std::atomic<bool> done{false};
+  std::thread stopper([&] {
+    server_->Shutdown();
+    done = true;
+  });
+  // Not a timing of the server: a bound on a hang (the deadlines here are 10 s and more).
+  for (int i = 0; i < 500 && !done; ++i) {
+    c.Send(" ");
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_TRUE(done.load()) << "Shutdown still waiting after 5 s of a trickling client";
+  stopper.join();
 }
 
 }  // namespace
