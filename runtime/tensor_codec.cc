@@ -405,8 +405,6 @@ uint64_t EstimateOutputBytes(const std::vector<TensorData>& outputs, bool json_a
         break;
       case DType::kF16:
       case DType::kBF16:
-        per = 16;
-        break;
       case DType::kF32:
         per = 16;
         break;
