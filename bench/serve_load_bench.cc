@@ -12,6 +12,12 @@
 // sent to response parsed), the cold-start count and requests/s during bursts. Exit status
 // 1 when anything failed or fewer than 3 unload/restore cycles happened.
 //
+// With --slow-clients N, every second cycle runs with N slow clients alongside (bench/
+// slow_clients.h: connections that trickle a request head that never ends), so both kinds
+// of cycle share one run: it reports the warm p99 of each and their ratio (the target is
+// <= 2, issue 16), and /healthz latency, polled during every burst (the target is < 2 s
+// under slow clients). Either target missed is a failure.
+//
 // The model is a seeded GPT-2-shaped TorchScript module from stasis-genmodel (--preset),
 // generated once into --dir and snapshotted (raw codec) on every run.
 #include <fcntl.h>
@@ -30,11 +36,14 @@
 #include <fstream>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "bench/slow_clients.h"
 
 namespace {
 
@@ -294,6 +303,16 @@ class Bench {
     return o;
   }
 
+  // GET /healthz on a fresh connection: its latency in ms, or -1 when it failed.
+  double HealthzMs() const {
+    auto c = NewClient(false);
+    c->set_read_timeout(10, 0);
+    const auto start = Clock::now();
+    auto res = c->Get("/healthz");
+    if (!res || res->status != 200) return -1;
+    return Since(start) * 1e3;
+  }
+
   // GET /v1/status, or a discarded Json when it failed.
   Json Status() const {
     auto c = NewClient(false);
@@ -338,6 +357,7 @@ int main(int argc, char** argv) {
   uint64_t seed = 1;
   std::string dir = "/var/tmp/stasis-serve-bench";
   std::string json_path;
+  int slow_clients = 0;
   app.add_option("--seconds", seconds, "how long to keep starting bursts (default 60)")
       ->check(CLI::Range(1.0, 3600.0));
   app.add_option("--preset", preset, "model size (default tiny)")
@@ -351,6 +371,9 @@ int main(int argc, char** argv) {
   app.add_option("--seed", seed, "seed of the inputs and burst lengths (default 1)");
   app.add_option("--dir", dir, "work directory: model, image, server log");
   app.add_option("--json", json_path, "also write the results as JSON here");
+  app.add_option("--slow-clients", slow_clients,
+                 "slow clients alongside every second cycle (default 0: none)")
+      ->check(CLI::Range(0, 900));
   CLI11_PARSE(app, argc, argv);
   const double idle_s = ParseSeconds(idle_timeout);
   if (idle_s <= 0) Die("--idle-timeout: '" + idle_timeout + "' is not a positive duration");
@@ -378,10 +401,10 @@ int main(int argc, char** argv) {
 
   std::printf(
       "serve load: preset %s (input i64 [1,%lld] < %lld), %.0f s, idle timeout %s, %d clients, "
-      "--max-concurrency %d --queue %d, seed %llu\n",
+      "--max-concurrency %d --queue %d, seed %llu, %d slow clients every second cycle\n",
       preset.c_str(), static_cast<long long>(spec.tokens), static_cast<long long>(spec.vocab),
       seconds, idle_timeout.c_str(), clients, kMaxConcurrency, kQueue,
-      static_cast<unsigned long long>(seed));
+      static_cast<unsigned long long>(seed), slow_clients);
   std::fflush(stdout);
 
   // The server: its stderr announces the port.
@@ -426,6 +449,11 @@ int main(int argc, char** argv) {
   uint64_t unexpected_cold = 0;
   double burst_seconds = 0;
   std::vector<double> idle_to_cold;
+  // With --slow-clients: warm latencies and /healthz latencies of the cycles with and
+  // without them.
+  std::vector<double> warm_ms_by[2], healthz_ms_by[2];
+  uint64_t healthz_failed = 0, slow_reconnects = 0, slow_connect_failures = 0;
+  int slow_open_min = slow_clients;
   bool stop = false;
 
   auto compare_probe = [&](const Outcome& o, const char* which, uint64_t cycle) {
@@ -447,6 +475,11 @@ int main(int argc, char** argv) {
   }
   while (!stop && Since(t0) < seconds && !bench.Expired()) {
     ++bursts;
+    // Every second cycle with the slow clients, from before its cold request to the end of
+    // its burst.
+    const bool slow = slow_clients > 0 && bursts % 2 == 0;
+    std::optional<stasis::bench::SlowClients> trickle;
+    if (slow) trickle.emplace(port, slow_clients, std::chrono::milliseconds(500));
     // The cold request: the probe, alone.
     auto probe_client = bench.NewClient(false);
     Outcome first = bench.Infer(*probe_client, probe_body, /*keep_data=*/true);
@@ -482,6 +515,18 @@ int main(int argc, char** argv) {
         }
       });
     }
+    // /healthz meanwhile, every 200 ms.
+    while (Clock::now() < burst_end) {
+      const double ms = bench.HealthzMs();
+      if (ms < 0) {
+        ++healthz_failed;
+        failures.Add(&Failures::other, std::string("GET /healthz failed during a burst") +
+                                           (slow ? " with slow clients" : ""));
+      } else {
+        healthz_ms_by[slow].push_back(ms);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
     for (auto& t : threads) t.join();
     const double took = Since(burst_start);
     burst_seconds += took;
@@ -492,11 +537,18 @@ int main(int argc, char** argv) {
         ++n_ok;
         (s.cold ? cold : warm).push_back(s);
         if (s.cold) ++unexpected_cold;
+        if (!s.cold) warm_ms_by[slow].push_back(s.ms);
       }
     }
     requests += n_sent;
     ok_requests += n_ok;
     burst_requests += n_sent;
+    if (trickle) {
+      slow_open_min = std::min(slow_open_min, trickle->open());
+      slow_reconnects += trickle->reconnects();
+      slow_connect_failures += trickle->connect_failures();
+      trickle.reset();
+    }
 
     // The probe again, warm: the same bits as the cold one.
     Outcome last = bench.Infer(*probe_client, probe_body, /*keep_data=*/true);
@@ -516,9 +568,9 @@ int main(int argc, char** argv) {
     const double quiet = Since(quiet_start);
     if (unloaded) idle_to_cold.push_back(quiet);
     std::printf(
-        "cycle %llu: first request %s %.1f ms, burst %.2f s %llu requests (%.0f/s), "
+        "cycle %llu%s: first request %s %.1f ms, burst %.2f s %llu requests (%.0f/s), "
         "cold again %.2f s after the last response\n",
-        static_cast<unsigned long long>(bursts),
+        static_cast<unsigned long long>(bursts), slow ? " (slow clients)" : "",
         first.ok ? (first.sample.cold ? "cold" : "WARM") : "FAILED", first.sample.ms, took,
         static_cast<unsigned long long>(n_sent),
         took > 0 ? static_cast<double>(n_sent) / took : 0.0, quiet);
@@ -579,6 +631,27 @@ int main(int argc, char** argv) {
     cold_server_ms.push_back(s.server_ms);
   }
   const double rps = burst_seconds > 0 ? static_cast<double>(burst_requests) / burst_seconds : 0;
+  // The slow-client targets (issue 16): warm p99 within 2x, /healthz within 2 s.
+  const double p99_quiet = Percentile(warm_ms_by[0], 99), p99_slow = Percentile(warm_ms_by[1], 99);
+  const double slow_ratio = p99_quiet > 0 ? p99_slow / p99_quiet : 0;
+  const double healthz_max_slow =
+      healthz_ms_by[1].empty()
+          ? 0.0
+          : *std::max_element(healthz_ms_by[1].begin(), healthz_ms_by[1].end());
+  if (slow_clients > 0) {
+    if (warm_ms_by[1].empty() || warm_ms_by[0].empty())
+      failures.Add(&Failures::other, "no warm requests in cycles with or without slow clients");
+    else if (slow_ratio > 2)
+      failures.Add(&Failures::other, "warm p99 with slow clients is " + std::to_string(slow_ratio) +
+                                         "x that without (> 2)");
+    if (healthz_max_slow >= 2000)
+      failures.Add(&Failures::other, "/healthz took " + std::to_string(healthz_max_slow) +
+                                         " ms with slow clients (>= 2000)");
+    if (slow_open_min < slow_clients)
+      failures.Add(&Failures::other, "only " + std::to_string(slow_open_min) + " of " +
+                                         std::to_string(slow_clients) +
+                                         " slow clients were connected at the end of a burst");
+  }
   const uint64_t failed = failures.total();
   const bool pass = failed == 0 && cycles >= 3;
 
@@ -627,6 +700,26 @@ int main(int argc, char** argv) {
       "server's idle clock starts when the inference ends)\n",
       Percentile(idle_to_cold, 50),
       idle_to_cold.empty() ? 0.0 : *std::max_element(idle_to_cold.begin(), idle_to_cold.end()));
+  if (slow_clients > 0) {
+    std::printf(
+        "slow clients      %d every second cycle (fewest connected at a burst's end %d, "
+        "reopened after the server closed them %llu, failed to connect %llu)\n",
+        slow_clients, slow_open_min, static_cast<unsigned long long>(slow_reconnects),
+        static_cast<unsigned long long>(slow_connect_failures));
+    std::printf("  warm p99 ms     without %.2f (%zu)  with %.2f (%zu)  ratio %.2f (target <= 2)\n",
+                p99_quiet, warm_ms_by[0].size(), p99_slow, warm_ms_by[1].size(), slow_ratio);
+    std::printf("  warm p50 ms     without %.2f  with %.2f\n", Percentile(warm_ms_by[0], 50),
+                Percentile(warm_ms_by[1], 50));
+  }
+  std::printf(
+      "healthz ms        p50 %.2f max %.2f without slow clients; p50 %.2f max %.2f with "
+      "(target < 2000); %llu failed\n",
+      Percentile(healthz_ms_by[0], 50),
+      healthz_ms_by[0].empty()
+          ? 0.0
+          : *std::max_element(healthz_ms_by[0].begin(), healthz_ms_by[0].end()),
+      Percentile(healthz_ms_by[1], 50), healthz_max_slow,
+      static_cast<unsigned long long>(healthz_failed));
   std::printf("server exit       %d after SIGTERM; wall %.1f s\n", exit_code, wall);
   {
     std::lock_guard l(failures.mu);
@@ -678,6 +771,15 @@ int main(int argc, char** argv) {
         {"p50", Percentile(idle_to_cold, 50)},
         {"max",
          idle_to_cold.empty() ? 0.0 : *std::max_element(idle_to_cold.begin(), idle_to_cold.end())}};
+    out["slow_clients"] = Json{{"count", slow_clients},
+                               {"fewest_connected", slow_open_min},
+                               {"reconnects", slow_reconnects},
+                               {"connect_failures", slow_connect_failures},
+                               {"warm_ms_without", Summary(warm_ms_by[0])},
+                               {"warm_ms_with", Summary(warm_ms_by[1])},
+                               {"warm_p99_ratio", slow_ratio},
+                               {"healthz_ms_without", Summary(healthz_ms_by[0])},
+                               {"healthz_ms_with", Summary(healthz_ms_by[1])}};
     out["server_exit_code"] = exit_code;
     out["wall_seconds"] = wall;
     out["pass"] = pass;

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <system_error>
 #include <thread>
 
 #include "common/numbers.h"
@@ -285,8 +286,9 @@ Status RestoredModel::RunPipeline() {
   std::vector<Status> results(plan.workers.size());
   {
     std::vector<std::thread> threads;
+    threads.reserve(plan.workers.size());
     for (size_t w = 0; w < plan.workers.size(); ++w) {
-      threads.emplace_back([&, w] {
+      auto work = [&, w] {
         uint8_t* mine = staging ? staging + w * plan.slot_size * plan.slots_per_worker : nullptr;
         PipelineWorkerArgs args;
         args.manifest = &m;
@@ -304,7 +306,22 @@ Status RestoredModel::RunPipeline() {
         results[w] = RunPipelineWorker(args, &times[w], &abandoned_reads);
         if (!results[w].ok()) cancel = true;
         if (abandoned_reads) abandoned = true;
-      });
+      };
+      try {
+        threads.emplace_back(std::move(work));
+      } catch (const std::system_error& e) {
+        // No thread left in this process: the workers started stop at their next chunk.
+        cancel = true;
+        for (auto& th : threads) th.join();
+        if (abandoned) {  // as below: never hand memory the kernel may still write to
+          st.abandoned_reads = true;
+          return InternalError("restore of " + st.image +
+                               ": reads could not be reaped after a thread failed to start");
+        }
+        if (staging) backend_->FreeStaging(staging);
+        return ResourceExhaustedError("cannot start restore worker " + Num(w) + " of " +
+                                      Num(plan.workers.size()) + ": " + e.what());
+      }
     }
     for (auto& th : threads) th.join();
   }

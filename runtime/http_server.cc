@@ -1,7 +1,5 @@
 #include "runtime/http_server.h"
 
-#include <zlib.h>
-
 #include <algorithm>
 #include <atomic>
 #include <boost/asio.hpp>
@@ -16,6 +14,8 @@
 #include <thread>
 #include <unordered_map>
 
+#include "runtime/http_request_parse.h"
+
 namespace stasis::runtime::internal {
 
 namespace net = boost::asio;
@@ -24,19 +24,6 @@ namespace http = beast::http;
 using tcp = net::ip::tcp;
 
 namespace {
-
-bool IEquals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return std::tolower(static_cast<unsigned char>(x)) ==
-                  std::tolower(static_cast<unsigned char>(y));
-         });
-}
-
-std::string_view Trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
-  return s;
-}
 
 std::chrono::milliseconds Ms(int64_t ms) {
   return std::chrono::milliseconds(std::max<int64_t>(ms, 1));
@@ -52,80 +39,6 @@ bool IsDisconnect(const beast::error_code& ec) {
 }
 
 }  // namespace
-
-std::string_view HttpRequest::Header(std::string_view name) const {
-  for (const auto& [k, v] : headers) {
-    if (IEquals(k, name)) return v;
-  }
-  return {};
-}
-
-std::optional<std::pair<int, std::string>> CheckRequestHead(const HttpRequest& head) {
-  for (const auto& [k, v] : head.headers) {
-    if (IEquals(k, "Transfer-Encoding") && !IEquals(Trim(v), "chunked")) {
-      return std::pair<int, std::string>(
-          501, "unsupported Transfer-Encoding (only \"chunked\" alone is accepted)");
-    }
-    if (IEquals(k, "Content-Encoding")) {
-      const std::string_view e = Trim(v);
-      if (!e.empty() && !IEquals(e, "identity") && !IEquals(e, "gzip") && !IEquals(e, "x-gzip") &&
-          !IEquals(e, "deflate")) {
-        return std::pair<int, std::string>(
-            415, "unsupported Content-Encoding (identity, gzip or deflate)");
-      }
-    }
-  }
-  return std::nullopt;
-}
-
-StatusOr<std::string> DecodeContent(std::string_view encoding, std::string body,
-                                    uint64_t max_bytes) {
-  encoding = Trim(encoding);
-  if (encoding.empty() || IEquals(encoding, "identity")) {
-    if (body.size() > max_bytes) return ResourceExhaustedError("body exceeds the limit");
-    return body;
-  }
-  if (!IEquals(encoding, "gzip") && !IEquals(encoding, "x-gzip") && !IEquals(encoding, "deflate")) {
-    return UnimplementedError("unsupported Content-Encoding");
-  }
-  z_stream zs{};
-  // 32 + MAX_WBITS: a gzip or a zlib header, detected (servers send both as "deflate").
-  if (inflateInit2(&zs, 32 + MAX_WBITS) != Z_OK) return InternalError("zlib: inflateInit2 failed");
-  struct End {
-    z_stream* z;
-    ~End() { inflateEnd(z); }
-  } end{&zs};
-  std::string out;
-  zs.next_in = reinterpret_cast<Bytef*>(body.data());
-  zs.avail_in = static_cast<uInt>(std::min<size_t>(body.size(), UINT32_MAX));
-  if (body.size() > UINT32_MAX) return ResourceExhaustedError("compressed body too large");
-  constexpr size_t kStep = 64 << 10;
-  for (;;) {
-    const size_t used = out.size();
-    // Never more than the limit plus one step, whatever the ratio of the input.
-    if (used > max_bytes) return ResourceExhaustedError("decoded body exceeds the limit");
-    out.resize(used + kStep);
-    zs.next_out = reinterpret_cast<Bytef*>(out.data() + used);
-    zs.avail_out = static_cast<uInt>(kStep);
-    const int rc = inflate(&zs, Z_NO_FLUSH);
-    out.resize(used + (kStep - zs.avail_out));
-    if (rc == Z_STREAM_END) {
-      if (zs.avail_in == 0) break;
-      // Concatenated gzip members (RFC 1952 allows them).
-      if (inflateReset(&zs) != Z_OK) return InvalidArgumentError("corrupt compressed body");
-      continue;
-    }
-    if (rc == Z_BUF_ERROR && zs.avail_in == 0) {
-      return InvalidArgumentError("truncated compressed body");
-    }
-    if (rc != Z_OK && rc != Z_BUF_ERROR) {
-      return InvalidArgumentError(std::string("corrupt compressed body: ") +
-                                  (zs.msg != nullptr ? zs.msg : "inflate failed"));
-    }
-  }
-  if (out.size() > max_bytes) return ResourceExhaustedError("decoded body exceeds the limit");
-  return out;
-}
 
 class Session;
 
@@ -204,8 +117,7 @@ class Session : public std::enable_shared_from_this<Session> {
     req_.remote = remote_;
     res_ = HttpResponse();
     parser_.emplace();
-    parser_->header_limit(srv_->o.max_header_bytes);
-    parser_->body_limit(srv_->o.max_body_bytes);
+    LimitRequestParser(&*parser_, srv_->o.max_header_bytes, srv_->o.max_body_bytes);
     stream_.expires_after(Ms(first_ ? srv_->o.header_timeout_ms : srv_->o.keep_alive_timeout_ms));
     http::async_read_header(stream_, buffer_, *parser_,
                             beast::bind_front_handler(&Session::OnHead, shared_from_this()));
@@ -241,7 +153,7 @@ class Session : public std::enable_shared_from_this<Session> {
       return Write();
     }
     if (!req_.has_body) return Dispatch();
-    if (IEquals(Trim(req_.Header("Expect")), "100-continue")) {
+    if (EqualsIgnoringCase(TrimWhitespace(req_.Header("Expect")), "100-continue")) {
       static constexpr char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
       stream_.expires_after(Ms(srv_->o.write_timeout_ms));
       return net::async_write(stream_, net::buffer(kContinue, sizeof(kContinue) - 1),
@@ -254,15 +166,8 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void FillHead() {
-    const auto& h = parser_->get();
-    req_.method.assign(h.method_string().data(), h.method_string().size());
-    req_.target.assign(h.target().data(), h.target().size());
-    req_.path = req_.target.substr(0, req_.target.find('?'));
-    for (const auto& f : h) {
-      req_.headers.emplace_back(std::string(f.name_string()), std::string(f.value()));
-    }
-    req_.has_body = parser_->chunked() || parser_->content_length().value_or(0) > 0;
-    keep_alive_ = h.keep_alive();
+    CopyRequestHead(*parser_, &req_);
+    keep_alive_ = parser_->get().keep_alive();
   }
 
   void ReadBody() {
@@ -387,7 +292,7 @@ class Session : public std::enable_shared_from_this<Session> {
   HttpServer::Impl* const srv_;
   beast::tcp_stream stream_;
   beast::flat_buffer buffer_;
-  std::optional<http::request_parser<http::string_body>> parser_;
+  std::optional<RequestParser> parser_;
   HttpRequest req_;
   HttpResponse res_;
   std::string remote_;

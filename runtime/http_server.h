@@ -138,18 +138,6 @@ class HttpServer {
   std::unique_ptr<Impl> impl_;
 };
 
-// The checks the transport makes on a parsed head beyond Beast's (exposed for the fuzzer
-// and tests): a Transfer-Encoding other than "chunked" alone is 501, a Content-Encoding other
-// than identity, gzip, x-gzip or deflate is 415. Returns the status and a message, or
-// nullopt when the head is acceptable.
-std::optional<std::pair<int, std::string>> CheckRequestHead(const HttpRequest& head);
-
-// `body` with the Content-Encoding `encoding` undone ("" and "identity": unchanged), at most
-// `max_bytes` of output. Errors: kResourceExhausted past max_bytes (inflation stops there),
-// kInvalidArgument for corrupt data, kUnimplemented for another coding.
-StatusOr<std::string> DecodeContent(std::string_view encoding, std::string body,
-                                    uint64_t max_bytes);
-
 }  // namespace stasis::runtime::internal
 
 #endif  // STASIS_RUNTIME_HTTP_SERVER_H_

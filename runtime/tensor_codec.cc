@@ -376,17 +376,19 @@ std::optional<HttpError> ParseJsonInputs(const std::string& body, uint64_t max_b
 }
 
 uint64_t EstimateOutputBytes(const std::vector<TensorData>& outputs, bool json_answer) {
-  // JSON: the widest element a dtype prints ("-1.23456789e-308," is 24 characters), plus
-  // a little per tensor for the name, dtype and shape.
+  // JSON: the widest element a dtype prints ("-1.2345678901234567e-308," is 25 characters),
+  // plus per tensor its name as escaped at worst ("\u0001" is 6 characters for 1), its
+  // dimensions (20 digits and a comma each) and a little for the dtype; a safetensors header
+  // escapes the name and prints the shape the same way.
   uint64_t total = 256;
   for (const TensorData& t : outputs) {
-    total += 256 + t.name.size();
+    total += 256 + 6 * t.name.size() + 21 * t.shape.size();
     if (!json_answer) {
       total += t.bytes.size();
       continue;
     }
     const uint64_t elem = std::max<uint64_t>(DTypeBits(t.dtype) / 8, 1);
-    uint64_t per = 24;
+    uint64_t per = 25;
     switch (t.dtype) {
       case DType::kBool:
         per = 6;

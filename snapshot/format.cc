@@ -163,7 +163,7 @@ uint64_t Manifest::RawBytes() const {
   return n;
 }
 
-StatusOr<uint64_t> ElementCount(const std::vector<int64_t>& shape) {
+StatusOr<uint64_t> ElementCount(std::span<const int64_t> shape) {
   u128 count = 1;
   for (int64_t d : shape) {
     if (d < 0) return InvalidArgumentError("negative dimension " + std::to_string(d));
@@ -176,8 +176,9 @@ StatusOr<uint64_t> ElementCount(const std::vector<int64_t>& shape) {
   return static_cast<uint64_t>(count);
 }
 
-std::vector<int64_t> ContiguousStrides(const std::vector<int64_t>& shape) {
-  std::vector<int64_t> strides(shape.size());
+Dims ContiguousStrides(std::span<const int64_t> shape) {
+  Dims strides;
+  strides.resize(shape.size());
   int64_t s = 1;
   for (size_t i = shape.size(); i-- > 0;) {
     strides[i] = s;
@@ -186,8 +187,8 @@ std::vector<int64_t> ContiguousStrides(const std::vector<int64_t>& shape) {
   return strides;
 }
 
-StatusOr<uint64_t> ViewByteSize(DType dtype, const std::vector<int64_t>& shape,
-                                const std::vector<int64_t>& strides) {
+StatusOr<uint64_t> ViewByteSize(DType dtype, std::span<const int64_t> shape,
+                                std::span<const int64_t> strides) {
   if (shape.size() != strides.size())
     return InvalidArgumentError("shape and strides differ in rank");
   STASIS_ASSIGN_OR_RETURN(uint64_t count, ElementCount(shape));
@@ -196,7 +197,8 @@ StatusOr<uint64_t> ViewByteSize(DType dtype, const std::vector<int64_t>& shape,
   if (count == 0) return uint64_t{0};
   int bits = DTypeBits(dtype);
   if (bits % 8 != 0) {
-    if (strides != ContiguousStrides(shape))
+    const Dims contiguous = ContiguousStrides(shape);
+    if (!std::equal(strides.begin(), strides.end(), contiguous.begin(), contiguous.end()))
       return InvalidArgumentError("sub-byte dtype " + std::string(DTypeName(dtype)) +
                                   " must be contiguous");
     return static_cast<uint64_t>((static_cast<u128>(count) * bits + 7) / 8);
@@ -371,7 +373,7 @@ void EncodeSectionsMetadata(const Manifest& m, ByteWriter& w) {
   }
 }
 
-bool IsRowMajor(const std::vector<int64_t>& shape, const std::vector<int64_t>& strides) {
+bool IsRowMajor(std::span<const int64_t> shape, std::span<const int64_t> strides) {
   if (shape.size() != strides.size()) return false;
   int64_t s = 1;
   for (size_t i = shape.size(); i-- > 0;) {

@@ -8,6 +8,7 @@
 #define STASIS_SNAPSHOT_FORMAT_H_
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -60,12 +61,12 @@ inline constexpr size_t kMaxMetadataKeyLen = 256;
 inline constexpr size_t kMaxMetadataValueLen = 1u << 20;
 
 // Element count of a shape (1 for rank 0). Fails on negative dims or overflow past 2^62.
-StatusOr<uint64_t> ElementCount(const std::vector<int64_t>& shape);
+StatusOr<uint64_t> ElementCount(std::span<const int64_t> shape);
 // Row-major strides (in elements) for `shape`.
-std::vector<int64_t> ContiguousStrides(const std::vector<int64_t>& shape);
+Dims ContiguousStrides(std::span<const int64_t> shape);
 // The bytes a view spans (docs: Tensor record, byte_size). Fails on inconsistent input.
-StatusOr<uint64_t> ViewByteSize(DType dtype, const std::vector<int64_t>& shape,
-                                const std::vector<int64_t>& strides);
+StatusOr<uint64_t> ViewByteSize(DType dtype, std::span<const int64_t> shape,
+                                std::span<const int64_t> strides);
 
 // Where a writer places a storage of `bytes` bytes in a region (layout, not format): at a
 // multiple of kStorageAlign when it has at least that many bytes (CUDA's allocation granule

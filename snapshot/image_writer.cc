@@ -246,10 +246,11 @@ StatusOr<std::unique_ptr<ImageWriter>> ImageWriter::Create(const std::string& pa
   impl->fs = options.fs ? options.fs : DefaultFileSystem();
   if (!options.overwrite && impl->fs->Exists(path))
     return AlreadyExistsError("'" + path + "' exists (use --force to replace it)");
+  const int threads = ThreadPool::ResolveThreadCount(options.threads);
+  // All the threads asked for or none (kResourceExhausted), before any file exists.
+  STASIS_ASSIGN_OR_RETURN(impl->pool, ThreadPool::Create(threads));
   impl->temp = TempPathFor(path);
   STASIS_ASSIGN_OR_RETURN(impl->file, impl->fs->CreateExclusive(impl->temp));
-  int threads = ThreadPool::ResolveThreadCount(options.threads);
-  impl->pool = std::make_unique<ThreadPool>(threads);
   impl->max_inflight = options.max_inflight_chunks > 0 ? options.max_inflight_chunks : 2 * threads;
   std::unique_ptr<ImageWriter> writer(new ImageWriter(std::move(impl)));
   std::string header = format::EncodeHeader(options.format_version);

@@ -20,7 +20,7 @@ std::string Quote(std::string_view s) {
   return "'" + std::string(s.substr(0, kMaxShown)) + "...' (" + Num(s.size()) + " bytes)";
 }
 
-std::string ShapeString(const std::vector<int64_t>& shape) {
+std::string ShapeString(std::span<const int64_t> shape) {
   std::string out = "[";
   for (size_t i = 0; i < shape.size(); ++i) {
     if (i != 0) out += ", ";
@@ -38,7 +38,7 @@ std::string TensorNameProblem(std::string_view name) {
   return "";
 }
 
-StatusOr<uint64_t> TensorByteSize(DType dtype, const std::vector<int64_t>& shape) {
+StatusOr<uint64_t> TensorByteSize(DType dtype, std::span<const int64_t> shape) {
   uint64_t count = 1;
   for (int64_t d : shape) {
     if (d < 0) return InvalidArgumentError("negative dimension in shape " + ShapeString(shape));

@@ -12,6 +12,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -31,7 +32,7 @@ inline constexpr uint64_t kLengthPrefixSize = 8;
 std::string Quote(std::string_view s);
 
 // "[2, 3]".
-std::string ShapeString(const std::vector<int64_t>& shape);
+std::string ShapeString(std::span<const int64_t> shape);
 
 // The checks every tensor name gets, on read and on write. Returns an empty string when
 // the name is fine, else what is wrong with it.
@@ -39,7 +40,7 @@ std::string TensorNameProblem(std::string_view name);
 
 // Byte size of a tensor: prod(shape) * bits / 8, with every step checked. The error
 // message has no context; callers prefix the tensor.
-StatusOr<uint64_t> TensorByteSize(DType dtype, const std::vector<int64_t>& shape);
+StatusOr<uint64_t> TensorByteSize(DType dtype, std::span<const int64_t> shape);
 
 // nlohmann's lexer takes a NUL byte for the end of input, so "{}\0garbage" would parse.
 // A raw NUL is never valid JSON (inside strings it must be escaped), so refuse it outright.

@@ -27,8 +27,7 @@ Status AddHostTensors(const std::vector<HostTensor>& tensors, ImageWriter* write
       return InvalidArgumentError("tensor name length out of range: '" + t.name + "'");
     if (t.shape.size() > format::kMaxRank)
       return InvalidArgumentError("tensor '" + t.name + "' has rank above 32");
-    std::vector<int64_t> strides =
-        t.strides.empty() ? format::ContiguousStrides(t.shape) : t.strides;
+    const Dims strides = t.strides.empty() ? format::ContiguousStrides(t.shape) : Dims(t.strides);
     auto size = format::ViewByteSize(t.dtype, t.shape, strides);
     if (!size.ok()) return size.status().WithContext("tensor '" + t.name + "'");
     if (t.byte_offset > t.storage_bytes || *size > t.storage_bytes - t.byte_offset)

@@ -50,12 +50,12 @@ class RegionStorages {
   StatusOr<at::Tensor> View(const RestoredTensor& t) {
     std::optional<at::ScalarType> type = ToScalarType(t.dtype);
     if (!type)
-      return UnimplementedError("tensor '" + t.name + "' has dtype " +
+      return UnimplementedError("tensor '" + std::string(t.name) + "' has dtype " +
                                 std::string(DTypeName(t.dtype)) +
                                 ", which libtorch " TORCH_VERSION " cannot hold");
     if (t.region >= restored_.regions().size())
-      return InternalError("tensor '" + t.name + "' names region " + Num(t.region) + " of " +
-                           Num(restored_.regions().size()));
+      return InternalError("tensor '" + std::string(t.name) + "' names region " + Num(t.region) +
+                           " of " + Num(restored_.regions().size()));
     const MappedRegion& region = restored_.regions()[t.region];
     if (!device_ || device_spec_.kind != t.device.kind ||
         device_spec_.ordinal != t.device.ordinal) {
@@ -66,7 +66,7 @@ class RegionStorages {
     const int64_t itemsize = static_cast<int64_t>(c10::elementSize(*type));
     const uint64_t offset = t.address - region.address;
     if (t.address < region.address || offset > region.size || t.byte_size > region.size - offset)
-      return InternalError("tensor '" + t.name + "' lies outside its region");
+      return InternalError("tensor '" + std::string(t.name) + "' lies outside its region");
     at::Storage storage;
     int64_t element_offset = 0;
     if (offset % itemsize == 0) {

@@ -30,6 +30,7 @@
 #include <utility>
 #include <vector>
 
+#include "stasis/dims.h"
 #include "stasis/file_system.h"
 #include "stasis/status.h"
 #include "stasis/tensor.h"
@@ -77,8 +78,8 @@ struct ChunkInfo {
 struct TensorInfo {
   std::string name;
   DType dtype = DType::kU8;
-  std::vector<int64_t> shape;
-  std::vector<int64_t> strides;  // in elements
+  Dims shape;
+  Dims strides;  // in elements
   uint32_t region_id = 0;
   uint64_t byte_offset = 0;
   uint64_t byte_size = 0;

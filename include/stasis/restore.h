@@ -177,11 +177,13 @@ struct RestoreReport {
 
 // A tensor of the image where the restore put it.
 struct RestoredTensor {
-  std::string name;
+  // A view of the name in manifest(): valid while the RestoredModel lives and until its next
+  // Reload (which rebuilds tensors()). One copy of 100,000 names is enough.
+  std::string_view name;
   DType dtype = DType::kU8;
-  std::vector<int64_t> shape;
-  std::vector<int64_t> strides;  // elements
-  uint64_t address = 0;          // device address of element 0 (a host pointer on cpu)
+  Dims shape;
+  Dims strides;          // elements
+  uint64_t address = 0;  // device address of element 0 (a host pointer on cpu)
   uint64_t byte_size = 0;
   uint32_t region = 0;
   DeviceSpec device;

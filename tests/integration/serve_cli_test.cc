@@ -164,6 +164,20 @@ std::string ServeCliTest::model_, ServeCliTest::image_;
 TensorData ServeCliTest::input_, ServeCliTest::expected_;
 std::vector<int64_t>* ServeCliTest::tokens_ = nullptr;
 
+// Red-team L6: SIGHUP (a closed terminal) used to end the server at once (exit 129); it
+// takes SIGTERM's path now: drain, release the model, exit 0.
+TEST_F(ServeCliTest, SighupDrainsLikeSigterm) {
+  ServeProcess serve({image_, "--port", "0"}, dir_->File("serve-hup.log"));
+  const int port = serve.WaitForPort();
+  ASSERT_GT(port, 0) << serve.log();
+  httplib::Client client("127.0.0.1", port);
+  client.set_read_timeout(60, 0);
+  EXPECT_EQ(InferJson(client)["cold"], true);
+  serve.Signal(SIGHUP);
+  EXPECT_EQ(serve.WaitForExit(20), 0) << serve.log();
+  EXPECT_THAT(serve.log(), HasSubstr("Hangup: draining in-flight requests"));
+}
+
 TEST_F(ServeCliTest, ColdWarmIdleUnloadColdAgainThenSigtermDrains) {
   ServeProcess serve({image_, "--port", "0", "--idle-timeout", "1s", "--log-format", "json"},
                      dir_->File("serve1.log"));

@@ -674,6 +674,18 @@ TEST_F(ServerTest, FileUrlInputUnderTheRoot) {
               400, "bad_request", "unknown tensor");
   ExpectError(Infer({{{"name", "x"}, {"url", "file://" + root.File("link")}}}), 403, "forbidden",
               "symlink out of the root");
+
+  // Red-team L5: through a directory symlink that leaves the root, a file that exists
+  // outside and one that does not get the same answer (no existence oracle).
+  std::filesystem::create_symlink(outside.path(), root.File("outdir"));
+  auto present =
+      Infer({{{"name", "x"}, {"url", "file://" + root.File("outdir/secret.safetensors")}}});
+  auto absent =
+      Infer({{{"name", "x"}, {"url", "file://" + root.File("outdir/missing.safetensors")}}});
+  ASSERT_TRUE(present && absent);
+  EXPECT_EQ(present->status, 403) << present->body;
+  EXPECT_EQ(absent->status, present->status) << absent->body;
+  EXPECT_EQ(BodyOf(absent)["error"]["code"], BodyOf(present)["error"]["code"]);
 }
 
 TEST_F(ServerTest, FileUrlInputsRefusedWithoutRoot) {

@@ -241,22 +241,28 @@ TEST(FormatTest, ManifestRoundTrip) {
               StatusIs(StatusCode::kDataLoss, HasSubstr("past the manifest")));
 }
 
+// Braced shapes for the span-taking functions.
+StatusOr<uint64_t> ViewBytes(DType dtype, Dims shape, Dims strides) {
+  return ViewByteSize(dtype, shape, strides);
+}
+StatusOr<uint64_t> Elements(Dims shape) { return ElementCount(shape); }
+
 TEST(FormatTest, ViewByteSize) {
-  EXPECT_EQ(*ViewByteSize(DType::kF32, {2, 3}, {3, 1}), 24u);
-  EXPECT_EQ(*ViewByteSize(DType::kF32, {3, 2}, {1, 3}), 24u);  // transposed
-  EXPECT_EQ(*ViewByteSize(DType::kF32, {2, 2}, {4, 1}), 24u);  // rows of a wider matrix
-  EXPECT_EQ(*ViewByteSize(DType::kF32, {}, {}), 4u);           // scalar
-  EXPECT_EQ(*ViewByteSize(DType::kF32, {0, 7}, {7, 1}), 0u);   // empty
-  EXPECT_EQ(*ViewByteSize(DType::kF32, {4}, {0}), 4u);         // broadcast (expand)
-  EXPECT_EQ(*ViewByteSize(DType::kF4, {3, 2}, {2, 1}), 3u);
-  EXPECT_EQ(*ViewByteSize(DType::kF6E2M3, {4}, {1}), 3u);
-  EXPECT_THAT(ViewByteSize(DType::kF4, {3, 2}, {1, 3}).status(),
+  EXPECT_EQ(*ViewBytes(DType::kF32, {2, 3}, {3, 1}), 24u);
+  EXPECT_EQ(*ViewBytes(DType::kF32, {3, 2}, {1, 3}), 24u);  // transposed
+  EXPECT_EQ(*ViewBytes(DType::kF32, {2, 2}, {4, 1}), 24u);  // rows of a wider matrix
+  EXPECT_EQ(*ViewBytes(DType::kF32, {}, {}), 4u);           // scalar
+  EXPECT_EQ(*ViewBytes(DType::kF32, {0, 7}, {7, 1}), 0u);   // empty
+  EXPECT_EQ(*ViewBytes(DType::kF32, {4}, {0}), 4u);         // broadcast (expand)
+  EXPECT_EQ(*ViewBytes(DType::kF4, {3, 2}, {2, 1}), 3u);
+  EXPECT_EQ(*ViewBytes(DType::kF6E2M3, {4}, {1}), 3u);
+  EXPECT_THAT(ViewBytes(DType::kF4, {3, 2}, {1, 3}).status(),
               StatusIs(StatusCode::kInvalidArgument, HasSubstr("contiguous")));
-  EXPECT_THAT(ViewByteSize(DType::kF32, {2}, {-1}).status(),
+  EXPECT_THAT(ViewBytes(DType::kF32, {2}, {-1}).status(),
               StatusIs(StatusCode::kInvalidArgument, HasSubstr("negative stride")));
-  EXPECT_THAT(ViewByteSize(DType::kF32, {1 << 30, 1 << 30, 1 << 30}, {1, 1, 1}).status(),
+  EXPECT_THAT(ViewBytes(DType::kF32, {1 << 30, 1 << 30, 1 << 30}, {1, 1, 1}).status(),
               StatusIs(StatusCode::kResourceExhausted, HasSubstr("overflows")));
-  EXPECT_THAT(ElementCount({int64_t{1} << 31, int64_t{1} << 31, 0}).status(),
+  EXPECT_THAT(Elements({int64_t{1} << 31, int64_t{1} << 31, 0}).status(),
               StatusIs(StatusCode::kResourceExhausted, HasSubstr("2^62")));
 }
 

@@ -69,8 +69,7 @@ std::string WriteGoldenV1(const std::string& path) {
   const uint64_t offsets[] = {f32, f32, f32, bf16, i64};
   for (size_t i = 0; i < in.tensors.size(); ++i) {
     const HostTensor& t = in.tensors[i];
-    std::vector<int64_t> strides =
-        t.strides.empty() ? format::ContiguousStrides(t.shape) : t.strides;
+    const Dims strides = t.strides.empty() ? format::ContiguousStrides(t.shape) : Dims(t.strides);
     uint64_t size = *format::ViewByteSize(t.dtype, t.shape, strides);
     EXPECT_OK(writer.AddTensor({t.name, t.dtype, t.shape, strides, 0, offsets[i], size}));
   }

@@ -48,7 +48,7 @@ int RunExport(const RestoreArgs& a, const std::string& output, bool force) {
   gathered.reserve(m.tensors.size());
   for (const auto& t : m.tensors) {
     ByteView bytes = RowMajorBytes(**restored, t, &gathered.emplace_back());
-    out.push_back({t.name, t.dtype, t.shape, bytes.data, bytes.size});
+    out.push_back({t.name, t.dtype, t.shape.vec(), bytes.data, bytes.size});
   }
   std::vector<std::pair<std::string, std::string>> metadata;
   if (const std::string* md = m.FindMetadata("safetensors.metadata")) {
