@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "stasis/torch_plugin.h"
+#include "tests/testutil/serve_process.h"
 #include "tests/testutil/test_util.h"
 
 namespace stasis {
@@ -26,69 +27,11 @@ using testing::TempDir;
 const std::string kStasis = STASIS_BIN;
 const std::string kGen = STASIS_GENMODEL_BIN;
 
-// A `stasis serve` child process; its stderr goes to a file, where it announces its port.
-class ServeProcess {
+// `stasis serve` as a child process (tests/testutil/serve_process.h).
+class ServeProcess : public testing::ServeProcess {
  public:
-  ServeProcess(const std::vector<std::string>& args, const std::string& log) : log_(log) {
-    pid_ = fork();
-    if (pid_ == 0) {
-      int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      dup2(fd, STDERR_FILENO);
-      std::vector<std::string> full = {kStasis, "serve"};
-      full.insert(full.end(), args.begin(), args.end());
-      std::vector<char*> argv;
-      for (auto& a : full) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execv(kStasis.c_str(), argv.data());
-      _exit(127);
-    }
-  }
-  ~ServeProcess() {
-    if (pid_ > 0 && !exited_) {
-      ::kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-  }
-  // The port from "serving ... on http://127.0.0.1:PORT", or 0 after `seconds`.
-  int WaitForPort(double seconds = 30) {
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
-    while (std::chrono::steady_clock::now() < deadline) {
-      std::string text = testing::ReadFile(log_);
-      size_t at = text.find("on http://127.0.0.1:");
-      if (at != std::string::npos) {
-        return std::atoi(text.c_str() + at + std::strlen("on http://127.0.0.1:"));
-      }
-      if (HasExited()) return 0;
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    return 0;
-  }
-  bool HasExited() {
-    if (exited_) return true;
-    int status = 0;
-    if (waitpid(pid_, &status, WNOHANG) == pid_) {
-      exited_ = true;
-      exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    }
-    return exited_;
-  }
-  // The exit code, or -2 when it did not exit within `seconds`.
-  int WaitForExit(double seconds) {
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
-    while (std::chrono::steady_clock::now() < deadline) {
-      if (HasExited()) return exit_code_;
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    return -2;
-  }
-  void Signal(int sig) { ::kill(pid_, sig); }
-  std::string log() const { return testing::ReadFile(log_); }
-
- private:
-  std::string log_;
-  pid_t pid_ = -1;
-  bool exited_ = false;
-  int exit_code_ = -1;
+  ServeProcess(const std::vector<std::string>& args, const std::string& log)
+      : testing::ServeProcess(kStasis, args, log) {}
 };
 
 class ServeCliTest : public ::testing::Test {

@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "tests/testutil/serve_process.h"
 #include "tests/testutil/test_util.h"
 
 namespace stasis {
@@ -28,59 +29,11 @@ using testing::TempDir;
 const std::string kStasis = STASIS_BIN;
 const std::string kGen = STASIS_GENMODEL_BIN;
 
-// A `stasis serve` child; its stderr goes to a file, where it announces its port.
-class ServeProcess {
+// `stasis serve` as a child process (tests/testutil/serve_process.h).
+class ServeProcess : public testing::ServeProcess {
  public:
-  ServeProcess(const std::vector<std::string>& args, const std::string& log) : log_(log) {
-    pid_ = fork();
-    if (pid_ == 0) {
-      int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      dup2(fd, STDERR_FILENO);
-      std::vector<std::string> full = {kStasis, "serve"};
-      full.insert(full.end(), args.begin(), args.end());
-      std::vector<char*> argv;
-      for (auto& a : full) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execv(kStasis.c_str(), argv.data());
-      _exit(127);
-    }
-  }
-  ~ServeProcess() {
-    if (pid_ > 0 && !exited_) {
-      ::kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-  }
-  int WaitForPort(double seconds = 60) {
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
-    while (std::chrono::steady_clock::now() < deadline) {
-      std::string text = testing::ReadFile(log_);
-      size_t at = text.find("on http://127.0.0.1:");
-      if (at != std::string::npos)
-        return std::atoi(text.c_str() + at + std::strlen("on http://127.0.0.1:"));
-      if (HasExited()) return 0;
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    return 0;
-  }
-  // Whether the process ended; `term_signal` gets the signal that killed it (0: none).
-  bool HasExited() {
-    if (exited_) return true;
-    int status = 0;
-    if (waitpid(pid_, &status, WNOHANG) == pid_) {
-      exited_ = true;
-      term_signal_ = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
-    }
-    return exited_;
-  }
-  int term_signal() const { return term_signal_; }
-  std::string log() const { return testing::ReadFile(log_); }
-
- private:
-  std::string log_;
-  pid_t pid_ = -1;
-  bool exited_ = false;
-  int term_signal_ = 0;
+  ServeProcess(const std::vector<std::string>& args, const std::string& log)
+      : testing::ServeProcess(kStasis, args, log) {}
 };
 
 class ServeImageChangeTest : public ::testing::Test {
