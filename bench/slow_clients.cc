@@ -73,7 +73,7 @@ void SlowClients::Run() {
         ::close(c.fd);
         c.fd = -1;
         --open_;
-        ++reconnects_;
+        ++closed_by_server_;
       }
       Connect(&c);
     }

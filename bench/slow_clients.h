@@ -25,10 +25,11 @@ class SlowClients {
   SlowClients(const SlowClients&) = delete;
   SlowClients& operator=(const SlowClients&) = delete;
 
-  // Connections open now (of `count`).
+  // Connections open at the last pass over them (of `count`); a pass takes about
+  // `interval`, so a close the server made since is not counted yet.
   int open() const { return open_.load(); }
-  // Connections opened again after the server closed one.
-  uint64_t reconnects() const { return reconnects_.load(); }
+  // Connections the server closed (each is opened again at once).
+  uint64_t closed_by_server() const { return closed_by_server_.load(); }
   // Connections that could not be opened (refused, out of descriptors).
   uint64_t connect_failures() const { return connect_failures_.load(); }
 
@@ -45,7 +46,7 @@ class SlowClients {
   std::vector<Conn> conns_;
   std::atomic<bool> stop_{false};
   std::atomic<int> open_{0};
-  std::atomic<uint64_t> reconnects_{0};
+  std::atomic<uint64_t> closed_by_server_{0};
   std::atomic<uint64_t> connect_failures_{0};
   std::thread thread_;
 };

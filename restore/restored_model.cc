@@ -5,7 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
-#include <system_error>
+#include <exception>
 #include <thread>
 
 #include "common/numbers.h"
@@ -162,10 +162,18 @@ StatusOr<std::unique_ptr<RestoredModel>> RestoredModel::Restore(const std::strin
   model->loaded_ = true;
   report.phases.map = t.Seconds();
 
+  // The names in one buffer of the model's own: one allocation, and views that stay valid
+  // whatever Reload does to the reader (a reload may open another file of the same layout).
+  size_t name_bytes = 0;
+  for (const auto& ti : m.tensors) name_bytes += ti.name.size();
+  model->names_.reserve(name_bytes);
+  for (const auto& ti : m.tensors) model->names_ += ti.name;
   model->tensors_.reserve(m.tensors.size());
+  size_t name_at = 0;
   for (const auto& ti : m.tensors) {
     RestoredTensor rt;
-    rt.name = ti.name;
+    rt.name = std::string_view(model->names_).substr(name_at, ti.name.size());
+    name_at += ti.name.size();
     rt.dtype = ti.dtype;
     rt.shape = ti.shape;
     rt.strides = ti.strides;
@@ -309,7 +317,7 @@ Status RestoredModel::RunPipeline() {
       };
       try {
         threads.emplace_back(std::move(work));
-      } catch (const std::system_error& e) {
+      } catch (const std::exception& e) {  // std::system_error, or bad_alloc for its state
         // No thread left in this process: the workers started stop at their next chunk.
         cancel = true;
         for (auto& th : threads) th.join();

@@ -263,6 +263,16 @@ std::optional<HttpError> ParseSafetensorsInputs(std::string_view body,
                                                 std::vector<TensorData>* out) {
   auto parsed = ParseSafetensorsBytes(body);
   if (!parsed.ok()) return BadRequest(std::string(parsed.status().message()));
+  // The same bound as JSON inputs: a [2^40, 0] shape holds no bytes but no model takes it.
+  for (const TensorData& t : *parsed) {
+    for (size_t d = 0; d < t.shape.size(); ++d) {
+      if (t.shape[d] > static_cast<int64_t>(kMaxDimension)) {
+        return BadRequest("input '" + t.name + "': dimension " + std::to_string(d) + " is " +
+                          std::to_string(t.shape[d]) + ", over the limit of " +
+                          std::to_string(kMaxDimension));
+      }
+    }
+  }
   *out = std::move(parsed).value();
   OrderPositionalInputs(out);
   return std::nullopt;
@@ -379,8 +389,9 @@ uint64_t EstimateOutputBytes(const std::vector<TensorData>& outputs, bool json_a
   // JSON: the widest element a dtype prints ("-1.2345678901234567e-308," is 25 characters),
   // plus per tensor its name as escaped at worst ("\u0001" is 6 characters for 1), its
   // dimensions (20 digits and a comma each) and a little for the dtype; a safetensors header
-  // escapes the name and prints the shape the same way.
-  uint64_t total = 256;
+  // escapes the name and prints the shape the same way. The fixed 512 covers what the
+  // server puts around the outputs (cold, latency, request id; safetensors metadata).
+  uint64_t total = 512;
   for (const TensorData& t : outputs) {
     total += 256 + 6 * t.name.size() + 21 * t.shape.size();
     if (!json_answer) {
@@ -405,10 +416,13 @@ uint64_t EstimateOutputBytes(const std::vector<TensorData>& outputs, bool json_a
       case DType::kI32:
         per = 12;
         break;
-      case DType::kF16:
+      case DType::kF16:  // at most 65504: "-0.00012207031," or "-6.1035156e-05,"
+        per = 16;
+        break;
       case DType::kBF16:
       case DType::kF32:
-        per = 16;
+        // nlohmann prints up to 15 integer digits in fixed form: "-100000000000000.0,"
+        per = 19;
         break;
       default:
         break;

@@ -247,8 +247,14 @@ StatusOr<std::unique_ptr<ImageWriter>> ImageWriter::Create(const std::string& pa
   if (!options.overwrite && impl->fs->Exists(path))
     return AlreadyExistsError("'" + path + "' exists (use --force to replace it)");
   const int threads = ThreadPool::ResolveThreadCount(options.threads);
-  // All the threads asked for or none (kResourceExhausted), before any file exists.
-  STASIS_ASSIGN_OR_RETURN(impl->pool, ThreadPool::Create(threads));
+  if (options.threads > 0) {
+    // A count the caller chose: all of those threads or none (kResourceExhausted), before
+    // any file exists.
+    STASIS_ASSIGN_OR_RETURN(impl->pool, ThreadPool::Create(threads));
+  } else {
+    // The default (one per core): as many as the system allows, as before.
+    impl->pool = std::make_unique<ThreadPool>(threads);
+  }
   impl->temp = TempPathFor(path);
   STASIS_ASSIGN_OR_RETURN(impl->file, impl->fs->CreateExclusive(impl->temp));
   impl->max_inflight = options.max_inflight_chunks > 0 ? options.max_inflight_chunks : 2 * threads;

@@ -60,6 +60,7 @@
 #include <vector>
 
 #include "stasis/device_backend.h"
+#include "stasis/dims.h"
 #include "stasis/file_system.h"
 #include "stasis/image.h"
 #include "stasis/status.h"
@@ -177,8 +178,8 @@ struct RestoreReport {
 
 // A tensor of the image where the restore put it.
 struct RestoredTensor {
-  // A view of the name in manifest(): valid while the RestoredModel lives and until its next
-  // Reload (which rebuilds tensors()). One copy of 100,000 names is enough.
+  // A view of the name, in a buffer the RestoredModel owns: valid while the model lives
+  // (Reload keeps it; a reload only ever restores the same names).
   std::string_view name;
   DType dtype = DType::kU8;
   Dims shape;
@@ -232,6 +233,7 @@ class RestoredModel {
   std::unique_ptr<State> state_;
   std::unique_ptr<DeviceBackend> backend_;
   std::vector<MappedRegion> regions_;
+  std::string names_;  // every tensor's name, end to end: tensors_[i].name views it
   std::vector<RestoredTensor> tensors_;
   RestoreReport report_;
   bool loaded_ = false;

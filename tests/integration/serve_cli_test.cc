@@ -196,6 +196,25 @@ TEST_F(ServeCliTest, BadStartupArgumentsAreClearErrors) {
   EXPECT_EQ(r.exit_code, 2);
 }
 
+// Red-team H4: a second `stasis serve` on a taken port used to start (SO_REUSEPORT) and
+// take half the traffic; it exits non-zero now, saying why, and the first keeps serving.
+TEST_F(ServeCliTest, ASecondServerOnATakenPortExitsNonZero) {
+  ServeProcess first({image_, "--port", "0"}, dir_->File("serve-first.log"));
+  const int port = first.WaitForPort();
+  ASSERT_GT(port, 0) << first.log();
+  // Bounded: were the bug back, the second server would serve until killed.
+  auto second = testing::RunCommand(
+      "timeout -s KILL 30 " + kStasis + " serve " + image_ + " --port " + std::to_string(port),
+      *dir_);
+  EXPECT_NE(second.exit_code, 0);
+  EXPECT_NE(second.exit_code, 137) << "the second server was still running after 30 s";
+  EXPECT_THAT(second.err, HasSubstr(std::to_string(port)));
+  httplib::Client client("127.0.0.1", port);
+  client.set_read_timeout(60, 0);
+  EXPECT_EQ(InferJson(client)["cold"], true);
+  EXPECT_FALSE(first.HasExited()) << first.log();
+}
+
 TEST_F(ServeCliTest, AnImageWithoutAModuleIsAClearErrorPerRequest) {
   // An image made from safetensors holds tensors, not a TorchScript module: the server
   // starts, and each request says what is wrong instead of serving or crashing.

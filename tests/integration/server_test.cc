@@ -1445,6 +1445,11 @@ TEST_F(ServerTest, RangeErrorsAndImpossibleShapesAre400) {
   r = Post("/v1/infer",
            R"({"inputs":[{"dtype":"I64","shape":[4611686018427387904,0],"data":[]}]})");
   ExpectError(r, 400, "bad_request", "[2^62, 0]");
+  // The same bound for a safetensors body: [2^40, 0] holds no bytes, and is still refused.
+  TensorData empty{"x", DType::kF32, {int64_t{1} << 40, 0}, ""};
+  r = Post("/v1/infer", Safetensors({empty}), "application/octet-stream");
+  ExpectError(r, 400, "bad_request", "safetensors [2^40, 0]");
+  EXPECT_THAT(r->body, HasSubstr("over the limit"));
 }
 
 TEST_F(ServerTest, AdminPostsWithoutABodyWork) {

@@ -17,18 +17,23 @@ namespace stasis::testing {
 ServeProcess::ServeProcess(const std::string& stasis_bin, const std::vector<std::string>& args,
                            const std::string& log)
     : log_(log) {
+  // Everything the child needs is made before fork: between fork and exec it may only make
+  // async-signal-safe calls (another thread could hold the allocator's lock).
+  std::vector<std::string> full = {stasis_bin, "serve"};
+  full.insert(full.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : full) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  // Truncated here, so a port announced in an older log of this name is never read.
+  const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   pid_ = ::fork();
   if (pid_ == 0) {
-    const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd >= 0) ::dup2(fd, STDERR_FILENO);
-    std::vector<std::string> full = {stasis_bin, "serve"};
-    full.insert(full.end(), args.begin(), args.end());
-    std::vector<char*> argv;
-    for (auto& a : full) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    ::execv(stasis_bin.c_str(), argv.data());
+    ::execv(argv[0], argv.data());
     _exit(127);
   }
+  if (fd >= 0) ::close(fd);
+  if (pid_ < 0) exited_ = true;  // no child: nothing to wait for (exit_code -1)
 }
 
 ServeProcess::~ServeProcess() {
