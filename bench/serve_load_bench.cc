@@ -411,6 +411,9 @@ int main(int argc, char** argv) {
   const auto t0 = Clock::now();
   const auto deadline =
       t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds + 60));
+  // Removed here, not only truncated by the child: a port read from the last run's log
+  // before the child truncates it would be a dead server's.
+  std::filesystem::remove(serve_log, ec);
   g_server = Spawn({kStasis, "serve", image, "--host", "127.0.0.1", "--port", "0", "--idle-timeout",
                     idle_timeout, "--max-concurrency", std::to_string(kMaxConcurrency), "--queue",
                     std::to_string(kQueue)},
