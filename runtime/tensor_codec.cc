@@ -94,6 +94,15 @@ std::optional<std::string> AppendInt(const json& v, std::string* out) {
   return std::nullopt;
 }
 
+// The message for a finite number too large for the float type `t` (F16, BF16 or F32).
+std::string FloatRangeError(DType t) {
+  const char* largest = t == DType::kF16    ? "65504"
+                        : t == DType::kBF16 ? "3.3895314e38"
+                                            : "3.4028235e38";
+  return "number out of range for " + std::string(DTypeName(t)) + " (largest magnitude " + largest +
+         ")";
+}
+
 // Appends one JSON element as `t`; an error message otherwise.
 std::optional<std::string> AppendElement(DType t, const json& v, std::string* out) {
   switch (t) {
@@ -131,12 +140,24 @@ std::optional<std::string> AppendElement(DType t, const json& v, std::string* ou
       const double d = v.get<double>();
       if (t == DType::kF64) {
         Append<double>(out, d);
-      } else if (t == DType::kF32) {
-        Append<float>(out, static_cast<float>(d));
+        return std::nullopt;
+      }
+      // A finite number that the narrower type would round to infinity is a range error,
+      // as for integers, not a silent inf. (The double-to-float cast itself is undefined
+      // past FLT_MAX, so that is checked first.)
+      if (std::fabs(d) > std::numeric_limits<float>::max()) return FloatRangeError(t);
+      const float f = static_cast<float>(d);
+      if (t == DType::kF32) {
+        if (std::isinf(f)) return FloatRangeError(t);
+        Append<float>(out, f);
       } else if (t == DType::kF16) {
-        Append<uint16_t>(out, FloatToHalf(static_cast<float>(d)));
+        const uint16_t h = FloatToHalf(f);
+        if ((h & 0x7fff) == 0x7c00) return FloatRangeError(t);
+        Append<uint16_t>(out, h);
       } else {
-        Append<uint16_t>(out, Float32ToBf16(static_cast<float>(d)));
+        const uint16_t b = Float32ToBf16(f);
+        if ((b & 0x7fff) == 0x7f80) return FloatRangeError(t);
+        Append<uint16_t>(out, b);
       }
       return std::nullopt;
     }

@@ -1445,6 +1445,18 @@ TEST_F(ServerTest, RangeErrorsAndImpossibleShapesAre400) {
   r = Post("/v1/infer",
            R"({"inputs":[{"dtype":"I64","shape":[4611686018427387904,0],"data":[]}]})");
   ExpectError(r, 400, "bad_request", "[2^62, 0]");
+  // A finite number the narrower float type would round to infinity.
+  r = Post("/v1/infer", R"({"inputs":[{"dtype":"F16","shape":[2],"data":[65504, 70000]}]})");
+  ExpectError(r, 400, "bad_request", "F16 70000");
+  EXPECT_THAT(r->body, HasSubstr("inputs[0].data[1]: number out of range for F16"));
+  r = Post("/v1/infer", R"({"inputs":[{"dtype":"F32","shape":[1],"data":[-1e39]}]})");
+  ExpectError(r, 400, "bad_request", "F32 -1e39");
+  r = Post("/v1/infer", R"({"inputs":[{"dtype":"BF16","shape":[1],"data":[3.4e38]}]})");
+  ExpectError(r, 400, "bad_request", "BF16 3.4e38");
+  // The largest finite value itself is accepted.
+  r = Post("/v1/infer", R"({"inputs":[{"dtype":"F16","shape":[1],"data":[-65504]}]})");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200) << r->body;
   // The same bound for a safetensors body: [2^40, 0] holds no bytes, and is still refused.
   TensorData empty{"x", DType::kF32, {int64_t{1} << 40, 0}, ""};
   r = Post("/v1/infer", Safetensors({empty}), "application/octet-stream");
