@@ -88,26 +88,29 @@ std::string Tail(const std::string& text, size_t lines) {
 
 // fork + execv with stdout and stderr redirected to files ("" keeps them).
 pid_t Spawn(const std::vector<std::string>& args, const std::string& out, const std::string& err) {
+  // Everything is opened and built before fork: the files are truncated before the caller
+  // can read them (a port read from the last run's log would be a dead server's), and the
+  // child makes no allocation between fork and exec.
+  auto open_out = [](const std::string& path) {
+    return path.empty() ? -1 : ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  };
+  const int devnull = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  const int out_fd = open_out(out), err_fd = open_out(err);
+  std::vector<std::string> copy = args;
+  std::vector<char*> argv;
+  for (auto& a : copy) argv.push_back(a.data());
+  argv.push_back(nullptr);
   pid_t pid = ::fork();
   if (pid < 0) Die(std::string("fork: ") + std::strerror(errno));
   if (pid == 0) {
-    int devnull = ::open("/dev/null", O_RDONLY);
     if (devnull >= 0) ::dup2(devnull, STDIN_FILENO);
-    if (!out.empty()) {
-      int fd = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      if (fd >= 0) ::dup2(fd, STDOUT_FILENO);
-    }
-    if (!err.empty()) {
-      int fd = ::open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      if (fd >= 0) ::dup2(fd, STDERR_FILENO);
-    }
-    std::vector<std::string> copy = args;
-    std::vector<char*> argv;
-    for (auto& a : copy) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    ::execv(copy[0].c_str(), argv.data());
+    if (out_fd >= 0) ::dup2(out_fd, STDOUT_FILENO);
+    if (err_fd >= 0) ::dup2(err_fd, STDERR_FILENO);
+    ::execv(argv[0], argv.data());
     _exit(127);
   }
+  for (int fd : {devnull, out_fd, err_fd})
+    if (fd >= 0) ::close(fd);
   return pid;
 }
 
@@ -411,9 +414,6 @@ int main(int argc, char** argv) {
   const auto t0 = Clock::now();
   const auto deadline =
       t0 + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds + 60));
-  // Removed here, not only truncated by the child: a port read from the last run's log
-  // before the child truncates it would be a dead server's.
-  std::filesystem::remove(serve_log, ec);
   g_server = Spawn({kStasis, "serve", image, "--host", "127.0.0.1", "--port", "0", "--idle-timeout",
                     idle_timeout, "--max-concurrency", std::to_string(kMaxConcurrency), "--queue",
                     std::to_string(kQueue)},

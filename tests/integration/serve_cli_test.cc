@@ -27,12 +27,7 @@ using testing::TempDir;
 const std::string kStasis = STASIS_BIN;
 const std::string kGen = STASIS_GENMODEL_BIN;
 
-// `stasis serve` as a child process (tests/testutil/serve_process.h).
-class ServeProcess : public testing::ServeProcess {
- public:
-  ServeProcess(const std::vector<std::string>& args, const std::string& log)
-      : testing::ServeProcess(kStasis, args, log) {}
-};
+using testing::ServeProcess;  // tests/testutil/serve_process.h
 
 class ServeCliTest : public ::testing::Test {
  protected:
@@ -110,7 +105,7 @@ std::vector<int64_t>* ServeCliTest::tokens_ = nullptr;
 // Red-team L6: SIGHUP (a closed terminal) used to end the server at once (exit 129); it
 // takes SIGTERM's path now: drain, release the model, exit 0.
 TEST_F(ServeCliTest, SighupDrainsLikeSigterm) {
-  ServeProcess serve({image_, "--port", "0"}, dir_->File("serve-hup.log"));
+  ServeProcess serve(kStasis, {image_, "--port", "0"}, dir_->File("serve-hup.log"));
   const int port = serve.WaitForPort();
   ASSERT_GT(port, 0) << serve.log();
   httplib::Client client("127.0.0.1", port);
@@ -122,7 +117,8 @@ TEST_F(ServeCliTest, SighupDrainsLikeSigterm) {
 }
 
 TEST_F(ServeCliTest, ColdWarmIdleUnloadColdAgainThenSigtermDrains) {
-  ServeProcess serve({image_, "--port", "0", "--idle-timeout", "1s", "--log-format", "json"},
+  ServeProcess serve(kStasis,
+                     {image_, "--port", "0", "--idle-timeout", "1s", "--log-format", "json"},
                      dir_->File("serve1.log"));
   const int port = serve.WaitForPort();
   ASSERT_GT(port, 0) << serve.log();
@@ -174,7 +170,7 @@ TEST_F(ServeCliTest, ColdWarmIdleUnloadColdAgainThenSigtermDrains) {
 
 TEST_F(ServeCliTest, OnIdleExitEndsTheProcessCleanly) {
   ServeProcess serve(
-      {image_, "--port", "0", "--warmup", "--idle-timeout", "300ms", "--on-idle", "exit"},
+      kStasis, {image_, "--port", "0", "--warmup", "--idle-timeout", "300ms", "--on-idle", "exit"},
       dir_->File("serve2.log"));
   ASSERT_GT(serve.WaitForPort(), 0) << serve.log();
   EXPECT_EQ(serve.WaitForExit(30), 0) << serve.log();
@@ -199,7 +195,7 @@ TEST_F(ServeCliTest, BadStartupArgumentsAreClearErrors) {
 // Red-team H4: a second `stasis serve` on a taken port used to start (SO_REUSEPORT) and
 // take half the traffic; it exits non-zero now, saying why, and the first keeps serving.
 TEST_F(ServeCliTest, ASecondServerOnATakenPortExitsNonZero) {
-  ServeProcess first({image_, "--port", "0"}, dir_->File("serve-first.log"));
+  ServeProcess first(kStasis, {image_, "--port", "0"}, dir_->File("serve-first.log"));
   const int port = first.WaitForPort();
   ASSERT_GT(port, 0) << first.log();
   // Bounded: were the bug back, the second server would serve until killed.
@@ -224,7 +220,7 @@ TEST_F(ServeCliTest, AnImageWithoutAModuleIsAClearErrorPerRequest) {
   ASSERT_EQ(gen.exit_code, 0) << gen.err;
   auto snap = testing::RunCommand(kStasis + " snapshot " + weights + " -o " + image, *dir_);
   ASSERT_EQ(snap.exit_code, 0) << snap.err;
-  ServeProcess serve({image, "--port", "0"}, dir_->File("serve3.log"));
+  ServeProcess serve(kStasis, {image, "--port", "0"}, dir_->File("serve3.log"));
   const int port = serve.WaitForPort();
   ASSERT_GT(port, 0) << serve.log();
   httplib::Client client("127.0.0.1", port);

@@ -29,12 +29,7 @@ using testing::TempDir;
 const std::string kStasis = STASIS_BIN;
 const std::string kGen = STASIS_GENMODEL_BIN;
 
-// `stasis serve` as a child process (tests/testutil/serve_process.h).
-class ServeProcess : public testing::ServeProcess {
- public:
-  ServeProcess(const std::vector<std::string>& args, const std::string& log)
-      : testing::ServeProcess(kStasis, args, log) {}
-};
+using testing::ServeProcess;  // tests/testutil/serve_process.h
 
 class ServeImageChangeTest : public ::testing::Test {
  protected:
@@ -92,7 +87,7 @@ TEST_F(ServeImageChangeTest, InPlaceCopyAndTruncationNeverChangeAnAnswerOrKillTh
   auto cp = testing::RunCommand(
       "cp " + Image(5) + " " + Live() + " && cat " + Live() + " >/dev/null", dir_);
   ASSERT_EQ(cp.exit_code, 0) << cp.err;
-  ServeProcess serve({Live(), "--port", "0"}, dir_.File("serve.log"));
+  ServeProcess serve(kStasis, {Live(), "--port", "0"}, dir_.File("serve.log"));
   const int port = serve.WaitForPort();
   ASSERT_GT(port, 0) << serve.log();
   httplib::Client client("127.0.0.1", port);
