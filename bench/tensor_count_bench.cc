@@ -135,6 +135,7 @@ int main(int argc, char** argv) {
   uint64_t elements = 1;
   int runs = 7;
   std::string json_path;
+  bool keep = false;
   app.add_option("--dir", dir, "scratch directory");
   app.add_option("--tensors", tensors,
                  "tiny tensors in the many-tensor checkpoint (default 100000)")
@@ -144,6 +145,7 @@ int main(int argc, char** argv) {
   app.add_option("--runs", runs, "runs per measurement; medians are reported (default 7)")
       ->check(CLI::Range(5, 1000));
   app.add_option("--json", json_path, "also write the results as JSON here");
+  app.add_flag("--keep", keep, "keep the checkpoints and images in --dir (to profile them)");
   CLI11_PARSE(app, argc, argv);
   stasis::InitLogging(stasis::LogFormat::kText, "warn");
   ::mkdir(dir.c_str(), 0755);
@@ -245,6 +247,7 @@ int main(int argc, char** argv) {
                 {"image_bytes_one", FileSize(one)}};
     std::ofstream(json_path) << out.dump(2) << "\n";
   }
-  for (const auto& p : {many_st, one_st, many, one}) ::unlink(p.c_str());
+  if (!keep)
+    for (const auto& p : {many_st, one_st, many, one}) ::unlink(p.c_str());
   return 0;
 }

@@ -95,10 +95,9 @@ std::string LayoutDifference(const format::Manifest& was, const format::Manifest
   if (was.tensors.size() != now.tensors.size())
     return Num(now.tensors.size()) + " tensors, not " + Num(was.tensors.size());
   for (size_t i = 0; i < was.tensors.size(); ++i) {
-    const format::TensorInfo &a = was.tensors[i], &b = now.tensors[i];
-    if (a.name != b.name || a.dtype != b.dtype || a.shape != b.shape || a.strides != b.strides ||
-        a.region_id != b.region_id || a.byte_offset != b.byte_offset || a.byte_size != b.byte_size)
-      return "tensor " + Num(i) + " ('" + a.name + "') differs";
+    const format::TensorRef a = was.tensors[i];
+    if (!format::SameTensor(a, now.tensors[i]))
+      return "tensor " + Num(i) + " ('" + std::string(a.name) + "') differs";
   }
   return "";
 }
@@ -162,27 +161,7 @@ StatusOr<std::unique_ptr<RestoredModel>> RestoredModel::Restore(const std::strin
   model->loaded_ = true;
   report.phases.map = t.Seconds();
 
-  // The names in one buffer of the model's own: one allocation, and views that stay valid
-  // whatever Reload does to the reader (a reload may open another file of the same layout).
-  size_t name_bytes = 0;
-  for (const auto& ti : m.tensors) name_bytes += ti.name.size();
-  model->names_.reserve(name_bytes);
-  for (const auto& ti : m.tensors) model->names_ += ti.name;
-  model->tensors_.reserve(m.tensors.size());
-  size_t name_at = 0;
-  for (const auto& ti : m.tensors) {
-    RestoredTensor rt;
-    rt.name = std::string_view(model->names_).substr(name_at, ti.name.size());
-    name_at += ti.name.size();
-    rt.dtype = ti.dtype;
-    rt.shape = ti.shape;
-    rt.strides = ti.strides;
-    rt.region = ti.region_id;
-    rt.address = model->regions_[ti.region_id].address + ti.byte_offset;
-    rt.byte_size = ti.byte_size;
-    rt.device = options.device;
-    model->tensors_.push_back(std::move(rt));
-  }
+  model->tensors_ = m.tensors;  // shared, not copied
   STASIS_RETURN_IF_ERROR(model->RunPipeline());
   report.phases.total = start.Seconds();
   spdlog::debug("restored {}: {} bytes in {:.3f} s via {}", image, report.raw_bytes,
@@ -385,10 +364,28 @@ StatusOr<std::string> RestoredModel::ReadSection(std::string_view name) const {
   return state_->reader->ReadSection(name);
 }
 
-const RestoredTensor* RestoredModel::FindTensor(std::string_view name) const {
-  for (const auto& t : tensors_)
-    if (t.name == name) return &t;
-  return nullptr;
+size_t RestoredTensors::size() const { return model_->tensors_.size(); }
+
+RestoredTensor RestoredTensors::operator[](size_t i) const { return model_->TensorAt(i); }
+
+RestoredTensor RestoredModel::TensorAt(size_t i) const {
+  const format::TensorRef t = tensors_[i];
+  RestoredTensor rt;
+  rt.name = t.name;
+  rt.dtype = t.dtype;
+  rt.shape = t.shape;
+  rt.strides = t.strides;
+  rt.region = t.region_id;
+  rt.address = regions_[t.region_id].address + t.byte_offset;
+  rt.byte_size = t.byte_size;
+  rt.device = report_.device;
+  return rt;
+}
+
+std::optional<RestoredTensor> RestoredModel::FindTensor(std::string_view name) const {
+  const std::optional<size_t> i = tensors_.Find(name);
+  if (!i) return std::nullopt;
+  return TensorAt(*i);
 }
 
 uint64_t RestoredModel::device_bytes() const {

@@ -52,6 +52,9 @@ inline constexpr uint64_t kMaxChunks = 16ull << 20;
 inline constexpr uint64_t kMaxChunkRawSize = 64ull << 20;
 inline constexpr uint64_t kMaxTensors = 1ull << 20;
 inline constexpr size_t kMaxTensorNameLen = 4096;
+// Every tensor name together, decoded (v2 names are front-coded, so a small manifest could
+// otherwise name gigabytes).
+inline constexpr uint64_t kMaxTensorNameBytes = 256ull << 20;
 inline constexpr size_t kMaxRank = 32;
 inline constexpr uint64_t kMaxSections = 1024;
 inline constexpr uint64_t kMaxSectionSize = 1ull << 30;
@@ -114,6 +117,11 @@ StatusOr<Manifest> DecodeManifest(std::string_view bytes, uint64_t manifest_offs
 // Returns a view of `stored` or of `*scratch`.
 StatusOr<std::string_view> DecodeStoredManifest(std::string_view stored, const Footer& footer,
                                                 std::string* scratch);
+// The stored manifest (checksum already checked) decoded per the footer and parsed as
+// DecodeManifest does. A zstd frame is decoded piecewise as its records are parsed, never
+// whole (what ImageReader::Open uses: a fresh process then first-touches the tensor table,
+// not megabytes of decoded manifest besides).
+StatusOr<Manifest> ParseStoredManifest(std::string_view stored, const Footer& footer);
 // The semantic rules alone (any version: it does not need sorted tensors); the writer runs
 // them before publishing, so it can never write an image the reader rejects.
 Status ValidateManifest(const Manifest& m, uint64_t manifest_offset);

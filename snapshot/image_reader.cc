@@ -54,11 +54,7 @@ StatusOr<std::unique_ptr<ImageReader>> ImageReader::Open(const std::string& path
                                              manifest.data(), "manifest"));
   if (Xxh3(manifest.data(), manifest.size()) != r->footer_.manifest_xxh3)
     return DataLossError(where + ": manifest checksum mismatch");
-  std::string decoded;
-  auto bytes = format::DecodeStoredManifest(manifest, r->footer_, &decoded);
-  if (!bytes.ok()) return bytes.status().WithContext(where);
-  STASIS_ASSIGN_OR_RETURN(r->manifest_,
-                          format::DecodeManifest(*bytes, r->footer_.manifest_offset, *version));
+  STASIS_ASSIGN_OR_RETURN(r->manifest_, format::ParseStoredManifest(manifest, r->footer_));
   return r;
 }
 

@@ -60,6 +60,8 @@ struct ImageWriter::Impl {
   int max_inflight = 0;
 
   format::Manifest manifest;
+  // Tensors as added; Finish() sorts them (version 2) and moves them into manifest.tensors.
+  std::vector<format::TensorInfo> tensors;
   WriterStats stats;
   Status status;
   bool finished = false;
@@ -320,9 +322,18 @@ Status ImageWriter::AddRegionData(uint32_t region, uint64_t dst_offset, const vo
 
 Status ImageWriter::AddTensor(format::TensorInfo tensor) {
   STASIS_RETURN_IF_ERROR(impl_->status);
-  if (impl_->manifest.tensors.size() >= format::kMaxTensors)
+  if (impl_->tensors.size() >= format::kMaxTensors)
     return impl_->Fail(ResourceExhaustedError("too many tensors"));
-  impl_->manifest.tensors.push_back(std::move(tensor));
+  // What the manifest's table can hold; the rest is checked at Finish() with the reader's
+  // rules.
+  if (tensor.name.empty() || tensor.name.size() > format::kMaxTensorNameLen)
+    return impl_->Fail(InvalidArgumentError("tensor name of " + std::to_string(tensor.name.size()) +
+                                            " bytes: names are 1 to 4096 bytes"));
+  if (tensor.shape.size() > format::kMaxRank || tensor.strides.size() != tensor.shape.size())
+    return impl_->Fail(InvalidArgumentError(
+        "tensor '" + tensor.name + "': rank " + std::to_string(tensor.shape.size()) + " with " +
+        std::to_string(tensor.strides.size()) + " strides (ranks are 0 to 32, one stride each)"));
+  impl_->tensors.push_back(std::move(tensor));
   return OkStatus();
 }
 
@@ -382,7 +393,8 @@ Status ImageWriter::Finish() {
     if (s.ok()) manifest_offset = *off;
   }
   // Version 2 stores tensors sorted by name (docs/image-format.md, "Tensor record, v2").
-  if (s.ok() && w.options.format_version >= 2) format::SortTensorsByName(&w.manifest.tensors);
+  if (s.ok() && w.options.format_version >= 2) format::SortTensorsByName(&w.tensors);
+  if (s.ok()) w.manifest.tensors = format::MakeTensorTable(w.tensors);
   // Validate with the reader's own rules: the writer never publishes an image the reader
   // would reject (e.g. a tensor outside its region).
   if (s.ok()) s = format::ValidateManifest(w.manifest, manifest_offset);

@@ -80,7 +80,8 @@ class RegionStorages {
       storage = Blob(t.address, t.byte_size, device);
     }
     at::Tensor view = at::empty({0}, at::TensorOptions().dtype(*type).device(device));
-    view.set_(storage, element_offset, t.shape, t.strides);
+    view.set_(storage, element_offset, c10::IntArrayRef(t.shape.data(), t.shape.size()),
+              c10::IntArrayRef(t.strides.data(), t.strides.size()));
     return view;
   }
 
@@ -125,7 +126,7 @@ StatusOr<::torch::jit::Module> BindSkeletonImpl(std::string_view skeleton,
   t0.Restart();
   try {
     std::vector<NamedTensor> tensors = ModuleTensors(module);
-    std::vector<const RestoredTensor*> targets;
+    std::vector<RestoredTensor> targets;
     std::string first_nonempty;
     for (const NamedTensor& n : tensors) {
       if (n.tensor.numel() != 0) {
@@ -137,29 +138,32 @@ StatusOr<::torch::jit::Module> BindSkeletonImpl(std::string_view skeleton,
                                      Num(rep.nonempty_before_binding) +
                                      " parameters or buffers (first '" + first_nonempty +
                                      "'); a skeleton must hold no weights");
-    // RestoredModel::FindTensor is a linear scan: one index instead (models have 10^4
-    // tensors and more, and binding is on the cold-start path).
-    std::unordered_map<std::string_view, const RestoredTensor*> by_name;
-    by_name.reserve(restored.tensors().size());
-    for (const RestoredTensor& t : restored.tensors()) by_name.emplace(t.name, &t);
+    // RestoredModel::FindTensor scans images whose names are not sorted (version 1): one
+    // index instead (models have 10^4 tensors and more, and binding is on the cold-start
+    // path). The names are views of the model's table, stable while it lives.
+    const RestoredTensors all = restored.tensors();
+    std::unordered_map<std::string_view, size_t> by_name;
+    by_name.reserve(all.size());
+    for (size_t i = 0; i < all.size(); ++i) by_name.emplace(all[i].name, i);
+    targets.reserve(tensors.size());
     for (const NamedTensor& n : tensors) {
       const char* kind = n.parameter ? "parameter" : "buffer";
       auto it = by_name.find(n.name);
-      const RestoredTensor* t = it == by_name.end() ? nullptr : it->second;
-      if (t == nullptr)
+      if (it == by_name.end())
         return FailedPreconditionError(std::string(kind) + " '" + n.name +
                                        "' of the skeleton is not in the image");
+      const RestoredTensor t = all[it->second];
       std::optional<DType> dtype = ToDType(n.tensor.scalar_type());
-      if (!dtype || *dtype != t->dtype)
+      if (!dtype || *dtype != t.dtype)
         return FailedPreconditionError(
             std::string(kind) + " '" + n.name + "' is " + ScalarTypeName(n.tensor.scalar_type()) +
-            " in the skeleton but " + std::string(DTypeName(t->dtype)) + " in the image");
+            " in the skeleton but " + std::string(DTypeName(t.dtype)) + " in the image");
       targets.push_back(t);
     }
     RegionStorages storages(restored, std::move(keep_alive));
     ::torch::NoGradGuard no_grad;
     for (size_t i = 0; i < tensors.size(); ++i) {
-      STASIS_ASSIGN_OR_RETURN(at::Tensor view, storages.View(*targets[i]));
+      STASIS_ASSIGN_OR_RETURN(at::Tensor view, storages.View(targets[i]));
       tensors[i].tensor.set_data(view);
       ++(tensors[i].parameter ? rep.parameters_bound : rep.buffers_bound);
     }

@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -34,6 +35,7 @@
 #include "stasis/file_system.h"
 #include "stasis/status.h"
 #include "stasis/tensor.h"
+#include "stasis/tensor_table.h"
 
 namespace stasis {
 namespace format {
@@ -74,17 +76,6 @@ struct ChunkInfo {
   uint64_t raw_xxh3 = 0;
 };
 
-// A tensor: a strided view of bytes in one region.
-struct TensorInfo {
-  std::string name;
-  DType dtype = DType::kU8;
-  Dims shape;
-  Dims strides;  // in elements
-  uint32_t region_id = 0;
-  uint64_t byte_offset = 0;
-  uint64_t byte_size = 0;
-};
-
 // An opaque named blob (e.g. a framework's module skeleton), stored raw and checksummed.
 struct SectionInfo {
   std::string name;
@@ -97,11 +88,11 @@ struct SectionInfo {
 struct Manifest {
   std::vector<RegionInfo> regions;
   std::vector<ChunkInfo> chunks;
-  std::vector<TensorInfo> tensors;
+  TensorTable tensors;
   std::vector<SectionInfo> sections;
   std::vector<std::pair<std::string, std::string>> metadata;
 
-  const TensorInfo* FindTensor(std::string_view name) const;
+  std::optional<TensorRef> FindTensor(std::string_view name) const;
   const SectionInfo* FindSection(std::string_view name) const;
   const std::string* FindMetadata(std::string_view key) const;
   // Totals over all chunks: bytes as stored in the file, and restored bytes.

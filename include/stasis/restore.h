@@ -11,7 +11,7 @@
 //
 //   auto restored = stasis::RestoredModel::Restore("model.stasis", {});
 //   if (!restored.ok()) ...;
-//   const stasis::RestoredTensor* wte = (*restored)->FindTensor("wte.weight");
+//   std::optional<stasis::RestoredTensor> wte = (*restored)->FindTensor("wte.weight");
 //
 // Lifetime: tensor addresses are valid while the RestoredModel lives and is loaded;
 // Unload() releases the device memory but keeps every address reserved, and Reload()
@@ -55,6 +55,8 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -176,18 +178,40 @@ struct RestoreReport {
   double raw_gb_per_s() const { return phases.total > 0 ? raw_bytes / phases.total / 1e9 : 0; }
 };
 
-// A tensor of the image where the restore put it.
+// A tensor of the image where the restore put it. Its name and dims are views of the
+// model's tensor table: valid while the RestoredModel lives (Reload keeps the table; a
+// reload only ever restores the same tensors).
 struct RestoredTensor {
-  // A view of the name, in a buffer the RestoredModel owns: valid while the model lives
-  // (Reload keeps it; a reload only ever restores the same names).
   std::string_view name;
   DType dtype = DType::kU8;
-  Dims shape;
-  Dims strides;          // elements
-  uint64_t address = 0;  // device address of element 0 (a host pointer on cpu)
+  std::span<const int64_t> shape;
+  std::span<const int64_t> strides;  // elements
+  uint64_t address = 0;              // device address of element 0 (a host pointer on cpu)
   uint64_t byte_size = 0;
   uint32_t region = 0;
   DeviceSpec device;
+};
+
+class RestoredModel;
+
+// Every tensor of a RestoredModel, in the manifest's order, made on access from the
+// manifest's compact table and where each region lies (no table of its own: a checkpoint
+// of 10^5 tiny tensors would pay for one in page faults). Valid while the model lives.
+class RestoredTensors {
+ public:
+  using iterator = format::IndexIterator<RestoredTensors>;
+  using const_iterator = iterator;
+  size_t size() const;
+  bool empty() const { return size() == 0; }
+  // REQUIRES: i < size().
+  RestoredTensor operator[](size_t i) const;
+  iterator begin() const { return {this, 0}; }
+  iterator end() const { return {this, size()}; }
+
+ private:
+  friend class RestoredModel;
+  explicit RestoredTensors(const RestoredModel* model) : model_(model) {}
+  const RestoredModel* model_;
 };
 
 class RestoredModel {
@@ -205,8 +229,9 @@ class RestoredModel {
   RestoredModel& operator=(const RestoredModel&) = delete;
 
   const format::Manifest& manifest() const;
-  const std::vector<RestoredTensor>& tensors() const { return tensors_; }
-  const RestoredTensor* FindTensor(std::string_view name) const;
+  RestoredTensors tensors() const { return RestoredTensors(this); }
+  // By binary search in images that store names sorted (version 2), else by a scan.
+  std::optional<RestoredTensor> FindTensor(std::string_view name) const;
   const std::vector<MappedRegion>& regions() const { return regions_; }
   const RestoreReport& report() const { return report_; }
   // Reads a section of the image the weights came from (checksum verified); kNotFound for
@@ -233,8 +258,12 @@ class RestoredModel {
   std::unique_ptr<State> state_;
   std::unique_ptr<DeviceBackend> backend_;
   std::vector<MappedRegion> regions_;
-  std::string names_;  // every tensor's name, end to end: tensors_[i].name views it
-  std::vector<RestoredTensor> tensors_;
+  friend class RestoredTensors;
+  RestoredTensor TensorAt(size_t i) const;
+
+  // The first restore's manifest tensors (shared with its reader, kept across reloads, so
+  // every RestoredTensor's views stay valid).
+  format::TensorTable tensors_;
   RestoreReport report_;
   bool loaded_ = false;
 };

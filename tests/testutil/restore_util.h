@@ -20,7 +20,7 @@ inline StatusOr<std::unique_ptr<RestoredModel>> RestoreToHost(const std::string&
 
 // The bytes of a restored host tensor, or of a region.
 inline const uint8_t* TensorBytes(const RestoredModel& m, std::string_view name) {
-  const RestoredTensor* t = m.FindTensor(name);
+  std::optional<RestoredTensor> t = m.FindTensor(name);
   return t ? reinterpret_cast<const uint8_t*>(t->address) : nullptr;
 }
 inline const uint8_t* RegionBytes(const RestoredModel& m, size_t region) {

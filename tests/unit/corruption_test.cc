@@ -31,6 +31,14 @@ void PutU32(std::string* s, size_t off, uint32_t v) {
   for (int i = 0; i < 4; ++i) (*s)[off + i] = static_cast<char>((v >> (8 * i)) & 0xff);
 }
 
+// Changes tensor i of `m` (the table's records are views: edited as an owning copy).
+template <typename Edit>
+void EditTensor(format::Manifest& m, size_t i, Edit edit) {
+  format::TensorInfo t = m.tensors[i].ToInfo();
+  edit(t);
+  m.tensors.Replace(i, t);
+}
+
 // The catalogue runs on an image of each format version (mutations re-encode the records
 // of the image's version; version 2's manifest is then stored raw).
 class CorruptionTest : public ::testing::TestWithParam<uint32_t> {
@@ -322,27 +330,38 @@ TEST_P(CorruptionTest, SemanticChecksBehindTheChecksum) {
        "raw size 0"},
       {"huge raw size", [](auto& m) { m.chunks[0].raw_size = 1ull << 40; }, StatusCode::kDataLoss,
        "out of range"},
-      {"tensor past region", [](auto& m) { m.tensors[0].byte_offset = 100; }, StatusCode::kDataLoss,
-       "past the end of region"},
+      {"tensor past region",
+       [](auto& m) { EditTensor(m, 0, [](auto& t) { t.byte_offset = 100; }); },
+       StatusCode::kDataLoss, "past the end of region"},
       // v2 stores no byte_size (it is the view's extent): a wrong one cannot be written.
-      {"tensor size mismatch", [v1](auto& m) { m.tensors[0].byte_size = v1 ? 11999 : 8999; },
+      {"tensor size mismatch",
+       [v1](auto& m) { EditTensor(m, 0, [v1](auto& t) { t.byte_size = v1 ? 11999 : 8999; }); },
        v1 ? StatusCode::kDataLoss : StatusCode::kOk, "does not match its view"},
-      {"negative dim", [](auto& m) { m.tensors[0].shape[0] = -1; }, StatusCode::kDataLoss,
-       v1 ? "negative dimension" : "bad dimension"},
-      {"duplicate tensor", [](auto& m) { m.tensors[1].name = m.tensors[0].name; },
+      {"negative dim", [](auto& m) { EditTensor(m, 0, [](auto& t) { t.shape[0] = -1; }); },
+       StatusCode::kDataLoss, v1 ? "negative dimension" : "bad dimension"},
+      {"duplicate tensor",
+       [](auto& m) {
+         const std::string first(m.tensors[0].name);
+         EditTensor(m, 1, [&](auto& t) { t.name = first; });
+       },
        StatusCode::kDataLoss, v1 ? "duplicate name 'w'" : "duplicate name 'n'"},
-      {"unknown dtype", [](auto& m) { m.tensors[0].dtype = static_cast<DType>(99); },
+      {"unknown dtype",
+       [](auto& m) { EditTensor(m, 0, [](auto& t) { t.dtype = static_cast<DType>(99); }); },
        StatusCode::kDataLoss, "unknown dtype id 99"},
-      {"dtype zero", [](auto& m) { m.tensors[0].dtype = static_cast<DType>(0); },
+      {"dtype zero",
+       [](auto& m) { EditTensor(m, 0, [](auto& t) { t.dtype = static_cast<DType>(0); }); },
        StatusCode::kDataLoss, "unknown dtype id 0"},
       {"rank 33",
        [](auto& m) {
-         m.tensors[0].shape.assign(33, 1);
-         m.tensors[0].strides.assign(33, 1);
+         EditTensor(m, 0, [](auto& t) {
+           t.shape.assign(33, 1);
+           t.strides.assign(33, 1);
+         });
        },
        StatusCode::kDataLoss, "rank 33"},
-      {"tensor region out of range", [](auto& m) { m.tensors[0].region_id = 5; },
-       StatusCode::kDataLoss, "region id 5"},
+      {"tensor region out of range",
+       [](auto& m) { EditTensor(m, 0, [](auto& t) { t.region_id = 5; }); }, StatusCode::kDataLoss,
+       "region id 5"},
       {"alignment not a power of two", [](auto& m) { m.regions[0].alignment = 3000; },
        StatusCode::kDataLoss, "alignment 3000"},
       {"unaligned va hint", [](auto& m) { m.regions[1].va_hint = 0x10001; }, StatusCode::kDataLoss,
@@ -364,7 +383,12 @@ TEST_P(CorruptionTest, SemanticChecksBehindTheChecksum) {
        StatusCode::kResourceExhausted, "exceeds 1 MiB"},
   };
   if (!v1) {
-    cases.push_back({"unsorted tensors", [](auto& m) { std::swap(m.tensors[0], m.tensors[1]); },
+    cases.push_back({"unsorted tensors",
+                     [](auto& m) {
+                       const format::TensorInfo a = m.tensors[0].ToInfo();
+                       m.tensors.Replace(0, m.tensors[1].ToInfo());
+                       m.tensors.Replace(1, a);
+                     },
                      StatusCode::kDataLoss, "sorted by name"});
   }
   for (const auto& c : cases) {

@@ -5,6 +5,7 @@
 namespace stasis::format {
 namespace {
 
+using ::testing::ElementsAreArray;
 using ::testing::HasSubstr;
 
 TEST(FormatTest, HeaderRoundTripAndLayout) {
@@ -60,10 +61,10 @@ Manifest SampleManifest() {
   m.regions.push_back({10000, 4096, 0x7f0000000000, DeviceKind::kCuda, 3});
   m.chunks.push_back({4096, 5000, 8000, 0, 0, Codec::kGrouped, 2, 11, 22});
   m.chunks.push_back({12288, 2000, 2000, 8000, 0, Codec::kRaw, 0, 33, 33});
-  m.tensors.push_back({"a.b", DType::kBF16, {40, 100}, {100, 1}, 0, 0, 8000});
-  m.tensors.push_back({"a.c", DType::kF32, {50, 10}, {1, 50}, 0, 8000, 2000});
-  m.tensors.push_back({"s", DType::kI64, {}, {}, 0, 16, 8});
-  m.tensors.push_back({"z", DType::kF32, {0, 3}, {3, 1}, 0, 9999, 0});
+  m.tensors = MakeTensorTable({{"a.b", DType::kBF16, {40, 100}, {100, 1}, 0, 0, 8000},
+                               {"a.c", DType::kF32, {50, 10}, {1, 50}, 0, 8000, 2000},
+                               {"s", DType::kI64, {}, {}, 0, 16, 8},
+                               {"z", DType::kF32, {0, 3}, {3, 1}, 0, 9999, 0}});
   m.sections.push_back({"skeleton", 16384, 10, 99});
   m.metadata.push_back({"k", "v"});
   return m;
@@ -78,11 +79,11 @@ TEST(FormatTest, ManifestV2RoundTrip) {
   ASSERT_EQ(d->tensors.size(), 4u);
   for (size_t i = 0; i < m.tensors.size(); ++i) {
     SCOPED_TRACE(m.tensors[i].name);
-    const TensorInfo &a = m.tensors[i], &b = d->tensors[i];
+    const TensorRef a = m.tensors[i], b = d->tensors[i];
     EXPECT_EQ(a.name, b.name);
     EXPECT_EQ(a.dtype, b.dtype);
-    EXPECT_EQ(a.shape, b.shape);
-    EXPECT_EQ(a.strides, b.strides);
+    EXPECT_THAT(b.shape, ElementsAreArray(a.shape));
+    EXPECT_THAT(b.strides, ElementsAreArray(a.strides));
     EXPECT_EQ(a.region_id, b.region_id);
     EXPECT_EQ(a.byte_offset, b.byte_offset);
     EXPECT_EQ(a.byte_size, b.byte_size);  // not stored: computed from the view
@@ -139,11 +140,14 @@ TEST(FormatTest, ManifestV2RejectsBadTensorRecords) {
 
   // Names out of order or repeated: the rule that makes names unique.
   Manifest unsorted = m;
-  std::swap(unsorted.tensors[0], unsorted.tensors[1]);
+  unsorted.tensors.Replace(0, m.tensors[1].ToInfo());
+  unsorted.tensors.Replace(1, m.tensors[0].ToInfo());
   EXPECT_THAT(DecodeManifest(EncodeManifestV2(unsorted), 20480, 2).status(),
               StatusIs(StatusCode::kDataLoss, HasSubstr("sorted by name")));
   Manifest dup = m;
-  dup.tensors[1].name = "a.b";
+  TensorInfo renamed = m.tensors[1].ToInfo();
+  renamed.name = "a.b";
+  dup.tensors.Replace(1, renamed);
   EXPECT_THAT(DecodeManifest(EncodeManifestV2(dup), 20480, 2).status(),
               StatusIs(StatusCode::kDataLoss, HasSubstr("duplicate name 'a.b'")));
   // Counts the bytes cannot hold are rejected before reserving.
@@ -159,15 +163,18 @@ TEST(FormatTest, ManifestV2RejectsBadTensorRecords) {
 
 TEST(FormatTest, StoredManifestIsCompressedWhenThatPays) {
   Manifest m = SampleManifest();
+  std::vector<TensorInfo> tensors;
+  for (const TensorRef t : m.tensors) tensors.push_back(t.ToInfo());
   for (int i = 0; i < 200; ++i)
-    m.tensors.push_back({"layers." + std::to_string(1000 + i) + ".weight",
-                         DType::kF32,
-                         {1},
-                         {1},
-                         0,
-                         static_cast<uint64_t>(4 * i),
-                         4});
-  SortTensorsByName(&m.tensors);
+    tensors.push_back({"layers." + std::to_string(1000 + i) + ".weight",
+                       DType::kF32,
+                       {1},
+                       {1},
+                       0,
+                       static_cast<uint64_t>(4 * i),
+                       4});
+  SortTensorsByName(&tensors);
+  m.tensors = MakeTensorTable(tensors);
   Footer f;
   auto stored = EncodeStoredManifest(m, 2, 3, &f);
   ASSERT_OK(stored.status());
@@ -219,9 +226,9 @@ TEST(FormatTest, ManifestRoundTrip) {
   m.regions.push_back({10000, 4096, 0x7f0000000000, DeviceKind::kCuda, 3});
   m.chunks.push_back({4096, 5000, 8000, 0, 0, Codec::kGrouped, 2, 11, 22});
   m.chunks.push_back({12288, 2000, 2000, 8000, 0, Codec::kRaw, 0, 33, 33});
-  m.tensors.push_back({"a.b", DType::kBF16, {40, 100}, {100, 1}, 0, 0, 8000});
-  m.tensors.push_back({"t", DType::kF32, {50, 10}, {1, 50}, 0, 8000, 2000});
-  m.tensors.push_back({"s", DType::kI64, {}, {}, 0, 16, 8});
+  m.tensors = MakeTensorTable({{"a.b", DType::kBF16, {40, 100}, {100, 1}, 0, 0, 8000},
+                               {"t", DType::kF32, {50, 10}, {1, 50}, 0, 8000, 2000},
+                               {"s", DType::kI64, {}, {}, 0, 16, 8}});
   m.sections.push_back({"skeleton", 16384, 10, 99});
   m.metadata.push_back({"k", "v"});
   std::string enc = EncodeManifest(m);
@@ -231,7 +238,7 @@ TEST(FormatTest, ManifestRoundTrip) {
   EXPECT_EQ(d->regions[0].device_ordinal, 3);
   EXPECT_EQ(d->chunks[0].codec, Codec::kGrouped);
   EXPECT_EQ(d->chunks[0].element_size, 2);
-  EXPECT_EQ(d->tensors[1].strides, (std::vector<int64_t>{1, 50}));
+  EXPECT_THAT(d->tensors[1].strides, ElementsAreArray({1, 50}));
   EXPECT_EQ(d->tensors[2].shape.size(), 0u);
   EXPECT_EQ(d->sections[0].name, "skeleton");
   EXPECT_EQ(*d->FindMetadata("k"), "v");

@@ -165,8 +165,8 @@ TEST(GoldenTest, ValidGoldenImageRestores) {
   ASSERT_OK(image.status());
   GoldenInput in = MakeInput();
   const auto& m = (*reader)->manifest();
-  const auto* mlp = m.FindTensor("mlp.weight");
-  ASSERT_NE(mlp, nullptr);
+  auto mlp = m.FindTensor("mlp.weight");
+  ASSERT_TRUE(mlp.has_value());
   EXPECT_EQ(
       0, std::memcmp(testing::TensorBytes(**image, "mlp.weight"), in.bf16.data(), in.bf16.size()));
   EXPECT_EQ(m.FindTensor("embed.weight")->byte_offset, m.FindTensor("head.weight")->byte_offset);
@@ -191,10 +191,12 @@ TEST(GoldenTest, ValidGoldenImageV2Restores) {
   for (size_t i = 1; i < m.tensors.size(); ++i) EXPECT_LT(m.tensors[i - 1].name, m.tensors[i].name);
   for (const HostTensor& t : in.tensors) {
     SCOPED_TRACE(t.name);
-    const format::TensorInfo* info = m.FindTensor(t.name);
-    ASSERT_NE(info, nullptr);
-    EXPECT_EQ(info->shape, t.shape);
-    EXPECT_EQ(info->strides, t.strides.empty() ? format::ContiguousStrides(t.shape) : t.strides);
+    std::optional<format::TensorRef> info = m.FindTensor(t.name);
+    ASSERT_TRUE(info.has_value());
+    EXPECT_THAT(info->shape, ::testing::ElementsAreArray(t.shape));
+    EXPECT_THAT(info->strides,
+                ::testing::ElementsAreArray(
+                    t.strides.empty() ? format::ContiguousStrides(t.shape).vec() : t.strides));
     EXPECT_EQ(0,
               std::memcmp(testing::TensorBytes(**image, t.name),
                           static_cast<const uint8_t*>(t.storage) + t.byte_offset, info->byte_size));

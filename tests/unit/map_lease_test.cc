@@ -137,8 +137,8 @@ class MapLeaseTest : public ::testing::Test {
 
   void ExpectOriginal(const RestoredModel& model) {
     for (const auto& t : tensors_) {
-      const RestoredTensor* r = model.FindTensor(t.name);
-      ASSERT_NE(r, nullptr) << t.name;
+      std::optional<RestoredTensor> r = model.FindTensor(t.name);
+      ASSERT_TRUE(r.has_value()) << t.name;
       ASSERT_EQ(r->byte_size, t.storage_bytes);
       EXPECT_EQ(0, std::memcmp(reinterpret_cast<const void*>(r->address), t.storage, r->byte_size))
           << t.name << ": restored bytes changed";

@@ -78,8 +78,8 @@ class ReloadTest : public ::testing::TestWithParam<RestoreOptions::MapFile> {
 
   static void ExpectBytes(const RestoredModel& m, const std::vector<uint8_t>& a,
                           const std::vector<uint8_t>& b) {
-    const RestoredTensor* ta = m.FindTensor("a");
-    const RestoredTensor* tb = m.FindTensor("b");
+    std::optional<RestoredTensor> ta = m.FindTensor("a");
+    std::optional<RestoredTensor> tb = m.FindTensor("b");
     ASSERT_TRUE(ta && tb);
     EXPECT_EQ(0, std::memcmp(reinterpret_cast<const void*>(ta->address), a.data(), a.size()));
     EXPECT_EQ(0, std::memcmp(reinterpret_cast<const void*>(tb->address), b.data(), b.size()));

@@ -145,8 +145,8 @@ class RestoreTest : public ::testing::TestWithParam<CodecChoice> {
 
   void ExpectIdentical(const RestoredModel& model) {
     for (const auto& t : tensors_) {
-      const RestoredTensor* r = model.FindTensor(t.name);
-      ASSERT_NE(r, nullptr) << t.name;
+      std::optional<RestoredTensor> r = model.FindTensor(t.name);
+      ASSERT_TRUE(r.has_value()) << t.name;
       ASSERT_EQ(r->device.kind, format::DeviceKind::kCpu);
       const uint8_t* got = reinterpret_cast<const uint8_t*>(r->address);
       const uint8_t* want = static_cast<const uint8_t*>(t.storage) + t.byte_offset;
@@ -235,8 +235,8 @@ TEST(RestoreStagingTest, MixedChunksOnADeviceNeverRunOutOfSlots) {
   };
   auto model = RestoredModel::Restore(image, o);
   ASSERT_OK(model.status());
-  const RestoredTensor* t = (*model)->FindTensor("mixed");
-  ASSERT_NE(t, nullptr);
+  std::optional<RestoredTensor> t = (*model)->FindTensor("mixed");
+  ASSERT_TRUE(t.has_value());
   EXPECT_EQ(0, std::memcmp(reinterpret_cast<const void*>(t->address), bytes.data(), bytes.size()));
 }
 
@@ -378,8 +378,8 @@ TEST_P(RestoreTest, MappedChunksAreByteIdenticalPrivateAndSurviveUnload) {
   }
   ExpectIdentical(**model);
   // Copy-on-write: writing restored memory never reaches the image.
-  const RestoredTensor* t = (*model)->FindTensor("f32");
-  ASSERT_NE(t, nullptr);
+  std::optional<RestoredTensor> t = (*model)->FindTensor("f32");
+  ASSERT_TRUE(t.has_value());
   std::memset(reinterpret_cast<void*>(t->address), 0xAB, t->byte_size);
   EXPECT_EQ(testing::ReadFile(image()), before);
   ASSERT_OK((*model)->Unload());

@@ -46,9 +46,10 @@ int RunExport(const RestoreArgs& a, const std::string& output, bool force) {
   std::vector<SafetensorsTensorOut> out;
   std::vector<std::vector<uint8_t>> gathered;  // contiguous copies of strided views
   gathered.reserve(m.tensors.size());
-  for (const auto& t : m.tensors) {
-    ByteView bytes = RowMajorBytes(**restored, t, &gathered.emplace_back());
-    out.push_back({t.name, t.dtype, t.shape.vec(), bytes.data, bytes.size});
+  for (const RestoredTensor& t : (*restored)->tensors()) {
+    ByteView bytes = RowMajorBytes(t, &gathered.emplace_back());
+    out.push_back({std::string(t.name), t.dtype,
+                   std::vector<int64_t>(t.shape.begin(), t.shape.end()), bytes.data, bytes.size});
   }
   std::vector<std::pair<std::string, std::string>> metadata;
   if (const std::string* md = m.FindMetadata("safetensors.metadata")) {

@@ -105,7 +105,7 @@ int RunInspect(const std::string& path, bool json) {
   }
   std::printf("tensors   %zu\n", m.tensors.size());
   for (const auto& t : m.tensors) {
-    std::printf("  %-48s %-6s %-20s region %u +%llu\n", t.name.c_str(),
+    std::printf("  %-48s %-6s %-20s region %u +%llu\n", std::string(t.name).c_str(),
                 std::string(DTypeName(t.dtype)).c_str(), ShapeString(t.shape).c_str(), t.region_id,
                 static_cast<unsigned long long>(t.byte_offset));
   }

@@ -64,10 +64,10 @@ struct TensorsDigest {
 TensorsDigest DigestTensors(const RestoredModel& restored) {
   const Stopwatch start;
   std::vector<std::pair<std::string, uint64_t>> hashes;
-  hashes.reserve(restored.manifest().tensors.size());
+  hashes.reserve(restored.tensors().size());
   std::vector<uint8_t> scratch;
-  for (const format::TensorInfo& t : restored.manifest().tensors) {
-    ByteView bytes = RowMajorBytes(restored, t, &scratch);
+  for (const RestoredTensor& t : restored.tensors()) {
+    ByteView bytes = RowMajorBytes(t, &scratch);
     hashes.emplace_back(t.name, Xxh3(bytes.data, bytes.size));
   }
   TensorsDigest d;

@@ -1,5 +1,6 @@
 #include "tools/stasis/row_major.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "snapshot/format.h"
@@ -7,12 +8,12 @@
 namespace stasis::cli {
 namespace {
 
-bool IsContiguous(const format::TensorInfo& t) {
-  return t.strides == format::ContiguousStrides(t.shape);
+bool IsContiguous(const RestoredTensor& t) {
+  return std::ranges::equal(t.strides, format::ContiguousStrides(t.shape));
 }
 
 // Copies a strided view into contiguous row-major order.
-void GatherStrided(const uint8_t* base, const format::TensorInfo& t, size_t elem, uint8_t* out) {
+void GatherStrided(const uint8_t* base, const RestoredTensor& t, size_t elem, uint8_t* out) {
   const size_t rank = t.shape.size();
   std::vector<int64_t> idx(rank, 0);
   uint64_t count = *format::ElementCount(t.shape);
@@ -29,9 +30,8 @@ void GatherStrided(const uint8_t* base, const format::TensorInfo& t, size_t elem
 
 }  // namespace
 
-ByteView RowMajorBytes(const RestoredModel& restored, const format::TensorInfo& t,
-                       std::vector<uint8_t>* scratch) {
-  const auto* data = reinterpret_cast<const uint8_t*>(restored.FindTensor(t.name)->address);
+ByteView RowMajorBytes(const RestoredTensor& t, std::vector<uint8_t>* scratch) {
+  const auto* data = reinterpret_cast<const uint8_t*>(t.address);
   if (IsContiguous(t)) return {data, t.byte_size};
   const size_t elem = static_cast<size_t>(DTypeBits(t.dtype) / 8);
   scratch->resize(*format::ElementCount(t.shape) * elem);

@@ -20,8 +20,7 @@ struct ByteView {
 
 // The tensor's restored memory when it is contiguous, otherwise a copy gathered into
 // `scratch` (which must outlive the returned bytes). REQUIRES: a host restore.
-ByteView RowMajorBytes(const RestoredModel& restored, const format::TensorInfo& t,
-                       std::vector<uint8_t>* scratch);
+ByteView RowMajorBytes(const RestoredTensor& t, std::vector<uint8_t>* scratch);
 
 }  // namespace stasis::cli
 
