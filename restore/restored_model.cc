@@ -364,7 +364,7 @@ StatusOr<std::string> RestoredModel::ReadSection(std::string_view name) const {
   return state_->reader->ReadSection(name);
 }
 
-size_t RestoredTensors::size() const { return model_->tensors_.size(); }
+size_t RestoredTensors::size() const { return model_ ? model_->tensors_.size() : 0; }
 
 RestoredTensor RestoredTensors::operator[](size_t i) const { return model_->TensorAt(i); }
 

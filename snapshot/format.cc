@@ -16,11 +16,11 @@ namespace {
 
 using u128 = unsigned __int128;
 
-// The longest a v2 tensor record can be: two name varints, the name, dtype and rank_flags,
-// region and offset varints, and 32 dims and 32 strides of 10 bytes each.
 // The window a writer compresses a manifest with (128 KiB), see EncodeStoredManifest.
 constexpr int kManifestWindowLog = 17;
 
+// The longest a v2 tensor record can be: two name varints, the name, dtype and rank_flags,
+// region and offset varints, and 32 dims and 32 strides of 10 bytes each.
 constexpr size_t kMaxTensorRecordV2 = 10 + 10 + kMaxTensorNameLen + 2 + 10 + 10 + 2 * kMaxRank * 10;
 
 class ByteWriter {
@@ -262,10 +262,12 @@ StatusOr<uint64_t> ElementCount(std::span<const int64_t> shape) {
 Dims ContiguousStrides(std::span<const int64_t> shape) {
   Dims strides;
   strides.resize(shape.size());
-  int64_t s = 1;
+  // Unsigned: a shape past 2^63 elements wraps here instead of overflowing (undefined);
+  // such a shape is refused by ElementCount wherever it matters.
+  uint64_t s = 1;
   for (size_t i = shape.size(); i-- > 0;) {
-    strides[i] = s;
-    s *= shape[i] > 0 ? shape[i] : 1;
+    strides[i] = static_cast<int64_t>(s);
+    s *= shape[i] > 0 ? static_cast<uint64_t>(shape[i]) : 1;
   }
   return strides;
 }
@@ -458,10 +460,10 @@ void EncodeSectionsMetadata(const Manifest& m, ByteWriter& w) {
 
 bool IsRowMajor(std::span<const int64_t> shape, std::span<const int64_t> strides) {
   if (shape.size() != strides.size()) return false;
-  int64_t s = 1;
+  uint64_t s = 1;  // unsigned: see ContiguousStrides
   for (size_t i = shape.size(); i-- > 0;) {
-    if (strides[i] != s) return false;
-    s *= shape[i] > 0 ? shape[i] : 1;
+    if (strides[i] != static_cast<int64_t>(s)) return false;
+    s *= shape[i] > 0 ? static_cast<uint64_t>(shape[i]) : 1;
   }
   return true;
 }
@@ -602,10 +604,8 @@ Status DecodeTensorsV2(ByteCursor& c, uint64_t count, Manifest* m) {
   TensorTable& table = m->tensors;
   // Names are front-coded, so their decoded size is unknown until the end. Room for 48
   // bytes a name costs only address space until it is written, and spares a copy of every
-  // name made so far when the buffer grows.
-  table.Reserve(
-      count, std::min<uint64_t>(kMaxTensorNameBytes, std::max<uint64_t>(c.remaining(), 48 * count)),
-      2 * count);
+  // name made so far when the buffer grows (it doubles past that).
+  table.Reserve(count, std::min<uint64_t>(kMaxTensorNameBytes, 48 * count), 2 * count);
   int64_t shape[kMaxRank], strides[kMaxRank];
   std::string_view prev;
   for (uint64_t i = 0; i < count; ++i) {
@@ -660,10 +660,10 @@ Status DecodeTensorsV2(ByteCursor& c, uint64_t count, Manifest* m) {
     } else {
       // Row-major strides; the extent is the element count (the sub-byte rule holds by
       // construction).
-      int64_t stride = 1;
+      uint64_t stride = 1;  // unsigned: wraps only past 2^63 elements, refused below
       for (size_t d = rank; d-- > 0;) {
-        strides[d] = stride;
-        stride *= shape[d] > 0 ? shape[d] : 1;  // wraps only past 2^62 elements: refused below
+        strides[d] = static_cast<int64_t>(stride);
+        stride *= static_cast<uint64_t>(shape[d] > 0 ? shape[d] : 1);
       }
       // ElementCount's rule inline (no StatusOr per tensor on the way that succeeds).
       u128 elements = 1;
@@ -1001,6 +1001,11 @@ Status ValidateAllButTensors(const Manifest& m, uint64_t manifest_offset) {
 }
 
 Status ValidateTensors(const Manifest& m) {
+  // The reader's bound on every name together (front coding makes it reachable with a
+  // small manifest): a writer must not publish an image no reader opens.
+  if (m.tensors.name_bytes() > kMaxTensorNameBytes)
+    return ResourceExhaustedError("the tensor names take " + Num(m.tensors.name_bytes()) +
+                                  " bytes together, over the limit of " + Num(kMaxTensorNameBytes));
   std::unordered_set<std::string_view> names;
   names.reserve(m.tensors.size());
   for (size_t i = 0; i < m.tensors.size(); ++i) {

@@ -54,7 +54,9 @@ StatusOr<std::unique_ptr<ImageReader>> ImageReader::Open(const std::string& path
                                              manifest.data(), "manifest"));
   if (Xxh3(manifest.data(), manifest.size()) != r->footer_.manifest_xxh3)
     return DataLossError(where + ": manifest checksum mismatch");
-  STASIS_ASSIGN_OR_RETURN(r->manifest_, format::ParseStoredManifest(manifest, r->footer_));
+  auto parsed = format::ParseStoredManifest(manifest, r->footer_);
+  if (!parsed.ok()) return parsed.status().WithContext(where);
+  r->manifest_ = std::move(parsed).value();
   return r;
 }
 

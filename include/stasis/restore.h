@@ -201,6 +201,7 @@ class RestoredTensors {
  public:
   using iterator = format::IndexIterator<RestoredTensors>;
   using const_iterator = iterator;
+  RestoredTensors() = default;  // empty
   size_t size() const;
   bool empty() const { return size() == 0; }
   // REQUIRES: i < size().
@@ -211,7 +212,7 @@ class RestoredTensors {
  private:
   friend class RestoredModel;
   explicit RestoredTensors(const RestoredModel* model) : model_(model) {}
-  const RestoredModel* model_;
+  const RestoredModel* model_ = nullptr;
 };
 
 class RestoredModel {

@@ -20,6 +20,7 @@
 #define STASIS_TENSOR_TABLE_H_
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -29,6 +30,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 #include "stasis/dims.h"
@@ -73,6 +75,12 @@ bool SameTensor(const TensorRef& a, const TensorRef& b);
 // t : table)` binds each to a temporary.
 template <typename Container>
 class IndexIterator {
+  // A container that is a small handle (RestoredTensors: one pointer) is held by value, so
+  // an iterator of the temporary `model.tensors()` outlives it; others by pointer.
+  static constexpr bool kByValue =
+      std::is_trivially_copyable_v<Container> && sizeof(Container) <= sizeof(void*);
+  using Holder = std::conditional_t<kByValue, Container, const Container*>;
+
  public:
   using value_type = decltype(std::declval<const Container&>()[size_t{0}]);
   using difference_type = std::ptrdiff_t;
@@ -84,10 +92,10 @@ class IndexIterator {
   };
 
   IndexIterator() = default;
-  IndexIterator(const Container* c, size_t i) : c_(c), i_(i) {}
-  value_type operator*() const { return (*c_)[i_]; }
-  pointer operator->() const { return {(*c_)[i_]}; }
-  value_type operator[](difference_type n) const { return (*c_)[i_ + n]; }
+  IndexIterator(const Container* c, size_t i) : c_(Hold(c)), i_(i) {}
+  value_type operator*() const { return At(i_); }
+  pointer operator->() const { return {At(i_)}; }
+  value_type operator[](difference_type n) const { return At(i_ + n); }
   IndexIterator& operator++() { return ++i_, *this; }
   IndexIterator operator++(int) { return {c_, i_++}; }
   IndexIterator& operator--() { return --i_, *this; }
@@ -104,7 +112,19 @@ class IndexIterator {
   friend auto operator<=>(const IndexIterator& a, const IndexIterator& b) { return a.i_ <=> b.i_; }
 
  private:
-  const Container* c_ = nullptr;
+  static Holder Hold(const Container* c) {
+    if constexpr (kByValue)
+      return *c;
+    else
+      return c;
+  }
+  value_type At(size_t i) const {
+    if constexpr (kByValue)
+      return c_[i];
+    else
+      return (*c_)[i];
+  }
+  Holder c_{};
   size_t i_ = 0;
 };
 
@@ -202,7 +222,11 @@ class TensorTable {
   };
   // The storage to mutate: made first, or copied first from one a copy shares.
   Storage& Own() {
-    if (!storage_ || storage_.use_count() > 1) Unshare();
+    if (!storage_ || storage_.use_count() > 1)
+      Unshare();
+    else  // the last owner: see the other copies' reads before writing (they may have
+          // been on other threads, and use_count() reads the count relaxed)
+      std::atomic_thread_fence(std::memory_order_acquire);
     return *storage_;
   }
   void Unshare();

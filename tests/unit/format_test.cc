@@ -161,6 +161,37 @@ TEST(FormatTest, ManifestV2RejectsBadTensorRecords) {
     EXPECT_FALSE(DecodeManifest(good.substr(0, n), 20480, 2).ok()) << n;
 }
 
+// Front coding lets a small manifest name gigabytes: 65,537 names of 4096 bytes that share
+// all but their last 8 bytes are 270 MB of names in a manifest of a few hundred KB. Both
+// sides refuse past 256 MiB together: the reader before allocating more, the writer
+// before publishing an image no reader would open.
+TEST(FormatTest, TheTensorNamesTogetherAreBounded) {
+  const size_t count = kMaxTensorNameBytes / kMaxTensorNameLen + 1;
+  Manifest m;
+  m.regions.push_back({4, 4, 0, DeviceKind::kCpu, -1});
+  m.tensors.Reserve(count, count * kMaxTensorNameLen, 2 * count);
+  std::string name(kMaxTensorNameLen, 'x');
+  const int64_t one[] = {1};
+  for (size_t i = 0; i < count; ++i) {
+    std::snprintf(name.data() + kMaxTensorNameLen - 8, 9, "%08zu", i);
+    TensorRef t;
+    t.name = name;
+    t.dtype = DType::kF32;
+    t.shape = one;
+    t.strides = one;
+    t.byte_size = 4;
+    m.tensors.Append(t);
+  }
+  ASSERT_GT(m.tensors.name_bytes(), kMaxTensorNameBytes);
+  EXPECT_THAT(ValidateManifest(m, 8192),
+              StatusIs(StatusCode::kResourceExhausted, HasSubstr("tensor names take")));
+  const std::string enc = EncodeManifestV2(m);
+  EXPECT_LT(enc.size(), 2u << 20);
+  m.tensors = TensorTable();  // the decoder's names alone come near the limit
+  EXPECT_THAT(DecodeManifest(enc, 8192, 2).status(),
+              StatusIs(StatusCode::kResourceExhausted, HasSubstr("tensor names exceed")));
+}
+
 TEST(FormatTest, StoredManifestIsCompressedWhenThatPays) {
   Manifest m = SampleManifest();
   std::vector<TensorInfo> tensors;

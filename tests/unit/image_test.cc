@@ -193,6 +193,18 @@ TEST(ImageTest, WriterRejectsBadInputAndPublishesNothing) {
     EXPECT_THAT((*w)->Finish(),
                 StatusIs(StatusCode::kDataLoss, HasSubstr("runs past the end of region")));
   }
+  // What the manifest's table cannot hold is refused when it is added.
+  for (const format::TensorInfo& bad :
+       std::vector<format::TensorInfo>{{"", DType::kF32, {1}, {1}, 0, 0, 4},
+                                       {std::string(4097, 'n'), DType::kF32, {1}, {1}, 0, 0, 4},
+                                       {"r", DType::kF32, {1, 1}, {1}, 0, 0, 4},
+                                       {"deep", DType::kF32, Dims(std::vector<int64_t>(33, 1)),
+                                        Dims(std::vector<int64_t>(33, 1)), 0, 0, 4}}) {
+    auto w = ImageWriter::Create(dir.File("img"), WriterOptions{});
+    ASSERT_OK(w.status());
+    EXPECT_THAT((*w)->AddTensor(bad), StatusIs(StatusCode::kInvalidArgument, HasSubstr("tensor")));
+    EXPECT_FALSE((*w)->Finish().ok());
+  }
   EXPECT_TRUE(dir.List().empty());
   EXPECT_THAT(ImageWriter::Create(dir.File("img"), WriterOptions{.chunk_size = 100}).status(),
               StatusIs(StatusCode::kInvalidArgument, HasSubstr("chunk size")));

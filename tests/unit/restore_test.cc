@@ -178,6 +178,32 @@ TEST_P(RestoreTest, ByteIdenticalForEveryWorkerCountAndStagingSize) {
   }
 }
 
+// tensors() is made on access from the manifest's table: every tensor, in the manifest's
+// (sorted) order, each the same as FindTensor's; an iterator outlives the temporary range.
+TEST_P(RestoreTest, TensorsAreTheManifestsWhereTheRestorePutThem) {
+  auto model = RestoredModel::Restore(image(), {});
+  ASSERT_OK(model.status());
+  const RestoredModel& m = **model;
+  ASSERT_EQ(m.tensors().size(), tensors_.size());
+  auto it = m.tensors().begin();  // the range it came from is gone at the semicolon
+  EXPECT_EQ(it->name, "bf16");
+  std::vector<std::string> names;
+  for (const RestoredTensor& t : m.tensors()) {
+    names.emplace_back(t.name);
+    std::optional<RestoredTensor> found = m.FindTensor(t.name);
+    ASSERT_TRUE(found.has_value()) << t.name;
+    EXPECT_EQ(found->address, t.address);
+    EXPECT_EQ(found->byte_size, t.byte_size);
+    EXPECT_EQ(found->shape.data(), t.shape.data());
+    const format::TensorRef rec = *m.manifest().FindTensor(t.name);
+    EXPECT_EQ(t.address, m.regions()[rec.region_id].address + rec.byte_offset);
+  }
+  EXPECT_THAT(names, ::testing::ElementsAre("bf16", "f32", "f32.t", "noise", "tail"));
+  EXPECT_THAT(m.FindTensor("f32.t")->strides, ::testing::ElementsAre(1, 1000));
+  EXPECT_FALSE(m.FindTensor("f3").has_value());
+  EXPECT_FALSE(m.FindTensor("zzz").has_value());
+}
+
 TEST_P(RestoreTest, QueueDepthBelowTwoIsRefused) {
   RestoreOptions o;
   o.fs = DefaultFileSystem();

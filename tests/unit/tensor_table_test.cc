@@ -8,6 +8,7 @@
 #include <zstd.h>
 
 #include <algorithm>
+#include <iterator>
 #include <random>
 #include <string>
 #include <vector>
@@ -60,6 +61,8 @@ TEST(TensorTableTest, HoldsWhatWasAppendedAndFindsIt) {
   EXPECT_EQ(t.end() - t.begin(), 3);
   EXPECT_EQ(t.begin()->name, "a.bias");
 }
+
+static_assert(std::random_access_iterator<TensorTable::iterator>);
 
 TEST(TensorTableTest, UnsortedNamesAreFoundByAScan) {
   TensorTable t;
