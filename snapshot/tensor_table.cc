@@ -40,7 +40,7 @@ TensorRef TensorTable::operator[](size_t i) const {
   const Storage& s = *storage_;
   const Record& rec = s.records[i];
   TensorRef r;
-  r.name = std::string_view(s.names.data() + rec.name_at, rec.name_len);
+  r.name = NameOf(s, rec);
   r.dtype = rec.dtype;
   const int64_t* dims = s.dims.data() + rec.dims_at;
   r.shape = {dims, rec.rank};
@@ -54,18 +54,16 @@ TensorRef TensorTable::operator[](size_t i) const {
 std::optional<size_t> TensorTable::Find(std::string_view name) const {
   if (!storage_) return std::nullopt;
   const Storage& s = *storage_;
-  auto name_of = [&s](const Record& r) {
-    return std::string_view(s.names.data() + r.name_at, r.name_len);
-  };
   if (s.sorted) {
-    auto it = std::lower_bound(s.records.begin(), s.records.end(), name,
-                               [&](const Record& r, std::string_view n) { return name_of(r) < n; });
-    if (it != s.records.end() && name_of(*it) == name)
+    auto it =
+        std::lower_bound(s.records.begin(), s.records.end(), name,
+                         [&s](const Record& r, std::string_view n) { return NameOf(s, r) < n; });
+    if (it != s.records.end() && NameOf(s, *it) == name)
       return static_cast<size_t>(it - s.records.begin());
     return std::nullopt;
   }
   for (size_t i = 0; i < s.records.size(); ++i)
-    if (name_of(s.records[i]) == name) return i;
+    if (NameOf(s, s.records[i]) == name) return i;
   return std::nullopt;
 }
 
@@ -125,10 +123,7 @@ void TensorTable::Append(const TensorRef& t) {
     return Append(t.ToInfo());
   const auto name_at = static_cast<uint32_t>(s.names.size());
   s.names.append(t.name);
-  if (s.sorted && !s.records.empty()) {
-    const Record& prev = s.records.back();
-    s.sorted = std::string_view(s.names.data() + prev.name_at, prev.name_len) < t.name;
-  }
+  if (s.sorted && !s.records.empty()) s.sorted = NameOf(s, s.records.back()) < t.name;
   PushRecord(s, name_at, t.name.size(), t.dtype, t.shape, t.strides, t.region_id, t.byte_offset,
              t.byte_size);
 }
@@ -140,22 +135,12 @@ std::string_view TensorTable::AppendFrontCoded(size_t shared, std::string_view s
   Storage& s = Own();
   const auto name_at = static_cast<uint32_t>(s.names.size());
   const size_t name_len = shared + suffix.size();
-  if (!s.records.empty() && s.sorted) {
-    // The first `shared` bytes are equal, so the order is decided by the rest; a writer
-    // shares the longest common prefix, so almost always by its first byte.
-    const Record& prev = s.records.back();
-    const std::string_view rest(s.names.data() + prev.name_at + shared, prev.name_len - shared);
-    if (rest.empty() || suffix.empty() || rest[0] != suffix[0])
-      s.sorted = rest.empty() ? !suffix.empty()
-                              : !suffix.empty() && static_cast<unsigned char>(suffix[0]) >
-                                                       static_cast<unsigned char>(rest[0]);
-    else
-      s.sorted = suffix > rest;
-  }
+  // The first `shared` bytes are equal, so the order is decided by the rest.
+  if (!s.records.empty() && s.sorted)
+    s.sorted = suffix > NameOf(s, s.records.back()).substr(shared);
   const size_t prev_at = s.records.empty() ? 0 : s.records.back().name_at;
   // Room first: the shared prefix is copied from the buffer itself.
-  if (s.names.capacity() < s.names.size() + name_len)
-    s.names.reserve(std::max(2 * s.names.capacity(), s.names.size() + name_len));
+  s.names.Grow(name_len);
   s.names.append(s.names.data() + prev_at, shared);
   s.names.append(suffix.data(), suffix.size());
   PushRecord(s, name_at, name_len, dtype, shape, strides, region_id, byte_offset, byte_size);

@@ -202,8 +202,12 @@ class TensorTable {
       bytes_ = std::move(grown);
       capacity_ = n;
     }
-    void append(const char* p, size_t n) {
+    // Room for `n` more bytes, doubling at least (appends then move nothing).
+    void Grow(size_t n) {
       if (size_ + n > capacity_) reserve(std::max(2 * capacity_, size_ + n));
+    }
+    void append(const char* p, size_t n) {
+      Grow(n);
       if (n > 0) std::memcpy(bytes_.get() + size_, p, n);
       size_ += n;
     }
@@ -220,6 +224,9 @@ class TensorTable {
     std::vector<int64_t> dims;  // every tensor's shape, then its strides
     bool sorted = true;         // names strictly increasing
   };
+  static std::string_view NameOf(const Storage& s, const Record& r) {
+    return std::string_view(s.names.data() + r.name_at, r.name_len);
+  }
   // The storage to mutate: made first, or copied first from one a copy shares.
   Storage& Own() {
     if (!storage_ || storage_.use_count() > 1)
