@@ -31,7 +31,8 @@ endif()
 # headers are internal. A library or program above it that needs those internals says so
 # by linking <library>_internal, which stasis_library allows only from a higher layer:
 #
-#   common (0) <- snapshot (1) <- restore (2) <- runtime (3), torch_adapter (3) <- tools (4)
+#   common (0) <- snapshot (1) <- restore (2) <- runtime (3), torch_adapter (3) <- tools (4),
+#   python (4)
 #
 # so an include that runs upward (snapshot including "restore/...") does not compile; the
 # torch adapter's internals are its own (others use stasis/torch_plugin.h). A
@@ -44,6 +45,7 @@ set(STASIS_LAYER_restore 2)
 set(STASIS_LAYER_runtime 3)
 set(STASIS_LAYER_torch_adapter 3)
 set(STASIS_LAYER_tools 4)
+set(STASIS_LAYER_python 4)
 set(STASIS_LAYER_tests 5)
 set(STASIS_LAYER_bench 5)
 

@@ -21,7 +21,8 @@ class PipelineWorker {
   PipelineWorker(const format::Manifest& m, const RestorePlan& plan, const WorkerPlan& work,
                  int index, ReadEngine* engine, DeviceBackend* backend,
                  const std::vector<MappedRegion>& regions, uint8_t* staging, bool verify_raw,
-                 bool verify_stored, std::atomic<bool>* cancel, internal::MapLease* lease)
+                 bool verify_stored, std::atomic<bool>* cancel, const std::atomic<bool>* stop,
+                 std::atomic<uint64_t>* progress, internal::MapLease* lease)
       : m_(m),
         plan_(plan),
         work_(work),
@@ -33,6 +34,8 @@ class PipelineWorker {
         verify_raw_(verify_raw),
         verify_stored_(verify_stored),
         cancel_(cancel),
+        stop_(stop),
+        progress_(progress),
         lease_(lease) {}
 
   Status Run(WorkerTimes* times) {
@@ -179,8 +182,15 @@ class PipelineWorker {
     if (s >= 0) free_slots_.push_back(s);
   }
 
-  // All reads of task `ti` are done: verify, decode and copy it.
+  // All reads of task `ti` are done: verify, decode and copy it, then count its bytes.
   Status Complete(size_t ti) {
+    const uint64_t raw = m_.chunks[work_.tasks[ti].chunk].raw_size;
+    Status s = CompleteTask(ti);
+    if (s.ok() && progress_) progress_->fetch_add(raw, std::memory_order_relaxed);
+    return s;
+  }
+
+  Status CompleteTask(size_t ti) {
     Pending p = std::move(pending_[ti]);
     pending_.erase(ti);
     STASIS_RETURN_IF_ERROR(p.status.WithContext("chunk " + Num(work_.tasks[ti].chunk)));
@@ -263,6 +273,10 @@ class PipelineWorker {
     const size_t n = work_.tasks.size();
     while (next < n || !pending_.empty()) {
       if (cancel_->load(std::memory_order_relaxed)) return CancelledError("another worker failed");
+      if (stop_ && stop_->load(std::memory_order_relaxed)) {
+        cancel_->store(true, std::memory_order_relaxed);
+        return CancelledError("restore cancelled by the caller");
+      }
       // Fill the queue while slots and queue depth allow.
       while (next < n) {
         const ChunkTask& t = work_.tasks[next];
@@ -309,6 +323,8 @@ class PipelineWorker {
   static constexpr uint64_t kFaultStride = 4096;
   uint8_t touched_ = 0;  // keeps the fault-in reads
   std::atomic<bool>* cancel_;
+  const std::atomic<bool>* stop_;
+  std::atomic<uint64_t>* progress_;
   internal::MapLease* lease_;
   WorkerTimes* times_ = nullptr;
   std::unique_ptr<ReadQueue> queue_;
@@ -325,7 +341,7 @@ Status RunPipelineWorker(const PipelineWorkerArgs& args, WorkerTimes* times,
                          bool* abandoned_reads) {
   PipelineWorker worker(*args.manifest, *args.plan, args.plan->workers[args.index], args.index,
                         args.engine, args.backend, *args.regions, args.staging, args.verify_raw,
-                        args.verify_stored, args.cancel, args.lease);
+                        args.verify_stored, args.cancel, args.stop, args.progress, args.lease);
   Status s = worker.Run(times);
   *abandoned_reads = worker.abandoned_reads();
   return s;

@@ -41,6 +41,9 @@ struct PipelineWorkerArgs {
   bool verify_stored = true;
   // Set by a worker that failed; the others stop at their next chunk (kCancelled).
   std::atomic<bool>* cancel = nullptr;
+  // The caller's stop request (RestoreOptions::cancel) and progress counter; may be null.
+  const std::atomic<bool>* stop = nullptr;
+  std::atomic<uint64_t>* progress = nullptr;
   // The read lease chunks on the map route are mapped under (required when the plan has
   // any). A chunk whose lease is gone by the time it comes is read into place instead.
   internal::MapLease* lease = nullptr;

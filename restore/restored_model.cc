@@ -288,6 +288,8 @@ Status RestoredModel::RunPipeline() {
         args.verify_raw = st.options.verify;
         args.verify_stored = st.options.verify_stored;
         args.cancel = &cancel;
+        args.stop = st.options.cancel;
+        args.progress = st.options.progress;
         args.lease = st.lease.get();
         bool abandoned_reads = false;
         results[w] = RunPipelineWorker(args, &times[w], &abandoned_reads);
@@ -341,6 +343,9 @@ Status RestoredModel::RunPipeline() {
   for (const Status& s : results)
     if (!s.ok() && s.code() != StatusCode::kCancelled)
       return s.WithContext("restore '" + st.image + "'");
+  if (st.options.cancel && st.options.cancel->load())
+    for (const Status& s : results)
+      if (!s.ok()) return CancelledError("restore '" + st.image + "' cancelled by the caller");
   for (const Status& s : results)
     if (!s.ok()) return s;
   return OkStatus();

@@ -292,6 +292,8 @@ Status ImageWriter::AddRegionData(uint32_t region, uint64_t dst_offset, const vo
     return w.Fail(InvalidArgumentError("AddRegionData: element size must be 0, 2 or 4"));
   const uint8_t* src = static_cast<const uint8_t*>(data);
   while (n > 0) {
+    if (w.options.cancel && w.options.cancel->load(std::memory_order_relaxed))
+      return w.Fail(CancelledError("snapshot cancelled by the caller"));
     if (w.pending) {
       ChunkJob& p = *w.pending;
       uint64_t end = p.info.dst_offset + p.raw.size();

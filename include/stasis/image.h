@@ -22,6 +22,7 @@
 #ifndef STASIS_IMAGE_H_
 #define STASIS_IMAGE_H_
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -199,6 +200,10 @@ struct WriterOptions {
   FileSystem* fs = nullptr;          // null: DefaultFileSystem()
   // Called on the writer's thread after each chunk is written: (raw bytes written so far).
   std::function<void(uint64_t)> progress;
+  // Checked as each chunk is cut: once *cancel is true the writer fails with kCancelled
+  // (sticky, like any error; Abandon() then removes the temporary file). Another thread
+  // may set it; it must outlive the writer.
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 // Per-image totals, for reports.

@@ -129,6 +129,13 @@ struct RestoreOptions {
   // starts set it while the framework loads. Must outlive the RestoredModel (Reload reads
   // again).
   const std::atomic<bool>* yield_io = nullptr;
+  // Checked before each chunk: once *cancel is true the restore stops with kCancelled and
+  // releases what it mapped, as on any failure (Ctrl-C in the Python binding sets it).
+  const std::atomic<bool>* cancel = nullptr;
+  // Raw bytes restored so far: each worker adds a chunk's bytes once it is in place, so a
+  // caller can draw progress from another thread. Reset to 0 by neither Restore nor Reload.
+  std::atomic<uint64_t>* progress = nullptr;
+  // Both must outlive the RestoredModel when set (Reload uses them again).
   // Seams. `fs`: read through the FileSystem seam (pread semantics, no io_uring/direct),
   // e.g. a fault-injecting or in-memory file system. `backend_factory`: a device backend of
   // the caller's instead of the one Restore picks for `device` (e.g. the CUDA backend over

@@ -362,6 +362,41 @@ TEST_P(RestoreTest, FailuresAreClearAndLeakNothing) {
   EXPECT_EQ(after.threads, before.threads);
 }
 
+// RestoreOptions::progress counts every raw byte once; RestoreOptions::cancel stops a
+// restore at its next chunk with kCancelled, releasing everything it mapped.
+TEST_P(RestoreTest, ProgressCountsEveryByteAndCancelStopsCleanly) {
+  std::atomic<uint64_t> progress{0};
+  std::atomic<bool> cancel{false};
+  RestoreOptions o;
+  o.fs = DefaultFileSystem();
+  o.threads = 2;
+  o.progress = &progress;
+  o.cancel = &cancel;
+  auto model = RestoredModel::Restore(image(), o);
+  ASSERT_OK(model.status());
+  EXPECT_EQ(progress.load(), (*model)->manifest().RawBytes());
+  model->reset();
+
+  Resources before;
+  for (int k : {0, 3}) {  // cancelled before the first chunk, and after a few
+    cancel = false;
+    progress = 0;
+    std::atomic<int> reads{0};
+    o.backend_factory = CheckedHostBackend();
+    o.fault_hook = [&](uint64_t, uint64_t, int64_t result) -> int64_t {
+      if (reads++ == k) cancel = true;
+      return result;
+    };
+    EXPECT_THAT(RestoredModel::Restore(image(), o).status(),
+                StatusIs(StatusCode::kCancelled, HasSubstr("cancelled by the caller")))
+        << "cancelled at read " << k;
+    EXPECT_LT(progress.load(), o.staging_bytes);
+  }
+  Resources after;
+  EXPECT_EQ(after.fds, before.fds);
+  EXPECT_EQ(after.threads, before.threads);
+}
+
 TEST_P(RestoreTest, ChecksumMismatchIsDataLossNamingTheChunk) {
   std::string bytes = testing::ReadFile(image());
   bytes[4096 + 10] ^= 0x40;  // inside chunk 0's payload

@@ -1,6 +1,8 @@
 // Fault injection through the file-system seam: EIO, ENOSPC and short writes at every
 // write of a snapshot, and failures of sync, close, rename and the directory sync. None
 // may leave a file at the destination or a temporary file behind.
+#include <atomic>
+
 #include "common/fault_injection_file_system.h"
 #include "stasis/image.h"
 #include "tests/testutil/test_util.h"
@@ -109,6 +111,22 @@ TEST_F(WriterFaultTest, AbandonMidStreamRemovesTheTempFile) {
   (*w)->Abandon();  // idempotent
   EXPECT_THAT(dir_.List(), IsEmpty());
   EXPECT_THAT((*w)->Finish(), StatusIs(StatusCode::kFailedPrecondition, HasSubstr("already")));
+}
+
+// WriterOptions::cancel, set while chunks are being cut (from the progress callback, as
+// another thread would), fails the snapshot with kCancelled; Abandon leaves nothing.
+TEST_F(WriterFaultTest, CancelStopsAtTheNextChunkAndLeavesNothing) {
+  std::atomic<bool> cancel{false};
+  WriterOptions opt;
+  opt.chunk_size = 4096;
+  opt.cancel = &cancel;
+  opt.progress = [&](uint64_t written) {
+    if (written >= 3 * 4096) cancel = true;
+  };
+  opt.threads = 1;
+  Status s = SnapshotHostTensors(tensors_, {}, dir_.File("model.stasis"), opt);
+  EXPECT_THAT(s, StatusIs(StatusCode::kCancelled, HasSubstr("cancelled by the caller")));
+  EXPECT_THAT(dir_.List(), IsEmpty());
 }
 
 }  // namespace

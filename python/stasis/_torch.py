@@ -1,0 +1,143 @@
+"""What stasis needs to know of torch: dtypes, storages, a module's tensors, views.
+
+Only the functions that take or make tensors import this module, and it imports torch.
+Everything here works from torch 1.13 (Debian's) to 2.x.
+"""
+
+import torch
+
+# The image format's dtype names (docs/image-format.md, "Dtype table") and torch's; a
+# dtype this torch lacks (float8 before 2.1, uint16 before 2.3) is left out.
+_PAIRS = (
+    ("BOOL", "bool"),
+    ("U8", "uint8"),
+    ("I8", "int8"),
+    ("I16", "int16"),
+    ("U16", "uint16"),
+    ("I32", "int32"),
+    ("U32", "uint32"),
+    ("I64", "int64"),
+    ("U64", "uint64"),
+    ("F16", "float16"),
+    ("F32", "float32"),
+    ("F64", "float64"),
+    ("BF16", "bfloat16"),
+    ("F8_E5M2", "float8_e5m2"),
+    ("F8_E4M3", "float8_e4m3fn"),
+    ("F8_E8M0", "float8_e8m0fnu"),
+    ("F8_E4M3FNUZ", "float8_e4m3fnuz"),
+    ("F8_E5M2FNUZ", "float8_e5m2fnuz"),
+    ("C64", "complex64"),
+)
+TO_TORCH = {s: getattr(torch, t) for s, t in _PAIRS if isinstance(getattr(torch, t, None), torch.dtype)}
+FROM_TORCH = {t: s for s, t in TO_TORCH.items()}
+_FLOATS = {torch.float16, torch.bfloat16, torch.float32}
+
+# Storages closer than this in a device's address space share one region of the image
+# (the caching allocator packs parameters into large segments); the gap is restored too.
+_CUDA_REGION_GAP = 1 << 20
+# Device-to-host copies of a CUDA snapshot go through one pinned buffer of this size.
+_CUDA_PIECE = 64 << 20
+
+
+def dtype_name(t, name):
+    try:
+        return FROM_TORCH[t.dtype]
+    except KeyError:
+        raise ValueError(f"tensor '{name}': dtype {t.dtype} has no image dtype") from None
+
+
+def storage_of(t):
+    """(address, bytes) of the storage `t` views."""
+    if hasattr(t, "untyped_storage"):
+        s = t.untyped_storage()
+    else:  # torch < 2.0: a TypedStorage (nbytes() is its untyped size)
+        s = t.storage()
+    return s.data_ptr(), s.nbytes()
+
+
+def view_bytes(t):
+    """Bytes from element 0 to the end of the view's last element."""
+    if t.numel() == 0:
+        return 0
+    return (sum((n - 1) * s for n, s in zip(t.shape, t.stride())) + 1) * t.element_size()
+
+
+def check_snapshottable(name, t):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"'{name}' is a {type(t).__name__}, not a torch.Tensor")
+    if t.layout != torch.strided:
+        raise ValueError(f"tensor '{name}': layout {t.layout} is not supported (strided only)")
+    if t.is_quantized:
+        raise ValueError(f"tensor '{name}': quantized tensors are not supported")
+    if t.device.type == "meta":
+        raise ValueError(f"tensor '{name}' is on the meta device: it has no bytes to snapshot")
+    if t.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"tensor '{name}' is on {t.device}; stasis snapshots cpu and cuda tensors")
+    if any(s < 0 for s in t.stride()):
+        raise ValueError(f"tensor '{name}' has a negative stride")
+
+
+def module_slots(module):
+    """Every parameter and buffer of `module` as (name, owner module, attribute, kind,
+    tensor), kind "parameter", "buffer" or "buffer.non_persistent". Names are state_dict's;
+    a tensor reachable by two names (tied weights, a shared submodule) is listed under
+    each, as state_dict lists it."""
+    out = []
+    stack = [("", module, ())]
+    while stack:
+        prefix, mod, seen = stack.pop()
+        for attr, p in mod._parameters.items():
+            if p is not None:
+                out.append((prefix + attr, mod, attr, "parameter", p))
+        non_persistent = getattr(mod, "_non_persistent_buffers_set", ())
+        for attr, b in mod._buffers.items():
+            if b is not None:
+                kind = "buffer.non_persistent" if attr in non_persistent else "buffer"
+                out.append((prefix + attr, mod, attr, kind, b))
+        children = [(n, c) for n, c in mod._modules.items() if c is not None]
+        for n, c in reversed(children):
+            if id(c) in seen:  # a module that contains itself
+                raise ValueError(f"module '{prefix + n}' contains itself")
+            stack.append((prefix + n + ".", c, seen + (id(mod),)))
+    return out
+
+
+def module_device(module):
+    """The device of the module's first tensor that is not on the meta device, or None."""
+    for _, _, _, _, t in module_slots(module):
+        if t.device.type != "meta":
+            return t.device
+    return None
+
+
+def views_of(restored):
+    """Every tensor of a restore, as zero-copy views of its regions: one storage per region
+    (tensors that shared bytes in the source share them here). Returns a list of
+    (name, tensor) in the image's order."""
+    names, dtypes, shapes, strides, regions, offsets = restored.tensor_columns()
+    sizes = [size for _, size in restored.regions()]
+    bases = {}
+    typed = {}
+    out = []
+    for name, dt_name, shape, stride, region, offset in zip(names, dtypes, shapes, strides, regions, offsets):
+        dt = TO_TORCH.get(dt_name)
+        if dt is None:
+            raise ValueError(f"tensor '{name}': dtype {dt_name} is not supported by torch {torch.__version__}")
+        flat = typed.get((region, dt))
+        if flat is None:
+            base = bases.get(region)
+            if base is None:
+                if sizes[region] == 0:
+                    base = torch.empty(0, dtype=torch.uint8)
+                else:
+                    base = torch.utils.dlpack.from_dlpack(restored.region_array(region))
+                bases[region] = base
+            itemsize = torch.empty((), dtype=dt).element_size()
+            flat = base[: base.numel() - base.numel() % itemsize].view(dt)
+            typed[(region, dt)] = flat
+        itemsize = flat.element_size()
+        if offset % itemsize:
+            raise ValueError(f"tensor '{name}': offset {offset} is not a multiple of its element size")
+        out.append((name, flat.as_strided(shape, stride, offset // itemsize)))
+    return out
