@@ -424,6 +424,9 @@ Status ImageWriter::Finish() {
   }
   if (s.ok()) s = w.file->Sync();
   if (s.ok()) s = w.file->Close();
+  // The last moment a cancel can still leave nothing behind.
+  if (s.ok() && w.options.cancel && w.options.cancel->load())
+    s = CancelledError("snapshot cancelled by the caller");
   if (s.ok()) s = w.fs->Rename(w.temp, w.path);
   if (!s.ok()) {
     w.Fail(s).IgnoreError();

@@ -200,9 +200,10 @@ struct WriterOptions {
   FileSystem* fs = nullptr;          // null: DefaultFileSystem()
   // Called on the writer's thread after each chunk is written: (raw bytes written so far).
   std::function<void(uint64_t)> progress;
-  // Checked as each chunk is cut: once *cancel is true the writer fails with kCancelled
-  // (sticky, like any error; Abandon() then removes the temporary file). Another thread
-  // may set it; it must outlive the writer.
+  // Checked as each chunk is cut and by Finish() before it publishes: once *cancel is true
+  // the writer fails with kCancelled (sticky, like any error; the temporary file is
+  // removed by Finish, or by Abandon()). Another thread may set it; it must outlive the
+  // writer.
   const std::atomic<bool>* cancel = nullptr;
 };
 

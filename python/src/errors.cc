@@ -26,9 +26,9 @@ PyObject* ExceptionFor(StatusCode code) {
       return PyExc_ValueError;
     case StatusCode::kCancelled:
       return PyExc_KeyboardInterrupt;
-    case StatusCode::kResourceExhausted:
-      return PyExc_MemoryError;
-    default:  // devices (no driver, no device), I/O conditions, stasis's own invariants
+    // Memory or disk space that could not be had, devices (no driver, no device), I/O
+    // conditions, stasis's own invariants.
+    default:
       return PyExc_RuntimeError;
   }
 }
@@ -37,7 +37,17 @@ PyObject* ExceptionFor(StatusCode code) {
 
 void ThrowStatus(const Status& status) {
   const std::string message = status.ToString();
-  PyErr_SetString(ExceptionFor(status.code()), message.c_str());
+  // Paths and tensor names are bytes: a message that is not UTF-8 must still raise the
+  // right exception, not a UnicodeDecodeError.
+  PyObject* text =
+      PyUnicode_DecodeUTF8(message.data(), static_cast<Py_ssize_t>(message.size()), "replace");
+  if (text == nullptr) {
+    PyErr_Clear();
+    PyErr_SetString(ExceptionFor(status.code()), "(unprintable error message)");
+  } else {
+    PyErr_SetObject(ExceptionFor(status.code()), text);
+    Py_DECREF(text);
+  }
   throw nanobind::python_error();
 }
 

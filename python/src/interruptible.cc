@@ -8,6 +8,8 @@
 #include <condition_variable>
 #include <cstdio>
 #include <mutex>
+#include <new>
+#include <string>
 #include <thread>
 
 namespace stasis::python {
@@ -64,7 +66,14 @@ Status RunInterruptible(const std::function<Status()>& work, std::atomic<bool>* 
   std::thread worker;
   try {
     worker = std::thread([&] {
-      Status s = work();
+      Status s;
+      try {  // an exception must not end the process (std::terminate on a thread)
+        s = work();
+      } catch (const std::bad_alloc&) {
+        s = ResourceExhaustedError("out of memory");
+      } catch (const std::exception& e) {
+        s = InternalError(std::string("unexpected exception: ") + e.what());
+      }
       std::lock_guard<std::mutex> lock(mu);
       result = std::move(s);
       finished = true;

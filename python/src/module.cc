@@ -51,13 +51,31 @@ DType DTypeOrThrow(const std::string& name) {
 
 struct Restored {
   std::string path;
-  std::unique_ptr<RestoredModel> model;
   // RestoreOptions::cancel and ::progress point here, and Reload uses them again.
   std::atomic<bool> cancel{false};
   std::atomic<uint64_t> progress{0};
-  // Unload and Reload run one at a time (RestoredModel requires it); the GIL is released
-  // while they run, so another Python thread could otherwise start one.
+  // Held while Unload or Reload runs (without the GIL: RestoredModel requires them to run
+  // alone, and a reload replaces the manifest and the report the accessors read). Every
+  // other call try-locks it and refuses while it is held, rather than wait for it with the
+  // GIL held (the reload's caller needs the GIL back to finish).
   std::mutex lifecycle;
+  std::unique_ptr<RestoredModel> model;  // last: destroyed first
+};
+
+// The model, for one call that must not overlap an unload or reload.
+class ModelAccess {
+ public:
+  explicit ModelAccess(Restored& r) : lock_(r.lifecycle, std::try_to_lock) {
+    if (!lock_.owns_lock()) ThrowStatus(FailedPreconditionError("an unload or reload is running"));
+    if (!r.model) ThrowStatus(FailedPreconditionError("the restore was closed"));
+    model_ = r.model.get();
+  }
+  RestoredModel& operator*() const { return *model_; }
+  RestoredModel* operator->() const { return model_; }
+
+ private:
+  std::unique_lock<std::mutex> lock_;
+  RestoredModel* model_ = nullptr;
 };
 
 struct RestoreArgs {
@@ -111,24 +129,33 @@ RestoreOptions MakeRestoreOptions(const RestoreArgs& a, Restored* r) {
 // Staging memory for decoding compressed chunks: a sixteenth of the model's bytes, within
 // [16 MiB, 256 MiB], so that a load's peak memory stays within the model's bytes + 10%
 // (docs/python.md, "Memory"); fewer workers decode at once when it is small.
-StatusOr<uint64_t> StagingFor(const std::string& path) {
-  STASIS_ASSIGN_OR_RETURN(auto reader, ImageReader::Open(path));
-  return std::clamp<uint64_t>(reader->manifest().RawBytes() / 16, 16ull << 20, 256ull << 20);
+uint64_t StagingFor(uint64_t raw_bytes) {
+  return std::clamp<uint64_t>(raw_bytes / 16, 16ull << 20, 256ull << 20);
+}
+
+// "No CUDA device" is kNotFound in the backend; to Python it is a device error, not a
+// missing file.
+Status DeviceErrorsAsDevice(Status s) {
+  if (s.code() == StatusCode::kNotFound &&
+      s.message().find("CUDA device") != std::string_view::npos)
+    return FailedPreconditionError(std::string(s.message()));
+  return s;
 }
 
 std::shared_ptr<Restored> Restore(const std::string& path, const RestoreArgs& args) {
   auto r = std::make_shared<Restored>();
   r->path = path;
   RestoreOptions options = MakeRestoreOptions(args, r.get());
-  if (args.staging_bytes == 0) {
-    StatusOr<uint64_t> staging = InternalError("unset");
-    {
-      nb::gil_scoped_release release;
-      staging = StagingFor(path);
-    }
-    options.staging_bytes = ValueOrThrow(std::move(staging));
+  // The image's size, for the staging default and the progress line (the manifest only).
+  StatusOr<uint64_t> raw_bytes = InternalError("unset");
+  {
+    nb::gil_scoped_release release;
+    auto reader = ImageReader::Open(path);
+    raw_bytes = reader.ok() ? StatusOr<uint64_t>((*reader)->manifest().RawBytes())
+                            : StatusOr<uint64_t>(reader.status());
   }
-  uint64_t total = 0;
+  const uint64_t total = ValueOrThrow(std::move(raw_bytes));
+  if (args.staging_bytes == 0) options.staging_bytes = StagingFor(total);
   std::unique_ptr<RestoredModel> model;
   Status s = RunInterruptible(
       [&]() -> Status {
@@ -138,44 +165,46 @@ std::shared_ptr<Restored> Restore(const std::string& path, const RestoreArgs& ar
         return OkStatus();
       },
       &r->cancel, Progress{"restoring " + BaseName(path), total, &r->progress});
-  ThrowIfError(s);
+  ThrowIfError(DeviceErrorsAsDevice(s));
   r->model = std::move(model);
   return r;
 }
 
-RestoredModel& ModelOf(Restored& r) {
-  if (!r.model) ThrowStatus(FailedPreconditionError("the restore was closed"));
-  return *r.model;
-}
-
-// Region `i` as a one-dimensional uint8 array on its device, for torch.from_dlpack or
-// numpy.from_dlpack. The array's owner holds the Restored: the memory lives as long as
-// any tensor made from it (unload() still releases it: see docs/python.md, "Lifetime").
-nb::ndarray<> RegionArray(std::shared_ptr<Restored> r, size_t i) {
-  RestoredModel& m = ModelOf(*r);
-  if (i >= m.regions().size())
+// Bytes [offset, offset + size) of region `i` as a one-dimensional uint8 array on its
+// device, for torch.from_dlpack or numpy.from_dlpack. The array's owner holds the
+// Restored: the memory lives as long as any tensor made from it (unload() still releases
+// it: see docs/python.md, "Lifetime").
+nb::ndarray<> RegionArray(std::shared_ptr<Restored> r, size_t i, uint64_t offset, uint64_t size) {
+  ModelAccess m(*r);
+  if (i >= m->regions().size())
     ThrowStatus(OutOfRangeError("region " + std::to_string(i) + " of " +
-                                std::to_string(m.regions().size())));
-  const MappedRegion& region = m.regions()[i];
-  const DeviceSpec device = m.report().device;
+                                std::to_string(m->regions().size())));
+  const MappedRegion region = m->regions()[i];
+  if (offset > region.size || size > region.size - offset)
+    ThrowStatus(OutOfRangeError("bytes [" + std::to_string(offset) + ", +" + std::to_string(size) +
+                                ") run past region " + std::to_string(i) + " of " +
+                                std::to_string(region.size) + " bytes"));
+  const DeviceSpec device = m->report().device;
   const bool cuda = device.kind == format::DeviceKind::kCuda;
   auto* keep = new std::shared_ptr<Restored>(std::move(r));
   nb::capsule owner(keep,
                     [](void* p) noexcept { delete static_cast<std::shared_ptr<Restored>*>(p); });
-  size_t shape[1] = {static_cast<size_t>(region.size)};
-  return nb::ndarray<>(
-      reinterpret_cast<void*>(region.address), 1, shape, owner, nullptr, nb::dtype<uint8_t>(),
-      cuda ? nb::device::cuda::value : nb::device::cpu::value, cuda ? device.ordinal : 0);
+  size_t shape[1] = {static_cast<size_t>(size)};
+  return nb::ndarray<>(reinterpret_cast<void*>(region.address + offset), 1, shape, owner, nullptr,
+                       nb::dtype<uint8_t>(),
+                       cuda ? nb::device::cuda::value : nb::device::cpu::value,
+                       cuda ? device.ordinal : 0);
 }
 
 // Every tensor in one call, column by column: (names, dtypes, shapes, strides, regions,
-// offsets in bytes from the region's start). One Python object per value, no per-tensor
+// offsets in bytes from the region's start, byte sizes). One Python object per value, no per-tensor
 // call: a checkpoint of 10^5 tensors costs one pass.
 nb::tuple TensorColumns(Restored& r) {
-  RestoredModel& m = ModelOf(r);
+  ModelAccess access(r);
+  const RestoredModel& m = *access;
   const RestoredTensors tensors = m.tensors();
   const size_t n = tensors.size();
-  nb::list names, dtypes, shapes, strides, regions, offsets;
+  nb::list names, dtypes, shapes, strides, regions, offsets, sizes;
   for (size_t i = 0; i < n; ++i) {
     const RestoredTensor t = tensors[i];
     names.append(nb::str(t.name.data(), t.name.size()));
@@ -188,8 +217,9 @@ nb::tuple TensorColumns(Restored& r) {
     strides.append(nb::tuple(stride));
     regions.append(t.region);
     offsets.append(t.address - m.regions()[t.region].address);
+    sizes.append(t.byte_size);
   }
-  return nb::make_tuple(names, dtypes, shapes, strides, regions, offsets);
+  return nb::make_tuple(names, dtypes, shapes, strides, regions, offsets, sizes);
 }
 
 nb::dict Metadata(const format::Manifest& m) {
@@ -204,27 +234,35 @@ nb::object JsonToPython(const nlohmann::json& j) {
   return json.attr("loads")(j.dump());
 }
 
+// A section's bytes, read and checked without the GIL (a section can be large).
+nb::bytes ReadSection(Restored& r, const std::string& name) {
+  ModelAccess m(r);
+  StatusOr<std::string> bytes = InternalError("unset");
+  {
+    nb::gil_scoped_release release;
+    bytes = m->ReadSection(name);
+  }
+  const std::string b = ValueOrThrow(std::move(bytes));
+  return nb::bytes(b.data(), b.size());
+}
+
 void Unload(Restored& r) {
-  RestoredModel& m = ModelOf(r);
-  std::unique_lock<std::mutex> lock(r.lifecycle, std::try_to_lock);
-  if (!lock.owns_lock()) ThrowStatus(FailedPreconditionError("an unload or reload is running"));
+  ModelAccess m(r);
   Status s;
   {
     nb::gil_scoped_release release;
-    s = m.Unload();
+    s = m->Unload();
   }
   ThrowIfError(s);
 }
 
 void Reload(Restored& r) {
-  RestoredModel& m = ModelOf(r);
-  std::unique_lock<std::mutex> lock(r.lifecycle, std::try_to_lock);
-  if (!lock.owns_lock()) ThrowStatus(FailedPreconditionError("an unload or reload is running"));
+  ModelAccess m(r);
   r.cancel = false;
   r.progress = 0;
-  ThrowIfError(RunInterruptible(
-      [&] { return m.Reload(); }, &r.cancel,
-      Progress{"reloading " + BaseName(r.path), m.manifest().RawBytes(), &r.progress}));
+  ThrowIfError(DeviceErrorsAsDevice(RunInterruptible(
+      [&] { return m->Reload(); }, &r.cancel,
+      Progress{"reloading " + BaseName(r.path), m->manifest().RawBytes(), &r.progress})));
 }
 
 // ---- Writer: an ImageWriter, Abandon()ed unless finished ----
@@ -319,8 +357,12 @@ class Writer {
     ThrowIfError(Live().AddTensor(std::move(t)));
   }
 
+  // Without the GIL: it drains the chunks in flight and writes the section (bytes objects
+  // are immutable, so the buffer stays valid).
   void AddSection(const std::string& name, nb::bytes bytes) {
-    ThrowIfError(Live().AddSection(name, std::string_view(bytes.c_str(), bytes.size())));
+    ImageWriter& w = Live();
+    const std::string_view view(bytes.c_str(), bytes.size());
+    Run([&] { return w.AddSection(name, view); }, 0);
   }
 
   void SetMetadata(const std::string& key, const std::string& value) {
@@ -478,35 +520,40 @@ NB_MODULE(_core, m) {
   // only, or the level STASIS_LOG names ("info", "debug", ...).
   // To standard error (standard output is the program's own).
   const char* level = std::getenv("STASIS_LOG");
-  stasis::InitLogging(stasis::LogFormat::kText, level ? level : "warn");
+  if (!spdlog::get("stasis")) {  // another stasis library in this process may have set it up
+    try {
+      stasis::InitLogging(stasis::LogFormat::kText, level ? level : "warn");
+    } catch (const std::exception&) {  // logging is not worth failing the import for
+    }
+  }
 
   nb::class_<Restored>(m, "Restored")
       .def_prop_ro("path", [](const Restored& r) { return r.path; })
-      .def_prop_ro("loaded", [](Restored& r) { return ModelOf(r).loaded(); })
-      .def_prop_ro("device",
-                   [](Restored& r) { return stasis::DeviceSpecString(ModelOf(r).report().device); })
-      .def_prop_ro("device_bytes", [](Restored& r) { return ModelOf(r).device_bytes(); })
+      .def_prop_ro("loaded", [](Restored& r) { return ModelAccess(r)->loaded(); })
+      .def_prop_ro(
+          "device",
+          [](Restored& r) { return stasis::DeviceSpecString(ModelAccess(r)->report().device); })
+      .def_prop_ro("device_bytes", [](Restored& r) { return ModelAccess(r)->device_bytes(); })
       .def(
           "regions",
           [](Restored& r) {
             std::vector<std::pair<uint64_t, uint64_t>> out;
-            for (const auto& reg : ModelOf(r).regions()) out.emplace_back(reg.address, reg.size);
+            for (const auto& reg : ModelAccess(r)->regions())
+              out.emplace_back(reg.address, reg.size);
             return out;
           },
           "(address, size) of each region")
-      .def("region_array", &RegionArray, "i"_a)
+      .def("region_array", &RegionArray, "i"_a, "offset"_a, "size"_a)
       .def("tensor_columns", &TensorColumns)
-      .def("metadata", [](Restored& r) { return Metadata(ModelOf(r).manifest()); })
+      .def("metadata", [](Restored& r) { return Metadata(ModelAccess(r)->manifest()); })
       .def("report",
-           [](Restored& r) { return JsonToPython(stasis::RestoreReportJson(ModelOf(r).report())); })
-      .def("read_section",
-           [](Restored& r, const std::string& name) {
-             std::string bytes = ValueOrThrow(ModelOf(r).ReadSection(name));
-             return nb::bytes(bytes.data(), bytes.size());
+           [](Restored& r) {
+             return JsonToPython(stasis::RestoreReportJson(ModelAccess(r)->report()));
            })
+      .def("read_section", &ReadSection, "name"_a)
       .def("has_section",
            [](Restored& r, const std::string& name) {
-             return ModelOf(r).manifest().FindSection(name) != nullptr;
+             return ModelAccess(r)->manifest().FindSection(name) != nullptr;
            })
       .def("unload", &Unload)
       .def("reload", &Reload);

@@ -1,8 +1,10 @@
 """The public functions of the stasis package (docs/python.md)."""
 
+import collections
 import json
 import os
 import time
+import weakref
 from dataclasses import dataclass
 
 from . import _core
@@ -47,6 +49,11 @@ class LoadedTensors(dict):
     def __init__(self, items, restored):
         super().__init__(items)
         self._stasis = restored
+
+    def __reduce__(self):
+        # Pickled (torch.save) as an OrderedDict of tensors, as a state_dict is, which
+        # torch.load(weights_only=True) accepts; the restore stays in this process.
+        return (collections.OrderedDict, (list(self.items()),))
 
     @property
     def report(self):
@@ -172,7 +179,7 @@ def _add_cuda(writer, entries, T):
         for ptr in ptrs:
             where[(dev, ptr)] = (region, begin)
             nbytes, t = storages[(dev, ptr)]
-            src = torch.empty(0, dtype=torch.uint8, device=t.device).set_(t.untyped_storage())
+            src = T.storage_bytes_view(t)
             es = t.element_size() if t.dtype in T._FLOATS else 0
             for off in range(0, nbytes, T._CUDA_PIECE):
                 n = min(T._CUDA_PIECE, nbytes - off)
@@ -255,8 +262,8 @@ def snapshot(
             raise TypeError(f"metadata must map str to str, not {k!r}: {v!r}")
         meta[k] = v
     blob, inductor_tar = _compile_cache_blobs(T.torch) if compile_cache else (None, None)
-    host = [(n, t.detach().resolve_conj().resolve_neg() if t.is_complex() else t.detach()) for n, t in entries if t.device.type == "cpu"]
-    cuda = [(n, t.detach()) for n, t in entries if t.device.type == "cuda"]
+    host = [(n, T.plain(t)) for n, t in entries if t.device.type == "cpu"]
+    cuda = [(n, T.plain(t)) for n, t in entries if t.device.type == "cuda"]
     writer = _core.Writer(path, codec, zstd_level, chunk_size, threads, overwrite)
     try:
         if host or not cuda:
@@ -300,22 +307,37 @@ def load(path, *, device="cpu", **restore_options):
     return LoadedTensors(T.views_of(restored), restored)
 
 
-def _mismatches(slots, tensors):
+def _mismatches(slots, image_tensors):
+    """Every way the module's tensors and the image's differ. `image_tensors`: name ->
+    (shape tuple, torch dtype or None when this torch lacks it), from the manifest."""
     problems = []
     names = set()
     for name, _, _, kind, old in slots:
         names.add(name)
-        t = tensors.get(name)
-        if t is None:
+        if name not in image_tensors:
             problems.append(f"missing from the image: {kind} '{name}'")
             continue
-        if tuple(old.shape) != tuple(t.shape):
-            problems.append(f"shape of '{name}': module {tuple(old.shape)}, image {tuple(t.shape)}")
-        if old.dtype != t.dtype:
-            problems.append(f"dtype of '{name}': module {old.dtype}, image {t.dtype}")
-    for name in tensors:
+        shape, dtype = image_tensors[name]
+        if tuple(old.shape) != shape:
+            problems.append(f"shape of '{name}': module {tuple(old.shape)}, image {shape}")
+        if old.dtype != dtype:
+            problems.append(f"dtype of '{name}': module {old.dtype}, image {dtype}")
+    for name in image_tensors:
         if name not in names:
             problems.append(f"unexpected in the image: '{name}'")
+    return problems
+
+
+def _broken_ties(slots, tensors):
+    """Tensors one object in the module (tied weights) whose names the image keeps apart."""
+    groups = {}
+    for name, _, _, _, old in slots:
+        groups.setdefault(id(old), []).append(name)
+    problems = []
+    for names in groups.values():
+        views = [tensors[n] for n in names if n in tensors]
+        if len(views) > 1 and any(v.data_ptr() != views[0].data_ptr() or v.stride() != views[0].stride() for v in views):
+            problems.append("tied in the module, apart in the image: " + ", ".join(f"'{n}'" for n in names))
     return problems
 
 
@@ -360,25 +382,36 @@ def _load_compile_cache(restored, torch):
     return True
 
 
+# The restore behind each module stasis.restore bound (weakly: the module's own __dict__
+# stays picklable, and the tensors keep the memory alive themselves).
+_RESTORED_MODULES = weakref.WeakKeyDictionary()
+
+
 def restore(module, path, *, device=None, strict=True, **restore_options):
     """Binds every parameter and buffer of `module` to memory restored from `path`, without
     initialising or copying a weight, and returns `module`. The module may be built on the
     meta device. Tied parameters stay one Parameter object. device None: the module's
     device, or cpu for a module on the meta device. With `strict`, every missing,
-    unexpected, shape- or dtype-mismatched tensor is named in one ValueError and the
-    module is left as it was."""
+    unexpected, shape- or dtype-mismatched tensor is named in one ValueError, before
+    anything is read, and the module is left as it was."""
     T = _torch()
     torch = T.torch
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"stasis.restore takes an nn.Module, not {type(module).__name__}")
+    path = os.fspath(path)
+    slots = T.module_slots(module)
+    manifest = {t["name"]: (tuple(t["shape"]), T.TO_TORCH.get(t["dtype"])) for t in _core.inspect(path)["tensors"]}
+    problems = _mismatches(slots, manifest)
+    if strict and problems:
+        raise ValueError(f"{path} does not match the module ({len(problems)} problem(s)):\n  " + "\n  ".join(problems))
     if device is None:
         device = T.module_device(module) or "cpu"
     restored = _restore(path, _device_string(device), restore_options)
     tensors = dict(T.views_of(restored))
-    slots = T.module_slots(module)
-    problems = _mismatches(slots, tensors)
-    if strict and problems:
-        raise ValueError(f"{os.fspath(path)} does not match the module ({len(problems)} problem(s)):\n  " + "\n  ".join(problems))
+    if strict:
+        ties = _broken_ties(slots, tensors)
+        if ties:
+            raise ValueError(f"{path} does not match the module ({len(ties)} problem(s)):\n  " + "\n  ".join(ties))
     bound = {}  # id(the module's Parameter) -> its restored Parameter: ties stay ties
     for name, mod, attr, kind, old in slots:
         t = tensors.get(name)
@@ -392,7 +425,7 @@ def restore(module, path, *, device=None, strict=True, **restore_options):
             mod._parameters[attr] = p
         else:
             mod._buffers[attr] = t
-    module._stasis = restored
+    _RESTORED_MODULES[module] = restored
     _load_compile_cache(restored, torch)
     return module
 
@@ -402,7 +435,12 @@ def restore(module, path, *, device=None, strict=True, **restore_options):
 
 def handle(obj):
     """The restore behind a LoadedTensors or a module stasis.restore bound."""
-    restored = getattr(obj, "_stasis", None)
+    restored = getattr(obj, "_stasis", None) if isinstance(obj, LoadedTensors) else None
+    if restored is None:
+        try:
+            restored = _RESTORED_MODULES.get(obj)
+        except TypeError:  # not weakly referenceable: not a module
+            restored = None
     if restored is None:
         raise ValueError("not a result of stasis.load or stasis.restore")
     return restored

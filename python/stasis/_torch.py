@@ -56,6 +56,23 @@ def storage_of(t):
     return s.data_ptr(), s.nbytes()
 
 
+def storage_bytes_view(t):
+    """A uint8 tensor over the whole storage `t` views (on its device)."""
+    if hasattr(t, "untyped_storage"):
+        return torch.empty(0, dtype=torch.uint8, device=t.device).set_(t.untyped_storage())
+    # torch < 2.0: a tensor of t's dtype over the TypedStorage, seen as bytes.
+    return torch.empty(0, dtype=t.dtype, device=t.device).set_(t.storage()).view(torch.uint8)
+
+
+def plain(t):
+    """`t` without autograd and without lazy conjugation or negation bits (a view with
+    them stores other values than it reads: those few are materialised)."""
+    t = t.detach()
+    if (hasattr(t, "is_conj") and t.is_conj()) or (hasattr(t, "is_neg") and t.is_neg()):
+        t = t.resolve_conj().resolve_neg()
+    return t
+
+
 def view_bytes(t):
     """Bytes from element 0 to the end of the view's last element."""
     if t.numel() == 0:
@@ -112,32 +129,37 @@ def module_device(module):
 
 
 def views_of(restored):
-    """Every tensor of a restore, as zero-copy views of its regions: one storage per region
-    (tensors that shared bytes in the source share them here). Returns a list of
-    (name, tensor) in the image's order."""
-    names, dtypes, shapes, strides, regions, offsets = restored.tensor_columns()
-    sizes = [size for _, size in restored.regions()]
-    bases = {}
-    typed = {}
+    """Every tensor of a restore, as zero-copy views of its regions, in the image's order
+    as (name, tensor). The tensors of one dtype in one region share one torch storage, so
+    tensors that shared memory in the source share it here; each dtype gets a storage of
+    its own (beginning at its first tensor) because torch.save refuses a storage viewed as
+    several dtypes."""
+    names, dtypes, shapes, strides, regions, offsets, sizes = restored.tensor_columns()
+    spans = {}  # (region, dtype name) -> [first byte, end]
+    for dt_name, region, offset, size in zip(dtypes, regions, offsets, sizes):
+        span = spans.setdefault((region, dt_name), [offset, offset + size])
+        span[0] = min(span[0], offset)
+        span[1] = max(span[1], offset + size)
+    flats = {}
     out = []
     for name, dt_name, shape, stride, region, offset in zip(names, dtypes, shapes, strides, regions, offsets):
         dt = TO_TORCH.get(dt_name)
         if dt is None:
             raise ValueError(f"tensor '{name}': dtype {dt_name} is not supported by torch {torch.__version__}")
-        flat = typed.get((region, dt))
+        lo, hi = spans[(region, dt_name)]
+        flat = flats.get((region, dt_name))
         if flat is None:
-            base = bases.get(region)
-            if base is None:
-                if sizes[region] == 0:
-                    base = torch.empty(0, dtype=torch.uint8)
-                else:
-                    base = torch.utils.dlpack.from_dlpack(restored.region_array(region))
-                bases[region] = base
+            if hi == lo:  # nothing to map: an empty tensor on the device
+                base = torch.empty(0, dtype=torch.uint8, device=restored.device)
+            else:
+                base = torch.utils.dlpack.from_dlpack(restored.region_array(region, lo, hi - lo))
             itemsize = torch.empty((), dtype=dt).element_size()
-            flat = base[: base.numel() - base.numel() % itemsize].view(dt)
-            typed[(region, dt)] = flat
+            if lo % itemsize or base.numel() % itemsize:
+                raise ValueError(f"tensor '{name}': its bytes are not aligned to its element size {itemsize}")
+            flat = base.view(dt)
+            flats[(region, dt_name)] = flat
         itemsize = flat.element_size()
-        if offset % itemsize:
+        if (offset - lo) % itemsize:
             raise ValueError(f"tensor '{name}': offset {offset} is not a multiple of its element size")
-        out.append((name, flat.as_strided(shape, stride, offset // itemsize)))
+        out.append((name, flat.as_strided(shape, stride, (offset - lo) // itemsize)))
     return out

@@ -213,3 +213,36 @@ def test_user_metadata_is_stored(tmp_path):
     stasis.snapshot({"w": torch.zeros(2)}, path, metadata={"model": "demo", "rev": "7"})
     md = stasis.load(path).metadata
     assert md["model"] == "demo" and md["rev"] == "7"
+
+
+def test_results_pickle_and_copy_and_lazy_bits_are_stored_as_read(tmp_path, rng):
+    import collections
+    import copy
+    import io
+
+    z = torch.randn(4, dtype=torch.complex64, generator=rng)
+    tensors = {"conj": z.conj(), "neg_imag": z.conj().imag, "plain": torch.arange(3.0)}
+    path = tmp_path / "t.stasis"
+    stasis.snapshot(tensors, path)
+    loaded = stasis.load(path)
+    for k, t in tensors.items():
+        assert torch.equal(loaded[k], t.resolve_conj().resolve_neg()), k
+    assert loaded.__reduce__()[0] is collections.OrderedDict  # as a state_dict pickles
+    # torch < 2 cannot save tensors of several dtypes over one storage (one region here).
+    modern = int(torch.__version__.split(".")[0]) >= 2
+    if modern:
+        buf = io.BytesIO()
+        torch.save(loaded, buf)
+        back = torch.load(io.BytesIO(buf.getvalue()))
+        assert isinstance(back, dict) and torch.equal(back["plain"], tensors["plain"])
+
+    m = tricky(rng)
+    mpath = tmp_path / "m.stasis"
+    stasis.snapshot(m, mpath)
+    fresh = stasis.restore(Tricky(), mpath)
+    twin = copy.deepcopy(fresh)
+    assert torch.equal(twin.embed.weight, fresh.embed.weight)
+    assert "_stasis" not in fresh.__dict__  # nothing unpicklable in the module
+    if modern:
+        torch.save(fresh, io.BytesIO())
+    assert stasis.handle(fresh).loaded
