@@ -127,6 +127,17 @@ TEST_F(WriterFaultTest, CancelStopsAtTheNextChunkAndLeavesNothing) {
   Status s = SnapshotHostTensors(tensors_, {}, dir_.File("model.stasis"), opt);
   EXPECT_THAT(s, StatusIs(StatusCode::kCancelled, HasSubstr("cancelled by the caller")));
   EXPECT_THAT(dir_.List(), IsEmpty());
+
+  // Set once every byte is in, it still stops Finish before it publishes.
+  cancel = false;
+  opt.progress = nullptr;
+  auto w = ImageWriter::Create(dir_.File("model.stasis"), opt);
+  ASSERT_OK(w.status());
+  ASSERT_OK(AddHostTensors(tensors_, w->get()));
+  cancel = true;
+  EXPECT_THAT((*w)->Finish(),
+              StatusIs(StatusCode::kCancelled, HasSubstr("cancelled by the caller")));
+  EXPECT_THAT(dir_.List(), IsEmpty());
 }
 
 }  // namespace
