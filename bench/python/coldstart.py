@@ -169,11 +169,12 @@ def median(xs):
     return statistics.median(xs) if xs else None
 
 
-def measure(root, name, runs, device, compile_models, scratch):
+def measure(root, name, runs, device, compile_models, scratch, only=None):
     p = paths(root, name)
     results = {}
     for cache in ("hot", "cold"):
         cases = [c for c in cases_for(name, compile_models) if cache == "hot" or not c["compile"]]
+        cases = [c for c in cases if not only or c["key"] in only]
         for c in cases:  # one untimed run each: files in the page cache, lazy imports warmed
             if cache == "hot":
                 run_child(c, p, name, device, False, scratch)
@@ -199,9 +200,10 @@ def measure(root, name, runs, device, compile_models, scratch):
             }
     # Outputs: every loader's first result equal to from_pretrained's (compiled: to
     # from_pretrained + torch.compile's), bit for bit, whatever the page cache held.
-    ref = {False: results["hot/hf"]["out"], True: results.get("hot/hf+compile", {}).get("out")}
+    ref = {False: results.get("hot/hf", {}).get("out"), True: results.get("hot/hf+compile", {}).get("out")}
     for key, r in results.items():
-        r["bitwise_equal"] = same_bits(r["out"], ref[key.endswith("+compile")])
+        other = ref[key.endswith("+compile")]
+        r["bitwise_equal"] = same_bits(r["out"], other) if other else None  # None: no reference run
     for r in results.values():
         del r["out"]
     return results
@@ -286,6 +288,7 @@ def main():
     ap.add_argument("--models", default="minilm,gpt2-125m,gpt2-1.3b")
     ap.add_argument("--compile-models", default="minilm,gpt2-125m,gpt2-1.3b", help="models also measured with torch.compile")
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--cases", default="", help="only these cases (hf, stasis-raw, stasis-auto, hf+compile, stasis+compile)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default="out/bench-python")
     ap.add_argument("--prepare", help=argparse.SUPPRESS)
@@ -309,13 +312,14 @@ def main():
                 cmd.append("--with-compile")
             env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=tempfile.mkdtemp(dir=scratch, prefix="prepare-"))
             subprocess.run(cmd, check=True, env=env)
-            all_results[m] = measure(a.dir, m, a.runs, a.device, compile_models, scratch)
+            only = set(c for c in a.cases.split(",") if c)
+            all_results[m] = measure(a.dir, m, a.runs, a.device, compile_models, scratch, only)
             for line in summary_lines({m: all_results[m]}):
                 print(line, flush=True)
             write_report(a, all_results, started)  # after each model: a cut-short run keeps what it measured
 
     print(f"wrote {a.out}/results.json and {a.out}/coldstart.svg")
-    bad = [f"{m} {k}" for m, r in all_results.items() for k, v in r.items() if not v["bitwise_equal"]]
+    bad = [f"{m} {k}" for m, r in all_results.items() for k, v in r.items() if v["bitwise_equal"] is False]
     if bad:
         print("outputs differ: " + ", ".join(bad), file=sys.stderr)
         sys.exit(1)
