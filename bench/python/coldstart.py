@@ -117,7 +117,10 @@ def read_into_page_cache(files):
 def run_child(case, p, name, device, cold, scratch):
     files = [p["weights"]] if case["loader"] == "hf" else [p[case["image"]]]
     if cold:
-        drop_from_page_cache(files)
+        # Every file of the model, not only this case's: each loader then starts from the
+        # same memory state (the others' files, left cached, would leave one loader to
+        # reclaim memory the other finds free).
+        drop_from_page_cache([f for k, f in p.items() if k not in ("dir", "hf") and os.path.exists(f)])
     else:
         read_into_page_cache(files)
     out = os.path.join(scratch, f"{name}-{case['key']}.pt")
