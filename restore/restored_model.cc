@@ -169,6 +169,13 @@ StatusOr<std::unique_ptr<RestoredModel>> RestoredModel::Restore(const std::strin
   return model;
 }
 
+StatusOr<RestoreOptions::MapFile> RestoreOptions::ParseMapFile(std::string_view name) {
+  if (name == "auto") return MapFile::kAuto;
+  if (name == "on") return MapFile::kOn;
+  if (name == "off") return MapFile::kOff;
+  return InvalidArgumentError("map_file must be auto, on or off, not '" + std::string(name) + "'");
+}
+
 Status RestoredModel::RunPipeline() {
   State& st = *state_;
   RestoreReport& report = report_;

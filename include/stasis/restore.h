@@ -86,6 +86,8 @@ StatusOr<IoBackend> ParseIoBackend(std::string_view name);
 // (mincore on a sample), since reading a cached file directly would go to the disk. kOn
 // falls back to buffered reads, with a reason, when the file system refuses O_DIRECT.
 enum class DirectIo { kAuto, kOn, kOff };
+// "auto", "on", "off"; anything else is kInvalidArgument.
+StatusOr<DirectIo> ParseDirectIo(std::string_view name);
 
 // What the reader chose and why, for logs and reports.
 struct ReadEngineReport {
@@ -124,6 +126,8 @@ struct RestoreOptions {
   // the engine found >= 90% of the image cached and reads buffered.
   enum class MapFile { kAuto, kOn, kOff };
   MapFile map_file = MapFile::kAuto;
+  // "auto", "on", "off"; anything else is kInvalidArgument.
+  static StatusOr<MapFile> ParseMapFile(std::string_view name);
   // While *yield_io is true the restore's reads go at the idle I/O priority class, behind
   // this process's other I/O, which the mq-deadline and bfq schedulers serve first. Cold
   // starts set it while the framework loads. Must outlive the RestoredModel (Reload reads

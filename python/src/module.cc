@@ -95,26 +95,8 @@ RestoreOptions MakeRestoreOptions(const RestoreArgs& a, Restored* r) {
   RestoreOptions o;
   o.device = ValueOrThrow(ParseDeviceSpec(a.device));
   o.io = ValueOrThrow(ParseIoBackend(a.io));
-  if (a.direct == "auto") {
-    o.direct = DirectIo::kAuto;
-  } else if (a.direct == "on") {
-    o.direct = DirectIo::kOn;
-  } else if (a.direct == "off") {
-    o.direct = DirectIo::kOff;
-  } else {
-    ThrowStatus(
-        InvalidArgumentError("direct must be 'auto', 'on' or 'off', not '" + a.direct + "'"));
-  }
-  if (a.map_file == "auto") {
-    o.map_file = RestoreOptions::MapFile::kAuto;
-  } else if (a.map_file == "on") {
-    o.map_file = RestoreOptions::MapFile::kOn;
-  } else if (a.map_file == "off") {
-    o.map_file = RestoreOptions::MapFile::kOff;
-  } else {
-    ThrowStatus(
-        InvalidArgumentError("map_file must be 'auto', 'on' or 'off', not '" + a.map_file + "'"));
-  }
+  o.direct = ValueOrThrow(ParseDirectIo(a.direct));
+  o.map_file = ValueOrThrow(RestoreOptions::ParseMapFile(a.map_file));
   o.threads = a.threads;
   o.queue_depth = a.queue_depth;
   o.staging_bytes = a.staging_bytes;

@@ -212,6 +212,14 @@ StatusOr<IoBackend> ParseIoBackend(std::string_view name) {
                               "' (expected auto, uring or pread)");
 }
 
+StatusOr<DirectIo> ParseDirectIo(std::string_view name) {
+  if (name == "auto") return DirectIo::kAuto;
+  if (name == "on") return DirectIo::kOn;
+  if (name == "off") return DirectIo::kOff;
+  return InvalidArgumentError("direct I/O must be auto, on or off, not '" + std::string(name) +
+                              "'");
+}
+
 StatusOr<std::unique_ptr<ReadEngine>> OpenReadEngine(const std::string& path,
                                                      const ReadEngineOptions& options) {
   if (options.queue_depth < 1 || options.queue_depth > 4096)

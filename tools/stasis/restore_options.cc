@@ -10,14 +10,9 @@ StatusOr<RestoreOptions> ToRestoreOptions(const RestoreArgs& a) {
   // A device this build cannot restore onto is the answer whatever else is wrong.
   STASIS_RETURN_IF_ERROR(CheckBackendBuilt(o.device));
   STASIS_ASSIGN_OR_RETURN(o.io, ParseIoBackend(a.io));
-  if (a.direct == "auto")
-    o.direct = DirectIo::kAuto;
-  else if (a.direct == "on")
-    o.direct = DirectIo::kOn;
-  else if (a.direct == "off")
-    o.direct = DirectIo::kOff;
-  else
-    return InvalidArgumentError("--direct must be auto, on or off");
+  StatusOr<DirectIo> direct = ParseDirectIo(a.direct);
+  if (!direct.ok()) return InvalidArgumentError("--direct must be auto, on or off");
+  o.direct = *direct;
   // --queue-depth is bounded by RestoredModel::Restore (2..4096), where every caller meets it.
   if (a.staging_mb < 1 || a.staging_mb > (64u << 10))
     return InvalidArgumentError("--staging-mb must be 1..65536");
@@ -27,9 +22,7 @@ StatusOr<RestoreOptions> ToRestoreOptions(const RestoreArgs& a) {
   o.verify = !a.no_verify && !a.no_checksums;
   o.verify_stored = !a.no_checksums;
   o.huge_pages = a.huge_pages == "on";
-  o.map_file = a.map == "on"    ? RestoreOptions::MapFile::kOn
-               : a.map == "off" ? RestoreOptions::MapFile::kOff
-                                : RestoreOptions::MapFile::kAuto;
+  STASIS_ASSIGN_OR_RETURN(o.map_file, RestoreOptions::ParseMapFile(a.map));
   return o;
 }
 

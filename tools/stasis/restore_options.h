@@ -17,7 +17,7 @@ namespace stasis::cli {
 // --no-verify, --no-checksums, --json (the device and the image are the command's own).
 void AddRestoreFlags(CLI::App* cmd, RestoreArgs* a);
 
-// kInvalidArgument for a bad device, reader, --direct or --staging-mb; kUnimplemented for
+// kInvalidArgument for a bad device, reader, --direct, --map or --staging-mb; kUnimplemented for
 // a device this build has no backend for; --queue-depth is bounded by
 // RestoredModel::Restore (2..4096), where every caller meets it.
 StatusOr<RestoreOptions> ToRestoreOptions(const RestoreArgs& a);
