@@ -26,6 +26,8 @@
 #include "python/src/errors.h"
 #include "python/src/interruptible.h"
 #include "restore/report_json.h"
+#include "snapshot/dtype.h"
+#include "snapshot/format.h"
 #include "stasis/image.h"
 #include "stasis/restore.h"
 #include "stasis/tensor.h"
@@ -313,10 +315,12 @@ class Writer {
     return ValueOrThrow(Live().AddRegion(r));
   }
 
+  // Bytes of `dtype` elements; the codec groups them as AddHostTensors does.
   // REQUIRES: [address, address + n) stays valid during the call.
   void AddRegionData(uint32_t region, uint64_t offset, uint64_t address, uint64_t n,
-                     int element_size) {
+                     const std::string& dtype) {
     ImageWriter& w = Live();
+    const int element_size = GroupingElementSize(DTypeOrThrow(dtype));
     Status s;
     {
       nb::gil_scoped_release release;
@@ -325,9 +329,10 @@ class Writer {
     ThrowIfError(s);
   }
 
+  // A view at `byte_offset` of `region`; its byte size is the format's (ViewByteSize).
   void AddTensor(const std::string& name, const std::string& dtype,
                  const std::vector<int64_t>& shape, const std::vector<int64_t>& strides,
-                 uint32_t region, uint64_t byte_offset, uint64_t byte_size) {
+                 uint32_t region, uint64_t byte_offset) {
     format::TensorInfo t;
     t.name = name;
     t.dtype = DTypeOrThrow(dtype);
@@ -335,7 +340,7 @@ class Writer {
     t.strides = strides;
     t.region_id = region;
     t.byte_offset = byte_offset;
-    t.byte_size = byte_size;
+    t.byte_size = ValueOrThrow(format::ViewByteSize(t.dtype, t.shape, t.strides));
     ThrowIfError(Live().AddTensor(std::move(t)));
   }
 
@@ -561,8 +566,9 @@ NB_MODULE(_core, m) {
       .def("add_host_tensors", &Writer::AddHostTensors, "records"_a, "total_bytes"_a = 0)
       .def("add_region", &Writer::AddRegion, "size"_a, "alignment"_a, "va_hint"_a, "device"_a)
       .def("add_region_data", &Writer::AddRegionData, "region"_a, "offset"_a, "address"_a, "n"_a,
-           "element_size"_a)
-      .def("add_tensor", &Writer::AddTensor)
+           "dtype"_a)
+      .def("add_tensor", &Writer::AddTensor, "name"_a, "dtype"_a, "shape"_a, "strides"_a,
+           "region"_a, "byte_offset"_a)
       .def("add_section", &Writer::AddSection)
       .def("set_metadata", &Writer::SetMetadata)
       .def("finish", &Writer::Finish)

@@ -180,11 +180,11 @@ def _add_cuda(writer, entries, T):
             where[(dev, ptr)] = (region, begin)
             nbytes, t = storages[(dev, ptr)]
             src = T.storage_bytes_view(t)
-            es = t.element_size() if t.dtype in T._FLOATS else 0
+            dtype = T.dtype_name(t, "(storage)")
             for off in range(0, nbytes, T._CUDA_PIECE):
                 n = min(T._CUDA_PIECE, nbytes - off)
                 pinned[:n].copy_(src[off : off + n])
-                writer.add_region_data(region, ptr - begin + off, pinned.data_ptr(), n, es)
+                writer.add_region_data(region, ptr - begin + off, pinned.data_ptr(), n, dtype)
     for name, t in entries:
         ptr, _ = T.storage_of(t)
         region, begin = where[(t.device.index or 0, ptr)]
@@ -195,7 +195,6 @@ def _add_cuda(writer, entries, T):
             list(t.stride()),
             region,
             ptr - begin + t.storage_offset() * t.element_size(),
-            T.view_bytes(t),
         )
 
 

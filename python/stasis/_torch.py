@@ -31,7 +31,6 @@ _PAIRS = (
 )
 TO_TORCH = {s: getattr(torch, t) for s, t in _PAIRS if isinstance(getattr(torch, t, None), torch.dtype)}
 FROM_TORCH = {t: s for s, t in TO_TORCH.items()}
-_FLOATS = {torch.float16, torch.bfloat16, torch.float32}
 
 # Storages closer than this in a device's address space share one region of the image
 # (the caching allocator packs parameters into large segments); the gap is restored too.
@@ -71,13 +70,6 @@ def plain(t):
     if (hasattr(t, "is_conj") and t.is_conj()) or (hasattr(t, "is_neg") and t.is_neg()):
         t = t.resolve_conj().resolve_neg()
     return t
-
-
-def view_bytes(t):
-    """Bytes from element 0 to the end of the view's last element."""
-    if t.numel() == 0:
-        return 0
-    return (sum((n - 1) * s for n, s in zip(t.shape, t.stride())) + 1) * t.element_size()
 
 
 def check_snapshottable(name, t):

@@ -246,3 +246,31 @@ def test_results_pickle_and_copy_and_lazy_bits_are_stored_as_read(tmp_path, rng)
     if modern:
         torch.save(fresh, io.BytesIO())
     assert stasis.handle(fresh).loaded
+
+
+def test_the_region_writer_calls_the_cuda_snapshot_uses(tmp_path, rng):
+    """_add_cuda's calls (add_region, add_region_data in pieces, add_tensor), driven here
+    with host memory: bytes land where the tensor records say, sizes come from the format."""
+    from stasis import _core
+
+    base = torch.randn(6, 8, generator=rng)
+    path = tmp_path / "r.stasis"
+    w = _core.Writer(str(path))
+    region = w.add_region(base.numel() * 4, 256, 0, "cpu")
+    half = base.numel() * 2
+    w.add_region_data(region, 0, base.data_ptr(), half, "F32")
+    w.add_region_data(region, half, base.data_ptr() + half, half, "F32")
+    w.add_tensor("base", "F32", [6, 8], [8, 1], region, 0)
+    w.add_tensor("col", "F32", [6], [8], region, 3 * 4)
+    w.finish()
+    info = {t["name"]: t for t in stasis.inspect(path)["tensors"]}
+    assert info["col"]["byte_size"] == (5 * 8 + 1) * 4
+    loaded = stasis.load(path)
+    assert torch.equal(loaded["base"], base)
+    assert torch.equal(loaded["col"], base[:, 3])
+    w = _core.Writer(str(tmp_path / "bad.stasis"))
+    w.add_region(16, 256, 0, "cpu")
+    with pytest.raises(ValueError):
+        w.add_tensor("neg", "F32", [-1], [1], 0, 0)
+    w.abandon()
+    assert not (tmp_path / "bad.stasis").exists()
