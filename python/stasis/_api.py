@@ -398,8 +398,15 @@ def restore(module, path, *, device=None, strict=True, **restore_options):
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"stasis.restore takes an nn.Module, not {type(module).__name__}")
     path = os.fspath(path)
+    return _restore_into(module, path, _core.inspect(path), device, strict, restore_options)
+
+
+def _restore_into(module, path, image, device, strict, restore_options):
+    """restore() with the image's inspect() already read (from_image reads it first)."""
+    T = _torch()
+    torch = T.torch
     slots = T.module_slots(module)
-    manifest = {t["name"]: (tuple(t["shape"]), T.TO_TORCH.get(t["dtype"])) for t in _core.inspect(path)["tensors"]}
+    manifest = {t["name"]: (tuple(t["shape"]), T.TO_TORCH.get(t["dtype"])) for t in image["tensors"]}
     problems = _mismatches(slots, manifest)
     if strict and problems:
         raise ValueError(f"{path} does not match the module ({len(problems)} problem(s)):\n  " + "\n  ".join(problems))

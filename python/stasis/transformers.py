@@ -7,6 +7,7 @@ the image's metadata; from_image builds that class from that config on the meta 
 
 import contextlib
 import json
+import os
 
 from . import _api
 
@@ -54,9 +55,10 @@ def from_image(path, *, device="cpu", strict=True, **restore_options):
     (as from_pretrained returns it), with outputs equal to the snapshotted model's."""
     import torch
 
-    metadata = _api.inspect(path)["metadata"]
-    cls, config = model_class_and_config(metadata)
+    path = os.fspath(path)
+    image = _api.inspect(path)  # read once: the class and config here, the tensors in restore
+    cls, config = model_class_and_config(image["metadata"])
     with _meta_device(torch):
         model = cls(config)
     model.eval()
-    return _api.restore(model, path, device=device, strict=strict, **restore_options)
+    return _api._restore_into(model, path, image, device, strict, restore_options)
