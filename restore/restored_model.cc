@@ -12,7 +12,9 @@
 #include "common/stopwatch.h"
 #include "restore/device/open_backend.h"
 #include "restore/io/file_read_engine.h"
+#include "restore/io/http_read_engine.h"
 #include "restore/io/read_engine.h"
+#include "restore/io/remote_image.h"
 #include "restore/map_lease.h"
 #include "restore/pipeline_worker.h"
 #include "restore/restore_plan.h"
@@ -61,6 +63,14 @@ FileId IdentityOf(const ReadEngine& engine) {
 // Open: footer, manifest (validated), and the read engine, checked to be the same file.
 Status OpenImage(const std::string& image, const RestoreOptions& options,
                  std::unique_ptr<ImageReader>* reader, std::unique_ptr<ReadEngine>* engine) {
+  if (options.fs == nullptr && IsRemoteLocation(image)) {
+    // One pinned object serves both: the manifest and the chunks come from the same ETag.
+    STASIS_ASSIGN_OR_RETURN(std::shared_ptr<const RemoteObject> object,
+                            RemoteObject::Open(image, options.remote));
+    STASIS_ASSIGN_OR_RETURN(*reader, OpenRemoteImageReader(object));
+    STASIS_ASSIGN_OR_RETURN(*engine, NewHttpReadEngine(object, options.queue_depth));
+    return OkStatus();
+  }
   STASIS_ASSIGN_OR_RETURN(*reader, ImageReader::Open(image, options.fs));
   if (options.fs != nullptr) {
     STASIS_ASSIGN_OR_RETURN(*engine, NewFileSystemReadEngine(options.fs, image, options.queue_depth,
@@ -106,6 +116,7 @@ std::string LayoutDifference(const format::Manifest& was, const format::Manifest
 
 struct RestoredModel::State {
   std::string image;
+  std::string shown;  // `image` as messages show it (a presigned URL's query cut off)
   RestoreOptions options;
   std::unique_ptr<ImageReader> reader;
   std::unique_ptr<ReadEngine> engine;
@@ -125,9 +136,10 @@ StatusOr<std::unique_ptr<RestoredModel>> RestoredModel::Restore(const std::strin
   model->state_ = std::make_unique<State>();
   State& st = *model->state_;
   st.image = image;
+  st.shown = IsRemoteLocation(image) ? RedactLocation(image) : image;
   st.options = options;
   RestoreReport& report = model->report_;
-  report.image = image;
+  report.image = st.shown;
   report.device = options.device;
 
   if (options.queue_depth < 2 || options.queue_depth > 4096)
@@ -164,7 +176,7 @@ StatusOr<std::unique_ptr<RestoredModel>> RestoredModel::Restore(const std::strin
   model->tensors_ = m.tensors;  // shared, not copied
   STASIS_RETURN_IF_ERROR(model->RunPipeline());
   report.phases.total = start.Seconds();
-  spdlog::debug("restored {}: {} bytes in {:.3f} s via {}", image, report.raw_bytes,
+  spdlog::debug("restored {}: {} bytes in {:.3f} s via {}", st.shown, report.raw_bytes,
                 report.phases.total, IoBackendName(report.io.backend));
   return model;
 }
@@ -252,7 +264,7 @@ Status RestoredModel::RunPipeline() {
       report.map_reason = "mapped under a read lease";
     } else {
       report.map_reason = std::string(lease.status().message()) + "; copied";
-      spdlog::info("restore of {}: {}", st.image, report.map_reason);
+      spdlog::info("restore of {}: {}", st.shown, report.map_reason);
       po.map_raw_chunks = false;
       po.workers = initial_workers;
       STASIS_ASSIGN_OR_RETURN(plan, make_plan());
@@ -311,7 +323,7 @@ Status RestoredModel::RunPipeline() {
         for (auto& th : threads) th.join();
         if (abandoned) {  // as below: never hand memory the kernel may still write to
           st.abandoned_reads = true;
-          return InternalError("restore of " + st.image +
+          return InternalError("restore of " + st.shown +
                                ": reads could not be reaped after a thread failed to start");
         }
         if (staging) backend_->FreeStaging(staging);
@@ -327,10 +339,10 @@ Status RestoredModel::RunPipeline() {
     spdlog::error(
         "restore of {}: reads that could not be reaped are still in flight; "
         "leaking the staging memory and the regions",
-        st.image);
+        st.shown);
     for (const Status& r : results)
       if (!r.ok()) return r.WithContext("reads could not be reaped");
-    return InternalError("restore of " + st.image + ": reads could not be reaped");
+    return InternalError("restore of " + st.shown + ": reads could not be reaped");
   }
   if (staging) backend_->FreeStaging(staging);
   report.phases.pipeline_wall = t.Seconds();
@@ -349,10 +361,10 @@ Status RestoredModel::RunPipeline() {
   // The root cause, not a worker that merely stopped because another failed.
   for (const Status& s : results)
     if (!s.ok() && s.code() != StatusCode::kCancelled)
-      return s.WithContext("restore '" + st.image + "'");
+      return s.WithContext("restore '" + st.shown + "'");
   if (st.options.cancel && st.options.cancel->load())
     for (const Status& s : results)
-      if (!s.ok()) return CancelledError("restore '" + st.image + "' cancelled by the caller");
+      if (!s.ok()) return CancelledError("restore '" + st.shown + "' cancelled by the caller");
   for (const Status& s : results)
     if (!s.ok()) return s;
   return OkStatus();
@@ -434,7 +446,7 @@ Status RestoredModel::Reload() {
   const std::string difference =
       LayoutDifference(st.reader->manifest(), reader->manifest(), regions_);
   if (!difference.empty())
-    return FailedPreconditionError(st.image + " now holds an image of another layout (" +
+    return FailedPreconditionError(st.shown + " now holds an image of another layout (" +
                                    difference + "); restore it anew");
   const FileId file = IdentityOf(*engine);
   report_.image_replaced = st.file.known && file.known && !(file == st.file);
@@ -442,7 +454,7 @@ Status RestoredModel::Reload() {
     spdlog::warn(
         "reload of {}: the path names another file than the last restore; same layout, "
         "restoring it",
-        st.image);
+        st.shown);
   st.reader = std::move(reader);
   st.engine = std::move(engine);
   st.file = file;

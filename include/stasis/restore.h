@@ -65,6 +65,7 @@
 #include "stasis/dims.h"
 #include "stasis/file_system.h"
 #include "stasis/image.h"
+#include "stasis/remote.h"
 #include "stasis/status.h"
 #include "stasis/tensor.h"
 
@@ -76,8 +77,9 @@ class LeaseSeam;  // restore/map_lease.h
 
 // ---- How the image is read ----
 
-enum class IoBackend { kAuto, kUring, kPread };
-// "auto", "uring", "pread".
+// kHttp is what a remote image (stasis/remote.h) is read with; it cannot be asked for.
+enum class IoBackend { kAuto, kUring, kPread, kHttp };
+// "auto", "uring", "pread", "http".
 std::string_view IoBackendName(IoBackend b);
 // The inverse of IoBackendName; anything else is kInvalidArgument.
 StatusOr<IoBackend> ParseIoBackend(std::string_view name);
@@ -140,6 +142,9 @@ struct RestoreOptions {
   // caller can draw progress from another thread. Reset to 0 by neither Restore nor Reload.
   std::atomic<uint64_t>* progress = nullptr;
   // Both must outlive the RestoredModel when set (Reload uses them again).
+  // A remote image (s3://, http://, https://; stasis/remote.h): how it is fetched. Ignored
+  // for local paths. `io`, `direct` and `map_file` do not apply to remote images.
+  RemoteOptions remote;
   // Seams. `fs`: read through the FileSystem seam (pread semantics, no io_uring/direct),
   // e.g. a fault-injecting or in-memory file system. `backend_factory`: a device backend of
   // the caller's instead of the one Restore picks for `device` (e.g. the CUDA backend over

@@ -201,6 +201,8 @@ std::string_view IoBackendName(IoBackend b) {
       return "uring";
     case IoBackend::kPread:
       return "pread";
+    case IoBackend::kHttp:
+      return "http";
   }
   return "unknown";
 }
@@ -244,6 +246,8 @@ StatusOr<std::unique_ptr<ReadEngine>> OpenReadEngine(const std::string& path,
       report.reason = "pread pool requested";
       engine = NewPreadReadEngine(target, options, report);
       break;
+    case IoBackend::kHttp:
+      return InvalidArgumentError("the http reader is chosen by the location, not asked for");
     case IoBackend::kAuto: {
       report.reason = "io_uring probe read succeeded";
       StatusOr<std::unique_ptr<ReadEngine>> uring = TryUring(target, options, report);

@@ -37,8 +37,16 @@ int RunSnapshot(const SnapshotArgs& a);
 StatusOr<WriterStats> WriteSafetensorsImage(const std::string& input, const std::string& output,
                                             const WriterOptions& options);
 
-int RunInspect(const std::string& image, bool json);
-int RunVerify(const std::string& image, int threads, bool json);
+// Where and how a remote image (s3://, http(s)://) is fetched: the flags every command
+// that reads an image takes (remote_flags.h).
+struct RemoteArgs {
+  std::string s3_endpoint;
+  int concurrency = 16, retries = 6;
+  double deadline = 0, stall_timeout = 20;
+};
+
+int RunInspect(const std::string& image, bool json, const RemoteArgs& remote);
+int RunVerify(const std::string& image, int threads, bool json, const RemoteArgs& remote);
 
 // The flags `restore` and `export` share (restore_options.h turns them into options).
 struct RestoreArgs {
@@ -48,6 +56,7 @@ struct RestoreArgs {
   bool no_verify = false, no_checksums = false, json = false, digest = false;
   std::string huge_pages = "off";
   std::string map = "auto";
+  RemoteArgs remote;
 };
 int RunRestore(const RestoreArgs& a);
 // The guards of RunSnapshot on `output`, with the same contract.

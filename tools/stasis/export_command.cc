@@ -16,6 +16,7 @@
 #include "tools/stasis/cli_common.h"
 #include "tools/stasis/commands.h"
 #include "tools/stasis/interrupt.h"
+#include "tools/stasis/remote_flags.h"
 #include "tools/stasis/restore_options.h"
 #include "tools/stasis/row_major.h"
 #include "tools/stasis/same_file.h"
@@ -67,8 +68,9 @@ int RunExport(const RestoreArgs& a, const std::string& output, bool force) {
   double secs = start.Seconds();
   const RestoreReport& r = (*restored)->report();
   if (a.json) {
-    Json j = {{"image", a.image},         {"output", output}, {"tensors", m.tensors.size()},
-              {"raw_bytes", r.raw_bytes}, {"seconds", secs},  {"restore", RestoreReportJson(r)}};
+    Json j = {
+        {"image", ShownLocation(a.image)}, {"output", output}, {"tensors", m.tensors.size()},
+        {"raw_bytes", r.raw_bytes},        {"seconds", secs},  {"restore", RestoreReportJson(r)}};
     std::cout << DumpJson(j) << "\n";
   } else {
     std::printf("exported %zu tensors (%s) to %s in %.2f s (restore %.3f s via %s)\n",

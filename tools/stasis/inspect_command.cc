@@ -7,8 +7,10 @@
 #include <vector>
 
 #include "stasis/image.h"
+#include "stasis/remote.h"
 #include "tools/stasis/cli_common.h"
 #include "tools/stasis/commands.h"
+#include "tools/stasis/remote_flags.h"
 
 namespace stasis::cli {
 namespace {
@@ -23,8 +25,9 @@ std::string ShapeString(std::span<const int64_t> v) {
 
 }  // namespace
 
-int RunInspect(const std::string& path, bool json) {
-  auto reader = ImageReader::Open(path);
+int RunInspect(const std::string& location, bool json, const RemoteArgs& remote) {
+  const std::string path = ShownLocation(location);
+  auto reader = OpenImageReader(location, ToRemoteOptions(remote));
   if (!reader.ok()) return ReportError(reader.status());
   const format::Manifest& m = (*reader)->manifest();
   uint64_t raw = 0, stored = 0, by_codec[3] = {0, 0, 0}, raw_by_codec[3] = {0, 0, 0},

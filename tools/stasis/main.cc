@@ -6,6 +6,7 @@
 #include "common/logging.h"
 #include "tools/stasis/cli_common.h"
 #include "tools/stasis/commands.h"
+#include "tools/stasis/remote_flags.h"
 #include "tools/stasis/restore_options.h"
 
 namespace {
@@ -150,19 +151,25 @@ int main(int argc, char** argv) {
   int threads = 0;
   auto* inspect = app.add_subcommand(
       "inspect", "Show an image's regions, tensors, sections, metadata and codec mix");
-  inspect->add_option("image", image)->required();
+  RemoteArgs remote;
+  inspect->add_option("image", image, "image: a path, s3://bucket/key or http(s):// URL")
+      ->required();
   inspect->add_flag("--json", json);
+  AddRemoteFlags(inspect, &remote);
 
   auto* verify =
       app.add_subcommand("verify", "Check every byte of an image; exit 0 only if intact");
-  verify->add_option("image", image)->required();
+  verify->add_option("image", image, "image: a path, s3://bucket/key or http(s):// URL")
+      ->required();
   verify->add_option("--threads", threads)->check(threads_range);
   verify->add_flag("--json", json);
+  AddRemoteFlags(verify, &remote);
 
   RestoreArgs restore_args;
   auto* restore =
       app.add_subcommand("restore", "Restore an image onto a device and report each phase");
-  restore->add_option("image", restore_args.image)->required();
+  restore->add_option("image", restore_args.image, "a path, s3://bucket/key or http(s):// URL")
+      ->required();
   restore->add_option("--device", restore_args.device, "cpu|cuda[:N] (default cpu)");
   AddRestoreFlags(restore, &restore_args);
   restore->add_flag("--digest", restore_args.digest,
@@ -170,7 +177,8 @@ int main(int argc, char** argv) {
 
   RestoreArgs export_args;
   auto* exp = app.add_subcommand("export", "Restore an image to host memory and write safetensors");
-  exp->add_option("image", export_args.image)->required();
+  exp->add_option("image", export_args.image, "a path, s3://bucket/key or http(s):// URL")
+      ->required();
   exp->add_option("-o,--output", output)->required();
   exp->add_flag("--force", force, "replace an existing output file");
   AddRestoreFlags(exp, &export_args);
@@ -191,8 +199,8 @@ int main(int argc, char** argv) {
     return RunServe(serve_args);
   }
   if (*bench) return RunBench(bench_args);
-  if (*inspect) return RunInspect(image, json);
-  if (*verify) return RunVerify(image, threads, json);
+  if (*inspect) return RunInspect(image, json, remote);
+  if (*verify) return RunVerify(image, threads, json, remote);
   if (*restore) return RunRestore(restore_args);
   if (*exp) return RunExport(export_args, output, force);
   return kExitUsage;

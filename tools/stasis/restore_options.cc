@@ -1,6 +1,7 @@
 #include "tools/stasis/restore_options.h"
 
 #include "tools/stasis/cli_common.h"
+#include "tools/stasis/remote_flags.h"
 
 namespace stasis::cli {
 
@@ -23,6 +24,7 @@ StatusOr<RestoreOptions> ToRestoreOptions(const RestoreArgs& a) {
   o.verify_stored = !a.no_checksums;
   o.huge_pages = a.huge_pages == "on";
   STASIS_ASSIGN_OR_RETURN(o.map_file, RestoreOptions::ParseMapFile(a.map));
+  o.remote = ToRemoteOptions(a.remote);
   return o;
 }
 
@@ -51,6 +53,7 @@ void AddRestoreFlags(CLI::App* cmd, RestoreArgs* a) {
                 "check nothing, stored bytes included (as loaders without checksums do); for "
                 "images already checked with `stasis verify`");
   cmd->add_flag("--json", a->json, "print a JSON report");
+  AddRemoteFlags(cmd, &a->remote);
 }
 
 }  // namespace stasis::cli

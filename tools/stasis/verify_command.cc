@@ -6,8 +6,10 @@
 
 #include "common/stopwatch.h"
 #include "stasis/image.h"
+#include "stasis/remote.h"
 #include "tools/stasis/cli_common.h"
 #include "tools/stasis/commands.h"
+#include "tools/stasis/remote_flags.h"
 
 namespace stasis::cli {
 namespace {
@@ -16,9 +18,10 @@ using Json = nlohmann::ordered_json;
 
 }  // namespace
 
-int RunVerify(const std::string& path, int threads, bool json) {
+int RunVerify(const std::string& location, int threads, bool json, const RemoteArgs& remote) {
   const Stopwatch start;
-  auto reader = ImageReader::Open(path);
+  const std::string path = ShownLocation(location);
+  auto reader = OpenImageReader(location, ToRemoteOptions(remote));
   if (!reader.ok()) {
     if (json) {
       Json j = {{"image", path}, {"intact", false}, {"errors", {reader.status().ToString()}}};

@@ -1,0 +1,577 @@
+#include "restore/io/remote_object.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cstring>
+#include <thread>
+
+#include "common/numbers.h"
+
+namespace stasis {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// libcurl's global state, set up once before any handle (curl_global_init is not
+// thread-safe in 7.88 unless called first).
+void InitCurlOnce() {
+  static const bool done = [] {
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    return true;
+  }();
+  (void)done;
+}
+
+std::string HeaderValue(std::string_view line, std::string_view name) {
+  if (line.size() <= name.size() || line[name.size()] != ':') return {};
+  for (size_t i = 0; i < name.size(); ++i)
+    if (std::tolower(static_cast<unsigned char>(line[i])) != name[i]) return {};
+  std::string_view v = line.substr(name.size() + 1);
+  while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+  while (!v.empty() && (v.back() == '\r' || v.back() == '\n' || v.back() == ' '))
+    v.remove_suffix(1);
+  return std::string(v);
+}
+
+// "HTTP/1.1 206 Partial Content" → 206; 0 when the line is not a status line.
+long StatusLineCode(std::string_view line) {
+  if (line.substr(0, 5) != "HTTP/") return 0;
+  size_t sp = line.find(' ');
+  if (sp == std::string_view::npos) return 0;
+  return std::strtol(std::string(line.substr(sp + 1, 3)).c_str(), nullptr, 10);
+}
+
+// "bytes a-b/total" → a, b, total (total 0 when "*").
+bool ParseContentRange(std::string_view v, uint64_t* a, uint64_t* b, uint64_t* total) {
+  if (v.substr(0, 6) != "bytes ") return false;
+  std::string s(v.substr(6));
+  unsigned long long x = 0, y = 0, t = 0;
+  char star = 0;
+  if (std::sscanf(s.c_str(), "%llu-%llu/%llu", &x, &y, &t) == 3) {
+  } else if (std::sscanf(s.c_str(), "%llu-%llu/%c", &x, &y, &star) == 3 && star == '*') {
+    t = 0;
+  } else {
+    return false;
+  }
+  if (y < x) return false;
+  *a = x, *b = y, *total = t;
+  return true;
+}
+
+// S3's <Code> and <Message> from an XML error body; never anything else from it (the
+// body of SignatureDoesNotMatch echoes the canonical request, token header included).
+std::string S3ErrorSummary(const std::string& body) {
+  auto field = [&](const char* tag) -> std::string {
+    std::string open = std::string("<") + tag + ">", close = std::string("</") + tag + ">";
+    size_t b = body.find(open);
+    if (b == std::string::npos) return {};
+    b += open.size();
+    size_t e = body.find(close, b);
+    if (e == std::string::npos || e - b > 300) return {};
+    return body.substr(b, e - b);
+  };
+  std::string code = field("Code"), message = field("Message");
+  if (code.empty()) return {};
+  return message.empty() ? code : code + ": " + message;
+}
+
+bool RetryableCurl(CURLcode c) {
+  switch (c) {
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_PARTIAL_FILE:
+    case CURLE_RECV_ERROR:
+    case CURLE_SEND_ERROR:
+    case CURLE_GOT_NOTHING:
+    case CURLE_OPERATION_TIMEDOUT:
+    case CURLE_HTTP2:
+    case CURLE_HTTP2_STREAM:
+    case CURLE_WEIRD_SERVER_REPLY:
+    case CURLE_SSL_CONNECT_ERROR:
+      return true;
+    default:
+      return false;
+  }
+}
+
+bool RetryableHttp(long code) { return code >= 500 || code == 429 || code == 408; }
+
+// A non-retryable HTTP answer as a Status.
+Status HttpError(long code, const std::string& body, const std::string& display,
+                 std::string_view what) {
+  std::string s3 = S3ErrorSummary(body);
+  std::string detail = s3.empty() ? "" : " (" + s3 + ")";
+  std::string m = "HTTP " + std::to_string(code) + " " + std::string(what) + " " + display + detail;
+  switch (code) {
+    case 401:
+      return Status(StatusCode::kUnauthenticated, m + ": credentials required");
+    case 403:
+      return PermissionDeniedError(
+          m +
+          ": access denied; check the credentials (AWS_ACCESS_KEY_ID, AWS_PROFILE) and the "
+          "bucket policy");
+    case 404:
+      return NotFoundError(m + ": not found");
+    case 412:
+      return Status(StatusCode::kAborted,
+                    m + ": the object was replaced while it was read; restore it again");
+    case 416:
+      return OutOfRangeError(m + ": range not satisfiable (the object is shorter than expected)");
+    default:
+      return FailedPreconditionError(m);
+  }
+}
+
+Status CurlError(CURLcode c, const char* errbuf, const std::string& display,
+                 std::string_view what) {
+  std::string detail = errbuf[0] ? errbuf : curl_easy_strerror(c);
+  std::string m = std::string(what) + " " + display + ": " + detail;
+  switch (c) {
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_RESOLVE_PROXY:
+      return UnavailableError("could not resolve host: " + m);
+    case CURLE_COULDNT_CONNECT:
+      return UnavailableError("could not connect: " + m);
+    case CURLE_OPERATION_TIMEDOUT:
+      return UnavailableError("timed out or stalled: " + m);
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_CERTPROBLEM:
+      return FailedPreconditionError("TLS: " + m);
+    case CURLE_UNSUPPORTED_PROTOCOL:
+    case CURLE_URL_MALFORMAT:
+      return InvalidArgumentError(m);
+    case CURLE_OUT_OF_MEMORY:
+      return ResourceExhaustedError(m);
+    default:
+      return UnavailableError(m);
+  }
+}
+
+thread_local char tls_errbuf[CURL_ERROR_SIZE];
+
+std::string Seconds(double s) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%g", s);
+  return b;
+}
+
+}  // namespace
+
+// ---- RemoteObject -------------------------------------------------------------------
+
+StatusOr<std::shared_ptr<const RemoteObject>> RemoteObject::Open(std::string_view location,
+                                                                 const RemoteOptions& options,
+                                                                 const RemoteEnvironment& env) {
+  InitCurlOnce();
+  if (options.concurrency < 1 || options.concurrency > 256)
+    return InvalidArgumentError("remote concurrency must be 1..256, not " +
+                                std::to_string(options.concurrency));
+  if (options.max_retries < 0 || options.max_retries > 100)
+    return InvalidArgumentError("remote retries must be 0..100, not " +
+                                std::to_string(options.max_retries));
+  if (!(options.stall_timeout_s > 0) || !(options.deadline_s >= 0) ||
+      !(options.connect_timeout_s > 0))
+    return InvalidArgumentError("remote timeouts must be positive");
+  std::shared_ptr<RemoteObject> o(new RemoteObject());
+  o->options_ = options;
+  o->deadline_ = Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(
+                                    (options.deadline_s > 0 ? options.deadline_s : 1e9) * 1000));
+  STASIS_ASSIGN_OR_RETURN(o->location_, ResolveLocation(location, options, env));
+  const std::string& display = o->location_.display;
+
+  // The suffix range brings size, ETag and the tail in one request.
+  struct Response {
+    long code = 0;
+    std::string etag, content_range, body;
+    static size_t Header(char* d, size_t s, size_t n, void* p) {
+      auto* r = static_cast<Response*>(p);
+      std::string_view line(d, s * n);
+      if (long c = StatusLineCode(line)) {
+        r->code = c;
+        r->etag.clear();
+        r->content_range.clear();
+        r->body.clear();
+      }
+      if (std::string v = HeaderValue(line, "etag"); !v.empty()) r->etag = v;
+      if (std::string v = HeaderValue(line, "content-range"); !v.empty()) r->content_range = v;
+      return s * n;
+    }
+    static size_t Body(char* d, size_t s, size_t n, void* p) {
+      auto* r = static_cast<Response*>(p);
+      // A server that ignores Range sends everything: stop once more than the tail came.
+      if (r->body.size() + s * n > kTailBytes + 1) return 0;
+      r->body.append(d, s * n);
+      return s * n;
+    }
+  };
+  CURL* h = o->TakeHandle();
+  if (h == nullptr) return ResourceExhaustedError("curl_easy_init failed");
+  Status last;
+  for (int attempt = 0;; ++attempt) {
+    if (attempt > 0) {
+      auto wait =
+          std::chrono::milliseconds(std::min<int64_t>(5000, 100LL << std::min(attempt - 1, 6)));
+      if (Clock::now() + wait >= o->deadline_) {
+        o->ReturnHandle(h);
+        return Status(StatusCode::kDeadlineExceeded,
+                      "deadline of " + Seconds(options.deadline_s) + " s exceeded opening " +
+                          display + " (last error: " + std::string(last.message()) + ")");
+      }
+      std::this_thread::sleep_for(wait);
+    }
+    Response r;
+    curl_slist* headers = nullptr;
+    Status armed = ConfigureRequest(h, o->location_, options, "", &headers);
+    if (!armed.ok()) {
+      curl_slist_free_all(headers);
+      o->ReturnHandle(h);
+      return armed;
+    }
+    headers = curl_slist_append(headers, ("Range: bytes=-" + std::to_string(kTailBytes)).c_str());
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers);
+    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, &Response::Header);
+    curl_easy_setopt(h, CURLOPT_HEADERDATA, &r);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, &Response::Body);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &r);
+    tls_errbuf[0] = 0;
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, tls_errbuf);
+    if (options.deadline_s > 0)
+      curl_easy_setopt(
+          h, CURLOPT_TIMEOUT_MS,
+          static_cast<long>(std::max<int64_t>(
+              1, std::chrono::duration_cast<std::chrono::milliseconds>(o->deadline_ - Clock::now())
+                     .count())));
+    CURLcode c = curl_easy_perform(h);
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, nullptr);
+    curl_slist_free_all(headers);
+    const bool last_try = attempt >= options.max_retries;
+    if (c != CURLE_OK && !(c == CURLE_WRITE_ERROR && r.code == 200)) {
+      Status s = CurlError(c, tls_errbuf, display, "opening");
+      if (Clock::now() >= o->deadline_)
+        s = Status(StatusCode::kDeadlineExceeded,
+                   "deadline of " + Seconds(options.deadline_s) + " s exceeded opening " + display);
+      if (!RetryableCurl(c) || last_try || s.code() == StatusCode::kDeadlineExceeded) {
+        o->ReturnHandle(h);
+        return s;
+      }
+      last = s;
+      continue;
+    }
+    if (r.code == 416) {  // an empty object: nothing to suffix-range
+      o->ReturnHandle(h);
+      return OutOfRangeError(display + " is empty: not an image");
+    }
+    if (r.code != 206 && r.code != 200) {
+      Status s = HttpError(r.code, r.body, display, "opening");
+      if (!RetryableHttp(r.code) || last_try) {
+        o->ReturnHandle(h);
+        return RetryableHttp(r.code) ? UnavailableError(std::string(s.message()) + " (" +
+                                                        std::to_string(attempt + 1) + " attempts)")
+                                     : s;
+      }
+      last = s;
+      continue;
+    }
+    o->etag_ = r.etag;
+    if (r.code == 200) {
+      // Range ignored: fine when the whole object fitted in the tail; else unsupported.
+      if (c == CURLE_WRITE_ERROR) {
+        o->ReturnHandle(h);
+        return UnimplementedError(display +
+                                  ": the server ignores Range requests (answered 200 with the "
+                                  "whole object); stasis needs range reads");
+      }
+      o->size_ = r.body.size();
+      o->tail_offset_ = 0;
+    } else {
+      uint64_t a = 0, b = 0, total = 0;
+      if (!ParseContentRange(r.content_range, &a, &b, &total) || total == 0 || b + 1 != total ||
+          r.body.size() != b - a + 1) {
+        o->ReturnHandle(h);
+        return DataLossError(display + ": a malformed answer to a suffix range (Content-Range '" +
+                             r.content_range + "', " + Num(r.body.size()) + " bytes)");
+      }
+      o->size_ = total;
+      o->tail_offset_ = a;
+    }
+    o->tail_ = std::move(r.body);
+    break;
+  }
+  o->ReturnHandle(h);
+  if (o->etag_.empty())
+    spdlog::warn(
+        "{}: the server sends no ETag, so a replacement mid-read is caught only by "
+        "the image's checksums",
+        display);
+  spdlog::info("opened {}: {} bytes, ETag {}, credentials: {}", display, o->size_,
+               o->etag_.empty() ? "none" : o->etag_,
+               o->location_.s3 ? o->location_.credentials_source : "n/a");
+  return std::shared_ptr<const RemoteObject>(std::move(o));
+}
+
+RemoteObject::~RemoteObject() {
+  for (CURL* h : idle_handles_) curl_easy_cleanup(h);
+}
+
+CURL* RemoteObject::TakeHandle() const {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!idle_handles_.empty()) {
+      CURL* h = idle_handles_.back();
+      idle_handles_.pop_back();
+      return h;
+    }
+  }
+  return curl_easy_init();
+}
+
+void RemoteObject::ReturnHandle(CURL* h) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  idle_handles_.push_back(h);
+}
+
+Status RemoteObject::ReadRange(uint64_t offset, uint64_t length, void* dst) const {
+  if (length == 0) return OkStatus();
+  if (offset > size_ || length > size_ - offset)
+    return OutOfRangeError("truncated: " + display() + " holds " + Num(size_) +
+                           " bytes, a read of " + Num(length) + " at offset " + Num(offset) +
+                           " goes past its end");
+  if (offset >= tail_offset_) {
+    std::memcpy(dst, tail_.data() + (offset - tail_offset_), length);
+    return OkStatus();
+  }
+  RangeTransfer t(this, offset, length, dst);
+  CURL* h = TakeHandle();
+  if (h == nullptr) return ResourceExhaustedError("curl_easy_init failed");
+  Status result;
+  for (;;) {
+    Status armed = t.Arm(h);
+    if (!armed.ok()) {
+      result = armed;
+      break;
+    }
+    CURLcode c = curl_easy_perform(h);
+    RangeTransfer::Next next = t.Finish(h, c, &result);
+    if (next == RangeTransfer::Next::kDone) break;
+    if (next == RangeTransfer::Next::kFail) break;
+    std::this_thread::sleep_for(t.backoff());
+  }
+  ReturnHandle(h);
+  return result;
+}
+
+namespace {
+
+class RemoteFile final : public RandomAccessFile {
+ public:
+  explicit RemoteFile(std::shared_ptr<const RemoteObject> o) : o_(std::move(o)) {}
+  StatusOr<size_t> ReadAt(uint64_t offset, size_t n, void* dst) const override {
+    if (offset >= o_->size()) return size_t{0};
+    n = static_cast<size_t>(std::min<uint64_t>(n, o_->size() - offset));
+    STASIS_RETURN_IF_ERROR(o_->ReadRange(offset, n, dst));
+    return n;
+  }
+  uint64_t Size() const override { return o_->size(); }
+
+ private:
+  std::shared_ptr<const RemoteObject> o_;
+};
+
+}  // namespace
+
+std::unique_ptr<RandomAccessFile> RemoteObject::NewFile(
+    std::shared_ptr<const RemoteObject> self) const {
+  return std::make_unique<RemoteFile>(std::move(self));
+}
+
+// ---- RangeTransfer ------------------------------------------------------------------
+
+RangeTransfer::RangeTransfer(const RemoteObject* object, uint64_t offset, uint64_t length,
+                             void* dst)
+    : object_(object), offset_(offset), length_(length), dst_(static_cast<uint8_t*>(dst)) {}
+
+RangeTransfer::~RangeTransfer() { curl_slist_free_all(headers_); }
+
+Status RangeTransfer::Failure(std::string_view what) const {
+  return Status(StatusCode::kUnavailable,
+                std::string(what) + " reading " + object_->display() + " (bytes " + Num(offset_) +
+                    ".." + Num(offset_ + length_) + ", " + Num(received_) + " received, " +
+                    std::to_string(attempts_) + " attempts)");
+}
+
+Status RangeTransfer::Arm(CURL* h) {
+  if (Clock::now() >= object_->deadline())
+    return Status(StatusCode::kDeadlineExceeded,
+                  "deadline of " + Seconds(object_->options().deadline_s) + " s exceeded reading " +
+                      object_->display() + " (bytes " + Num(offset_) + ".." +
+                      Num(offset_ + length_) + ", " + Num(received_) + " received" +
+                      (last_error_.ok() ? std::string()
+                                        : "; last error: " + std::string(last_error_.message())) +
+                      ")");
+  curl_slist_free_all(headers_);
+  headers_ = nullptr;
+  STASIS_RETURN_IF_ERROR(
+      ConfigureRequest(h, object_->location(), object_->options(), "", &headers_));
+  const uint64_t first = offset_ + received_, last = offset_ + length_ - 1;
+  headers_ = curl_slist_append(
+      headers_, ("Range: bytes=" + std::to_string(first) + "-" + std::to_string(last)).c_str());
+  if (!object_->etag().empty())
+    headers_ = curl_slist_append(headers_, ("If-Match: " + object_->etag()).c_str());
+  if (headers_ == nullptr) return ResourceExhaustedError("out of memory for request headers");
+  curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers_);
+  curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, &RangeTransfer::OnHeader);
+  curl_easy_setopt(h, CURLOPT_HEADERDATA, this);
+  curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, &RangeTransfer::OnBody);
+  curl_easy_setopt(h, CURLOPT_WRITEDATA, this);
+  curl_easy_setopt(h, CURLOPT_PRIVATE, this);
+  if (object_->has_deadline())
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS,
+                     static_cast<long>(
+                         std::max<int64_t>(1, std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                  object_->deadline() - Clock::now())
+                                                  .count())));
+  status_code_ = 0;
+  etag_.clear();
+  content_range_.clear();
+  checked_ = accepted_ = false;
+  error_body_.clear();
+  reject_ = OkStatus();
+  attempt_start_ = received_;
+  ++attempts_;
+  return OkStatus();
+}
+
+size_t RangeTransfer::OnHeader(char* data, size_t size, size_t n, void* self) {
+  auto* t = static_cast<RangeTransfer*>(self);
+  std::string_view line(data, size * n);
+  if (long c = StatusLineCode(line)) {
+    t->status_code_ = c;
+    t->etag_.clear();
+    t->content_range_.clear();
+  }
+  if (std::string v = HeaderValue(line, "etag"); !v.empty()) t->etag_ = v;
+  if (std::string v = HeaderValue(line, "content-range"); !v.empty()) t->content_range_ = v;
+  return size * n;
+}
+
+bool RangeTransfer::Accept() {
+  const uint64_t first = offset_ + received_, last = offset_ + length_ - 1;
+  const std::string& pinned = object_->etag();
+  if (!pinned.empty() && !etag_.empty() && etag_ != pinned) {
+    reject_ =
+        Status(StatusCode::kAborted, object_->display() + " was replaced while it was read (ETag " +
+                                         etag_ + ", opened as " + pinned + "); restore it again");
+    return false;
+  }
+  if (status_code_ == 200) {
+    if (first == 0 && last + 1 == object_->size()) return true;
+    reject_ = UnimplementedError(object_->display() +
+                                 ": the server ignored a Range request (answered 200); stasis "
+                                 "needs range reads");
+    return false;
+  }
+  uint64_t a = 0, b = 0, total = 0;
+  if (!ParseContentRange(content_range_, &a, &b, &total)) {
+    reject_ = DataLossError(object_->display() + ": a 206 answer with a malformed Content-Range '" +
+                            content_range_ + "'");
+    return false;
+  }
+  if (total != 0 && total != object_->size()) {
+    reject_ = Status(StatusCode::kAborted,
+                     object_->display() + " was replaced while it was read (now " + Num(total) +
+                         " bytes, opened with " + Num(object_->size()) + "); restore it again");
+    return false;
+  }
+  if (a != first || b > last) {
+    reject_ = DataLossError(object_->display() + ": asked for bytes " + Num(first) + "-" +
+                            Num(last) + ", got '" + content_range_ + "'");
+    return false;
+  }
+  return true;
+}
+
+size_t RangeTransfer::OnBody(char* data, size_t size, size_t n, void* self) {
+  auto* t = static_cast<RangeTransfer*>(self);
+  const size_t bytes = size * n;
+  if (!t->checked_) {
+    t->checked_ = true;
+    t->accepted_ = (t->status_code_ == 206 || t->status_code_ == 200) && t->Accept();
+    if (!t->accepted_ && !t->reject_.ok()) return 0;  // abort: never write those bytes
+  }
+  if (!t->accepted_) {  // an error answer: keep the start of its body for the message
+    if (t->error_body_.size() < 8192)
+      t->error_body_.append(data, std::min<size_t>(bytes, 8192 - t->error_body_.size()));
+    return bytes;
+  }
+  if (bytes > t->length_ - t->received_) {
+    t->reject_ = DataLossError(t->object_->display() + ": the server sent more bytes than asked (" +
+                               Num(t->received_ + bytes) + " of " + Num(t->length_) + ")");
+    return 0;
+  }
+  std::memcpy(t->dst_ + t->received_, data, bytes);
+  t->received_ += bytes;
+  return bytes;
+}
+
+RangeTransfer::Next RangeTransfer::Finish(CURL* h, CURLcode code, Status* status) {
+  (void)h;
+  const bool progressed = received_ > attempt_start_;
+  if (!reject_.ok()) {
+    *status = reject_;
+    return Next::kFail;
+  }
+  Status failure;
+  bool retryable = false;
+  if (code != CURLE_OK) {
+    failure = CurlError(code, "", object_->display(), "reading");
+    retryable = RetryableCurl(code);
+  } else if (status_code_ == 206 || status_code_ == 200) {
+    if (received_ == length_) {
+      *status = OkStatus();
+      return Next::kDone;
+    }
+    failure = Failure("a short answer (" + Num(received_ - attempt_start_) + " bytes)");
+    retryable = true;
+  } else {
+    failure = HttpError(status_code_, error_body_, object_->display(), "reading");
+    retryable = RetryableHttp(status_code_);
+  }
+  if (Clock::now() >= object_->deadline()) {
+    *status =
+        Status(StatusCode::kDeadlineExceeded,
+               "deadline of " + Seconds(object_->options().deadline_s) + " s exceeded reading " +
+                   object_->display() + " (" + Num(received_) + " of " + Num(length_) +
+                   " bytes of a range; last: " + std::string(failure.message()) + ")");
+    return Next::kFail;
+  }
+  if (!retryable) {
+    *status = failure;
+    return Next::kFail;
+  }
+  failures_ = progressed ? 0 : failures_ + 1;
+  last_error_ = failure;
+  // Progress resets the count, so a server that resets every few MB still finishes; the
+  // total is bounded too, so one that sends a byte per attempt does not loop forever.
+  if (failures_ > object_->options().max_retries ||
+      attempts_ > 64 + object_->options().max_retries) {
+    *status = Status(failure.code() == StatusCode::kFailedPrecondition ? StatusCode::kUnavailable
+                                                                       : failure.code(),
+                     std::string(failure.message()) + " (gave up after " +
+                         std::to_string(attempts_) + " attempts)");
+    return Next::kFail;
+  }
+  spdlog::info("retrying {} bytes {}..{} after: {}", object_->display(), offset_ + received_,
+               offset_ + length_, failure.message());
+  return Next::kRetry;
+}
+
+std::chrono::milliseconds RangeTransfer::backoff() const {
+  if (failures_ == 0) return std::chrono::milliseconds(0);  // progress: go on at once
+  // 100 ms doubling to 5 s, spread by the range's offset so parallel retries do not align.
+  int64_t base = std::min<int64_t>(5000, 100LL << std::min(failures_ - 1, 6));
+  int64_t jitter = static_cast<int64_t>((offset_ >> 12) % 97) * base / 400;
+  return std::chrono::milliseconds(base + jitter);
+}
+
+}  // namespace stasis
