@@ -22,7 +22,7 @@ class PipelineWorker {
                  int index, ReadEngine* engine, DeviceBackend* backend,
                  const std::vector<MappedRegion>& regions, uint8_t* staging, bool verify_raw,
                  bool verify_stored, std::atomic<bool>* cancel, const std::atomic<bool>* stop,
-                 std::atomic<uint64_t>* progress, internal::MapLease* lease)
+                 std::atomic<uint64_t>* progress, internal::MapLease* lease, ChunkSink* sink)
       : m_(m),
         plan_(plan),
         work_(work),
@@ -36,7 +36,8 @@ class PipelineWorker {
         cancel_(cancel),
         stop_(stop),
         progress_(progress),
-        lease_(lease) {}
+        lease_(lease),
+        sink_(sink) {}
 
   Status Run(WorkerTimes* times) {
     times_ = times;
@@ -178,6 +179,11 @@ class PipelineWorker {
     return OkStatus();
   }
 
+  // Hands a checked chunk to the sink (the cache fill), if any.
+  Status Sink(uint32_t chunk, const uint8_t* raw) {
+    return sink_ != nullptr ? sink_->Put(chunk, raw) : OkStatus();
+  }
+
   void Release(int s) {
     if (s >= 0) free_slots_.push_back(s);
   }
@@ -217,7 +223,8 @@ class PipelineWorker {
           times_->in_place++;
         else
           times_->mapped++;
-        return verify_stored(region.host_view + c.dst_offset);
+        s = verify_stored(region.host_view + c.dst_offset);
+        return s.ok() ? Sink(t.chunk, region.host_view + c.dst_offset) : s;
       }
       case ChunkRoute::kReadInPlace: {
         uint8_t* dst = region.host_view + c.dst_offset;
@@ -225,11 +232,13 @@ class PipelineWorker {
           std::memcpy(dst + t.in_place_bytes, Slot(p.read_slot), c.stored_size - t.in_place_bytes);
         Release(p.read_slot);
         times_->in_place++;
-        return verify_stored(dst);
+        s = verify_stored(dst);
+        return s.ok() ? Sink(t.chunk, dst) : s;
       }
       case ChunkRoute::kStagedCopy: {
         const uint8_t* src = Slot(p.read_slot) + head;
         s = verify_stored(src);
+        if (s.ok()) s = Sink(t.chunk, src);
         if (s.ok()) {
           Stopwatch start;
           s = backend_->Copy(region.address + c.dst_offset, src, c.raw_size,
@@ -254,6 +263,7 @@ class PipelineWorker {
         }
         Release(p.read_slot);
         if (s.ok() && verify_raw_) s = verify(out, c.raw_size, c.raw_xxh3, "decoded");
+        if (s.ok()) s = Sink(t.chunk, out);
         if (s.ok() && out_slot >= 0) {
           Stopwatch start;
           s = backend_->Copy(region.address + c.dst_offset, out, c.raw_size, GlobalSlot(out_slot));
@@ -326,6 +336,7 @@ class PipelineWorker {
   const std::atomic<bool>* stop_;
   std::atomic<uint64_t>* progress_;
   internal::MapLease* lease_;
+  ChunkSink* sink_;
   WorkerTimes* times_ = nullptr;
   std::unique_ptr<ReadQueue> queue_;
   std::vector<int> free_slots_;
@@ -341,7 +352,8 @@ Status RunPipelineWorker(const PipelineWorkerArgs& args, WorkerTimes* times,
                          bool* abandoned_reads) {
   PipelineWorker worker(*args.manifest, *args.plan, args.plan->workers[args.index], args.index,
                         args.engine, args.backend, *args.regions, args.staging, args.verify_raw,
-                        args.verify_stored, args.cancel, args.stop, args.progress, args.lease);
+                        args.verify_stored, args.cancel, args.stop, args.progress, args.lease,
+                        args.sink);
   Status s = worker.Run(times);
   *abandoned_reads = worker.abandoned_reads();
   return s;

@@ -27,6 +27,15 @@ struct WorkerTimes {
   uint64_t mapped = 0;
 };
 
+// Takes each chunk's raw bytes once they are in place and checked (the cache fill,
+// restore/image_cache.h). Put is called concurrently by the workers; a failure fails the
+// worker.
+class ChunkSink {
+ public:
+  virtual ~ChunkSink() = default;
+  virtual Status Put(uint32_t chunk, const uint8_t* raw) = 0;
+};
+
 struct PipelineWorkerArgs {
   const format::Manifest* manifest = nullptr;
   const RestorePlan* plan = nullptr;
@@ -47,6 +56,8 @@ struct PipelineWorkerArgs {
   // The read lease chunks on the map route are mapped under (required when the plan has
   // any). A chunk whose lease is gone by the time it comes is read into place instead.
   internal::MapLease* lease = nullptr;
+  // Gets every chunk's checked raw bytes; null: none. Needs verify_raw and verify_stored.
+  ChunkSink* sink = nullptr;
 };
 
 // Runs worker `args.index` to the end of its work, or to its first error, then waits for

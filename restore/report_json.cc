@@ -36,6 +36,7 @@ nlohmann::json RestoreReportJson(const RestoreReport& r) {
   j["chunks_mapped"] = r.chunks_mapped;
   j["map_reason"] = r.map_reason;
   j["image_replaced"] = r.image_replaced;
+  j["cache"] = r.cache;
   j["staging_bytes"] = r.staging_bytes;
   j["verified_raw"] = r.verified_raw;
   j["verified_stored"] = r.verified_stored;

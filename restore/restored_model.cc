@@ -11,6 +11,7 @@
 #include "common/numbers.h"
 #include "common/stopwatch.h"
 #include "restore/device/open_backend.h"
+#include "restore/image_cache.h"
 #include "restore/io/file_read_engine.h"
 #include "restore/io/http_read_engine.h"
 #include "restore/io/read_engine.h"
@@ -61,14 +62,17 @@ FileId IdentityOf(const ReadEngine& engine) {
 }
 
 // Open: footer, manifest (validated), and the read engine, checked to be the same file.
-Status OpenImage(const std::string& image, const RestoreOptions& options,
-                 std::unique_ptr<ImageReader>* reader, std::unique_ptr<ReadEngine>* engine) {
+// `etag`: a remote object's ETag ("" for files).
+Status OpenSource(const std::string& image, const RestoreOptions& options,
+                  std::unique_ptr<ImageReader>* reader, std::unique_ptr<ReadEngine>* engine,
+                  std::string* etag) {
   if (options.fs == nullptr && IsRemoteLocation(image)) {
     // One pinned object serves both: the manifest and the chunks come from the same ETag.
     STASIS_ASSIGN_OR_RETURN(std::shared_ptr<const RemoteObject> object,
                             RemoteObject::Open(image, options.remote));
     STASIS_ASSIGN_OR_RETURN(*reader, OpenRemoteImageReader(object));
     STASIS_ASSIGN_OR_RETURN(*engine, NewHttpReadEngine(object, options.queue_depth));
+    *etag = object->etag();
     return OkStatus();
   }
   STASIS_ASSIGN_OR_RETURN(*reader, ImageReader::Open(image, options.fs));
@@ -85,6 +89,60 @@ Status OpenImage(const std::string& image, const RestoreOptions& options,
     STASIS_ASSIGN_OR_RETURN(*engine, OpenReadEngine(image, ro));
   }
   return CheckSameFile(image, (*reader)->file(), **engine);
+}
+
+// OpenSource, through the cache tier when options.cache asks for one: an entry of the
+// image, when there is one, is what is read; else `*fill` is set when this process fills
+// one. `*cache_report` says which (RestoreReport::cache).
+Status OpenImage(const std::string& image, const RestoreOptions& options,
+                 std::unique_ptr<ImageReader>* reader, std::unique_ptr<ReadEngine>* engine,
+                 std::unique_ptr<CacheFill>* fill, std::string* cache_report) {
+  std::string etag;
+  STASIS_RETURN_IF_ERROR(OpenSource(image, options, reader, engine, &etag));
+  const CacheOptions& cache = options.cache;
+  if (cache.dir.empty() || options.fs != nullptr) return OkStatus();
+  const format::Manifest& m = (*reader)->manifest();
+  const bool compressed = std::any_of(m.chunks.begin(), m.chunks.end(),
+                                      [](const auto& c) { return c.codec != format::Codec::kRaw; });
+  if (!IsRemoteLocation(image) && !compressed) {
+    *cache_report = "not cached: a local raw image is read as it is";
+    return OkStatus();
+  }
+  const std::string key = CacheKey((*reader)->footer(), etag);
+  if (std::optional<std::string> entry = FindCacheEntry(cache.dir, key)) {
+    std::unique_ptr<ImageReader> r;
+    std::unique_ptr<ReadEngine> e;
+    std::string unused;
+    Status s = OpenSource(*entry, options, &r, &e, &unused);
+    if (s.ok() && r->manifest().RawBytes() == m.RawBytes()) {
+      *reader = std::move(r);
+      *engine = std::move(e);
+      *cache_report = "hit " + *entry;
+      return OkStatus();
+    }
+    *cache_report = "entry " + *entry + " unusable (" +
+                    (s.ok() ? std::string("another size") : std::string(s.message())) +
+                    "); read from the source";
+    return OkStatus();
+  }
+  if (!options.verify || !options.verify_stored) {
+    *cache_report = "not filled: an entry holds only checked bytes, and checksums are off";
+    return OkStatus();
+  }
+  StatusOr<std::unique_ptr<CacheFill>> begun = CacheFill::Begin(cache.dir, key, **reader);
+  if (!begun.ok()) {
+    *cache_report = "not filled: " + std::string(begun.status().message());
+    spdlog::warn("cache: {}", *cache_report);
+    return OkStatus();
+  }
+  if (*begun == nullptr) {
+    *cache_report =
+        "another process is filling " + cache.dir + "/" + key + ".stasis; read from the source";
+    return OkStatus();
+  }
+  *fill = std::move(begun).value();
+  *cache_report = "filling " + (*fill)->entry_path();
+  return OkStatus();
 }
 
 // "" when `now` lays its tensors out as `was` does, in regions that fit where `was`'s were
@@ -112,6 +170,27 @@ std::string LayoutDifference(const format::Manifest& was, const format::Manifest
   return "";
 }
 
+// The restore succeeded: the entry it filled goes live, then the cache is trimmed to its
+// budget. Failures are reported, never returned: the restore itself is done.
+void PublishCacheEntry(CacheFill* fill, const CacheOptions& cache, std::string* report) {
+  Stopwatch t;
+  Status s = fill->Publish();
+  if (!s.ok()) {
+    *report = "fill failed: " + std::string(s.message());
+    spdlog::warn("cache: {}", *report);
+    return;
+  }
+  *report = "filled " + fill->entry_path();
+  spdlog::info("cache: published {} in {:.3f} s", fill->entry_path(), t.Seconds());
+  if (cache.max_bytes == 0) return;
+  StatusOr<std::vector<CacheEntry>> removed =
+      PruneCache(cache.dir, cache.max_bytes, fill->entry_path());
+  if (!removed.ok())
+    spdlog::warn("cache: pruning {}: {}", cache.dir, removed.status().ToString());
+  else
+    for (const CacheEntry& e : *removed) spdlog::info("cache: evicted {}", e.path);
+}
+
 }  // namespace
 
 struct RestoredModel::State {
@@ -124,6 +203,8 @@ struct RestoredModel::State {
   // The read lease the map route's chunks are mapped under (null when nothing is mapped).
   // Dropped by Unload (the ranges become anonymous again), copied out on a break.
   std::shared_ptr<internal::MapLease> lease;
+  // The cache entry this restore fills, until RunPipeline publishes or drops it.
+  std::unique_ptr<CacheFill> fill;
   // A worker's queue kept reads it could not reap: the kernel may still write into the
   // staging and the regions, so neither is ever freed (see ~RestoredModel).
   bool abandoned_reads = false;
@@ -148,7 +229,8 @@ StatusOr<std::unique_ptr<RestoredModel>> RestoredModel::Restore(const std::strin
         "can need two reads at once), not " +
         std::to_string(options.queue_depth));
   Stopwatch t;
-  STASIS_RETURN_IF_ERROR(OpenImage(image, options, &st.reader, &st.engine));
+  STASIS_RETURN_IF_ERROR(
+      OpenImage(image, options, &st.reader, &st.engine, &st.fill, &report.cache));
   st.file = IdentityOf(*st.engine);
   report.io = st.engine->report();
   report.phases.open = t.Seconds();
@@ -191,6 +273,8 @@ StatusOr<RestoreOptions::MapFile> RestoreOptions::ParseMapFile(std::string_view 
 Status RestoredModel::RunPipeline() {
   State& st = *state_;
   RestoreReport& report = report_;
+  // Dropped (its partial file removed) on every way out but a published entry.
+  std::unique_ptr<CacheFill> fill = std::move(st.fill);
   const format::Manifest& m = st.reader->manifest();
   Stopwatch t;
   PlanOptions po;
@@ -310,6 +394,7 @@ Status RestoredModel::RunPipeline() {
         args.stop = st.options.cancel;
         args.progress = st.options.progress;
         args.lease = st.lease.get();
+        args.sink = fill.get();
         bool abandoned_reads = false;
         results[w] = RunPipelineWorker(args, &times[w], &abandoned_reads);
         if (!results[w].ok()) cancel = true;
@@ -367,6 +452,7 @@ Status RestoredModel::RunPipeline() {
       if (!s.ok()) return CancelledError("restore '" + st.shown + "' cancelled by the caller");
   for (const Status& s : results)
     if (!s.ok()) return s;
+  if (fill) PublishCacheEntry(fill.get(), st.options.cache, &report.cache);
   return OkStatus();
 }
 
@@ -442,7 +528,9 @@ Status RestoredModel::Reload() {
   State& st = *state_;
   std::unique_ptr<ImageReader> reader;
   std::unique_ptr<ReadEngine> engine;
-  STASIS_RETURN_IF_ERROR(OpenImage(st.image, st.options, &reader, &engine));
+  std::unique_ptr<CacheFill> fill;
+  std::string cache_report;
+  STASIS_RETURN_IF_ERROR(OpenImage(st.image, st.options, &reader, &engine, &fill, &cache_report));
   const std::string difference =
       LayoutDifference(st.reader->manifest(), reader->manifest(), regions_);
   if (!difference.empty())
@@ -458,6 +546,8 @@ Status RestoredModel::Reload() {
   st.reader = std::move(reader);
   st.engine = std::move(engine);
   st.file = file;
+  st.fill = std::move(fill);
+  report_.cache = cache_report;
   report_.io = st.engine->report();
   report_.phases = RestorePhases{};
   report_.phases.open = t.Seconds();

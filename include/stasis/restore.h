@@ -65,6 +65,7 @@
 #include "stasis/dims.h"
 #include "stasis/file_system.h"
 #include "stasis/image.h"
+#include "stasis/image_cache.h"
 #include "stasis/remote.h"
 #include "stasis/status.h"
 #include "stasis/tensor.h"
@@ -145,6 +146,10 @@ struct RestoreOptions {
   // A remote image (s3://, http://, https://; stasis/remote.h): how it is fetched. Ignored
   // for local paths. `io`, `direct` and `map_file` do not apply to remote images.
   RemoteOptions remote;
+  // The node's cache tier (stasis/image_cache.h): remote images and local ones with
+  // compressed chunks are restored from an entry when there is one, and fill one when
+  // not. Empty dir: none.
+  CacheOptions cache;
   // Seams. `fs`: read through the FileSystem seam (pread semantics, no io_uring/direct),
   // e.g. a fault-injecting or in-memory file system. `backend_factory`: a device backend of
   // the caller's instead of the one Restore picks for `device` (e.g. the CUDA backend over
@@ -190,6 +195,10 @@ struct RestoreReport {
   // Reload() found another file at the image's path than the last restore (another device
   // or inode), of the same layout, and restored it.
   bool image_replaced = false;
+  // The cache tier (RestoreOptions::cache): "" without one; "hit <entry>", "filled
+  // <entry>", or why not ("another process is filling <entry>; read from the source",
+  // "fill failed: ...", "not cached: a local raw image", ...).
+  std::string cache;
   // Raw bytes restored per second of total wall time.
   double raw_gb_per_s() const { return phases.total > 0 ? raw_bytes / phases.total / 1e9 : 0; }
 };

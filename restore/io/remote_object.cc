@@ -7,40 +7,12 @@
 #include <thread>
 
 #include "common/numbers.h"
+#include "restore/io/http_status.h"
 
 namespace stasis {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-// libcurl's global state, set up once before any handle (curl_global_init is not
-// thread-safe in 7.88 unless called first).
-void InitCurlOnce() {
-  static const bool done = [] {
-    curl_global_init(CURL_GLOBAL_DEFAULT);
-    return true;
-  }();
-  (void)done;
-}
-
-std::string HeaderValue(std::string_view line, std::string_view name) {
-  if (line.size() <= name.size() || line[name.size()] != ':') return {};
-  for (size_t i = 0; i < name.size(); ++i)
-    if (std::tolower(static_cast<unsigned char>(line[i])) != name[i]) return {};
-  std::string_view v = line.substr(name.size() + 1);
-  while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
-  while (!v.empty() && (v.back() == '\r' || v.back() == '\n' || v.back() == ' '))
-    v.remove_suffix(1);
-  return std::string(v);
-}
-
-// "HTTP/1.1 206 Partial Content" → 206; 0 when the line is not a status line.
-long StatusLineCode(std::string_view line) {
-  if (line.substr(0, 5) != "HTTP/") return 0;
-  size_t sp = line.find(' ');
-  if (sp == std::string_view::npos) return 0;
-  return std::strtol(std::string(line.substr(sp + 1, 3)).c_str(), nullptr, 10);
-}
 
 // "bytes a-b/total" → a, b, total (total 0 when "*").
 bool ParseContentRange(std::string_view v, uint64_t* a, uint64_t* b, uint64_t* total) {
@@ -57,95 +29,6 @@ bool ParseContentRange(std::string_view v, uint64_t* a, uint64_t* b, uint64_t* t
   if (y < x) return false;
   *a = x, *b = y, *total = t;
   return true;
-}
-
-// S3's <Code> and <Message> from an XML error body; never anything else from it (the
-// body of SignatureDoesNotMatch echoes the canonical request, token header included).
-std::string S3ErrorSummary(const std::string& body) {
-  auto field = [&](const char* tag) -> std::string {
-    std::string open = std::string("<") + tag + ">", close = std::string("</") + tag + ">";
-    size_t b = body.find(open);
-    if (b == std::string::npos) return {};
-    b += open.size();
-    size_t e = body.find(close, b);
-    if (e == std::string::npos || e - b > 300) return {};
-    return body.substr(b, e - b);
-  };
-  std::string code = field("Code"), message = field("Message");
-  if (code.empty()) return {};
-  return message.empty() ? code : code + ": " + message;
-}
-
-bool RetryableCurl(CURLcode c) {
-  switch (c) {
-    case CURLE_COULDNT_CONNECT:
-    case CURLE_PARTIAL_FILE:
-    case CURLE_RECV_ERROR:
-    case CURLE_SEND_ERROR:
-    case CURLE_GOT_NOTHING:
-    case CURLE_OPERATION_TIMEDOUT:
-    case CURLE_HTTP2:
-    case CURLE_HTTP2_STREAM:
-    case CURLE_WEIRD_SERVER_REPLY:
-    case CURLE_SSL_CONNECT_ERROR:
-      return true;
-    default:
-      return false;
-  }
-}
-
-bool RetryableHttp(long code) { return code >= 500 || code == 429 || code == 408; }
-
-// A non-retryable HTTP answer as a Status.
-Status HttpError(long code, const std::string& body, const std::string& display,
-                 std::string_view what) {
-  std::string s3 = S3ErrorSummary(body);
-  std::string detail = s3.empty() ? "" : " (" + s3 + ")";
-  std::string m = "HTTP " + std::to_string(code) + " " + std::string(what) + " " + display + detail;
-  switch (code) {
-    case 401:
-      return Status(StatusCode::kUnauthenticated, m + ": credentials required");
-    case 403:
-      return PermissionDeniedError(
-          m +
-          ": access denied; check the credentials (AWS_ACCESS_KEY_ID, AWS_PROFILE) and the "
-          "bucket policy");
-    case 404:
-      return NotFoundError(m + ": not found");
-    case 412:
-      return Status(StatusCode::kAborted,
-                    m + ": the object was replaced while it was read; restore it again");
-    case 416:
-      return OutOfRangeError(m + ": range not satisfiable (the object is shorter than expected)");
-    default:
-      return FailedPreconditionError(m);
-  }
-}
-
-Status CurlError(CURLcode c, const char* errbuf, const std::string& display,
-                 std::string_view what) {
-  std::string detail = errbuf[0] ? errbuf : curl_easy_strerror(c);
-  std::string m = std::string(what) + " " + display + ": " + detail;
-  switch (c) {
-    case CURLE_COULDNT_RESOLVE_HOST:
-    case CURLE_COULDNT_RESOLVE_PROXY:
-      return UnavailableError("could not resolve host: " + m);
-    case CURLE_COULDNT_CONNECT:
-      return UnavailableError("could not connect: " + m);
-    case CURLE_OPERATION_TIMEDOUT:
-      return UnavailableError("timed out or stalled: " + m);
-    case CURLE_PEER_FAILED_VERIFICATION:
-    case CURLE_SSL_CACERT_BADFILE:
-    case CURLE_SSL_CERTPROBLEM:
-      return FailedPreconditionError("TLS: " + m);
-    case CURLE_UNSUPPORTED_PROTOCOL:
-    case CURLE_URL_MALFORMAT:
-      return InvalidArgumentError(m);
-    case CURLE_OUT_OF_MEMORY:
-      return ResourceExhaustedError(m);
-    default:
-      return UnavailableError(m);
-  }
 }
 
 thread_local char tls_errbuf[CURL_ERROR_SIZE];

@@ -57,8 +57,16 @@ struct RestoreArgs {
   std::string huge_pages = "off";
   std::string map = "auto";
   RemoteArgs remote;
+  std::string cache_dir, cache_max;  // --cache, --cache-max (STASIS_CACHE_DIR, STASIS_CACHE_MAX)
 };
 int RunRestore(const RestoreArgs& a);
+
+// `stasis cache ls|prune DIR`: the cache tier's entries, and trimming them.
+struct CacheArgs {
+  std::string action, dir, max;
+  bool json = false;
+};
+int RunCache(const CacheArgs& a);
 // The guards of RunSnapshot on `output`, with the same contract.
 int RunExport(const RestoreArgs& a, const std::string& output, bool force);
 

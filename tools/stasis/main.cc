@@ -183,6 +183,18 @@ int main(int argc, char** argv) {
   exp->add_flag("--force", force, "replace an existing output file");
   AddRestoreFlags(exp, &export_args);
 
+  CacheArgs cache_args;
+  auto* cache = app.add_subcommand(
+      "cache", "The local cache tier of remote images: ls (least recently used first) | prune");
+  cache->add_option("action", cache_args.action, "ls | prune")
+      ->required()
+      ->check(CLI::IsMember({"ls", "prune"}));
+  cache->add_option("dir", cache_args.dir, "the cache (default: STASIS_CACHE_DIR)");
+  cache->add_option("--max", cache_args.max,
+                    "prune: keep at most this much, least recently used removed first (default: "
+                    "STASIS_CACHE_MAX; without either, only abandoned partial entries go)");
+  cache->add_flag("--json", cache_args.json);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -203,5 +215,6 @@ int main(int argc, char** argv) {
   if (*verify) return RunVerify(image, threads, json, remote);
   if (*restore) return RunRestore(restore_args);
   if (*exp) return RunExport(export_args, output, force);
+  if (*cache) return RunCache(cache_args);
   return kExitUsage;
 }

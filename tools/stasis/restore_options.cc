@@ -1,5 +1,7 @@
 #include "tools/stasis/restore_options.h"
 
+#include <cstdlib>
+
 #include "tools/stasis/cli_common.h"
 #include "tools/stasis/remote_flags.h"
 
@@ -25,6 +27,7 @@ StatusOr<RestoreOptions> ToRestoreOptions(const RestoreArgs& a) {
   o.huge_pages = a.huge_pages == "on";
   STASIS_ASSIGN_OR_RETURN(o.map_file, RestoreOptions::ParseMapFile(a.map));
   o.remote = ToRemoteOptions(a.remote);
+  STASIS_ASSIGN_OR_RETURN(o.cache, ToCacheOptions(a.cache_dir, a.cache_max));
   return o;
 }
 
@@ -54,6 +57,31 @@ void AddRestoreFlags(CLI::App* cmd, RestoreArgs* a) {
                 "images already checked with `stasis verify`");
   cmd->add_flag("--json", a->json, "print a JSON report");
   AddRemoteFlags(cmd, &a->remote);
+  cmd->add_option("--cache", a->cache_dir,
+                  "local cache tier: restore remote (or compressed) images from a raw entry "
+                  "here, filling it on the first restore (default: STASIS_CACHE_DIR)");
+  cmd->add_option("--cache-max", a->cache_max,
+                  "evict least recently used entries beyond this size, e.g. 100GiB (default: "
+                  "STASIS_CACHE_MAX, else no bound)");
+}
+
+StatusOr<CacheOptions> ToCacheOptions(const std::string& dir, const std::string& max) {
+  CacheOptions c;
+  c.dir = dir;
+  if (c.dir.empty())
+    if (const char* env = std::getenv("STASIS_CACHE_DIR")) c.dir = env;
+  std::string m = max;
+  if (m.empty())
+    if (const char* env = std::getenv("STASIS_CACHE_MAX")) m = env;
+  if (!m.empty()) {
+    StatusOr<uint64_t> bytes = ParseSize(m);
+    if (!bytes.ok())
+      return InvalidArgumentError("--cache-max: " + std::string(bytes.status().message()));
+    c.max_bytes = *bytes;
+  }
+  if (c.dir.empty() && c.max_bytes != 0)
+    return InvalidArgumentError("--cache-max needs --cache DIR (or STASIS_CACHE_DIR)");
+  return c;
 }
 
 }  // namespace stasis::cli

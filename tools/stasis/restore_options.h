@@ -22,6 +22,9 @@ void AddRestoreFlags(CLI::App* cmd, RestoreArgs* a);
 // RestoredModel::Restore (2..4096), where every caller meets it.
 StatusOr<RestoreOptions> ToRestoreOptions(const RestoreArgs& a);
 
+// --cache and --cache-max, falling back on STASIS_CACHE_DIR and STASIS_CACHE_MAX.
+StatusOr<CacheOptions> ToCacheOptions(const std::string& dir, const std::string& max);
+
 }  // namespace stasis::cli
 
 #endif  // STASIS_TOOLS_STASIS_RESTORE_OPTIONS_H_
