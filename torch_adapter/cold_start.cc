@@ -10,6 +10,7 @@
 
 #include "common/clock.h"
 #include "stasis/image.h"
+#include "stasis/remote.h"
 #include "stasis/torch_plugin.h"
 
 namespace stasis::torch {
@@ -17,22 +18,27 @@ namespace {
 
 // The image's skeleton, read before any weight: an image without one is refused here,
 // naming what it holds instead.
-StatusOr<std::pair<std::string, uint64_t>> ReadSkeleton(const std::string& image, FileSystem* fs) {
-  STASIS_ASSIGN_OR_RETURN(std::unique_ptr<ImageReader> reader, ImageReader::Open(image, fs));
+StatusOr<std::pair<std::string, uint64_t>> ReadSkeleton(const std::string& image,
+                                                        const RestoreOptions& options) {
+  // A remote image (stasis/remote.h) is opened as such; the seam's file system otherwise.
+  STASIS_ASSIGN_OR_RETURN(std::unique_ptr<ImageReader> reader,
+                          options.fs == nullptr ? OpenImageReader(image, options.remote)
+                                                : ImageReader::Open(image, options.fs));
   const format::Manifest& m = reader->manifest();
+  const std::string shown = IsRemoteLocation(image) ? RedactLocation(image) : image;
   const format::SectionInfo* section = m.FindSection(kSkeletonSection);
   if (section == nullptr) {
     const std::string* kind = m.FindMetadata(kModelKindKey);
     const std::string* source = m.FindMetadata("source.format");
     const std::string what = kind != nullptr ? *kind : source != nullptr ? *source : "unknown";
     return FailedPreconditionError(
-        image + " has no TorchScript skeleton (no section '" + kSkeletonSection +
+        shown + " has no TorchScript skeleton (no section '" + kSkeletonSection +
         "'; model kind '" + what +
         "'): it was not made from a TorchScript module (model.pt); restore its tensors "
         "instead (RestoreTensors, TorchPlugin::BindTensors)");
   }
   auto bytes = reader->ReadSection(kSkeletonSection);
-  if (!bytes.ok()) return bytes.status().WithContext(image);
+  if (!bytes.ok()) return bytes.status().WithContext(shown);
   return std::make_pair(std::move(*bytes), section->xxh3);
 }
 
@@ -122,7 +128,7 @@ StatusOr<BoundColdStart> RestoreAndBind(const std::string& image, const ColdStar
                                         const FrameworkLoader& load) {
   std::pair<std::string, uint64_t> skeleton;
   auto read_skeleton = [&]() -> Status {
-    STASIS_ASSIGN_OR_RETURN(skeleton, ReadSkeleton(image, options.restore.fs));
+    STASIS_ASSIGN_OR_RETURN(skeleton, ReadSkeleton(image, options.restore));
     return OkStatus();
   };
   STASIS_ASSIGN_OR_RETURN(ColdStart cold,
@@ -130,7 +136,8 @@ StatusOr<BoundColdStart> RestoreAndBind(const std::string& image, const ColdStar
   // The restore opened the image again: it must be the one the skeleton came from.
   const format::SectionInfo* section = cold.restored->manifest().FindSection(kSkeletonSection);
   if (section == nullptr || section->xxh3 != skeleton.second)
-    return Status(StatusCode::kAborted, image + " was replaced while it was being restored");
+    return Status(StatusCode::kAborted,
+                  cold.restored->report().image + " was replaced while it was being restored");
   BoundColdStart out;
   static_cast<ColdStart&>(out) = std::move(cold);
   StatusOr<std::unique_ptr<LoadedModule>> module = InternalError("the skeleton was not bound");
@@ -139,7 +146,7 @@ StatusOr<BoundColdStart> RestoreAndBind(const std::string& image, const ColdStar
   } catch (...) {
     module = CaughtStatus("binding the skeleton");
   }
-  if (!module.ok()) return module.status().WithContext(image);
+  if (!module.ok()) return module.status().WithContext(out.restored->report().image);
   out.module = std::move(*module);
   out.bound_ns = RealClock()->NowNanos();
   return out;

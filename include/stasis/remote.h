@@ -54,7 +54,8 @@ struct RemoteOptions {
   int concurrency = 16;
   // Attempts per range after the first, with backoff from 100 ms doubling to 5 s.
   int max_retries = 6;
-  // A transfer that moves fewer than 1 KiB/s for this long is a stall: retried.
+  // A transfer that receives no byte for this long, or averages under 1 KiB/s over it
+  // (libcurl's low-speed check, which averages over a few seconds), is a stall: retried.
   double stall_timeout_s = 20;
   // Seconds a whole remote operation (an open, a restore's reads) may take; 0: no limit.
   // Retries and stalls are bounded anyway; this bounds a slow trickle.

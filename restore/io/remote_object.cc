@@ -308,6 +308,9 @@ Status RangeTransfer::Arm(CURL* h) {
   curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, &RangeTransfer::OnBody);
   curl_easy_setopt(h, CURLOPT_WRITEDATA, this);
   curl_easy_setopt(h, CURLOPT_PRIVATE, this);
+  curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, &RangeTransfer::OnProgress);
+  curl_easy_setopt(h, CURLOPT_XFERINFODATA, this);
+  curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
   if (object_->has_deadline())
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS,
                      static_cast<long>(
@@ -317,7 +320,8 @@ Status RangeTransfer::Arm(CURL* h) {
   status_code_ = 0;
   etag_.clear();
   content_range_.clear();
-  checked_ = accepted_ = false;
+  checked_ = accepted_ = stalled_ = false;
+  last_byte_ = Clock::now();
   error_body_.clear();
   reject_ = OkStatus();
   attempt_start_ = received_;
@@ -325,8 +329,17 @@ Status RangeTransfer::Arm(CURL* h) {
   return OkStatus();
 }
 
+int RangeTransfer::OnProgress(void* self, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
+  auto* t = static_cast<RangeTransfer*>(self);
+  const auto quiet = Clock::now() - t->last_byte_;
+  if (quiet < std::chrono::duration<double>(t->object_->options().stall_timeout_s)) return 0;
+  t->stalled_ = true;
+  return 1;  // CURLE_ABORTED_BY_CALLBACK
+}
+
 size_t RangeTransfer::OnHeader(char* data, size_t size, size_t n, void* self) {
   auto* t = static_cast<RangeTransfer*>(self);
+  t->last_byte_ = Clock::now();
   std::string_view line(data, size * n);
   if (long c = StatusLineCode(line)) {
     t->status_code_ = c;
@@ -377,6 +390,7 @@ bool RangeTransfer::Accept() {
 size_t RangeTransfer::OnBody(char* data, size_t size, size_t n, void* self) {
   auto* t = static_cast<RangeTransfer*>(self);
   const size_t bytes = size * n;
+  t->last_byte_ = Clock::now();
   if (!t->checked_) {
     t->checked_ = true;
     t->accepted_ = (t->status_code_ == 206 || t->status_code_ == 200) && t->Accept();
@@ -406,7 +420,12 @@ RangeTransfer::Next RangeTransfer::Finish(CURL* h, CURLcode code, Status* status
   }
   Status failure;
   bool retryable = false;
-  if (code != CURLE_OK) {
+  if (code == CURLE_ABORTED_BY_CALLBACK && stalled_) {
+    failure = UnavailableError("stalled: nothing received for " +
+                               Seconds(object_->options().stall_timeout_s) + " s reading " +
+                               object_->display());
+    retryable = true;
+  } else if (code != CURLE_OK) {
     failure = CurlError(code, "", object_->display(), "reading");
     retryable = RetryableCurl(code);
   } else if (status_code_ == 206 || status_code_ == 200) {

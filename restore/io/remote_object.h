@@ -100,6 +100,9 @@ class RangeTransfer {
  private:
   static size_t OnHeader(char* data, size_t size, size_t n, void* self);
   static size_t OnBody(char* data, size_t size, size_t n, void* self);
+  // libcurl's progress callback: aborts an attempt that has received nothing for
+  // stall_timeout_s (libcurl's low-speed check alone averages recent bytes in).
+  static int OnProgress(void* self, curl_off_t, curl_off_t, curl_off_t, curl_off_t);
   // The first body byte arrived: is this response the range asked for? Sets reject_.
   bool Accept();
   Status Failure(std::string_view what) const;
@@ -116,6 +119,8 @@ class RangeTransfer {
   long status_code_ = 0;
   std::string etag_, content_range_;
   bool checked_ = false, accepted_ = false;
+  bool stalled_ = false;
+  std::chrono::steady_clock::time_point last_byte_;  // or the attempt's start
   std::string error_body_;  // a non-2xx response's body (S3's XML error), bounded
   Status reject_;
   Status last_error_;  // the last retryable failure, for the message when retries run out

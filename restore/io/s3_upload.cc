@@ -7,9 +7,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -31,8 +34,9 @@ constexpr double kCompleteTimeoutS = 900;
 constexpr double kAbortBudgetS = 30;
 
 std::string Sha256Hex(const uint8_t* data, size_t n) {
+  static const uint8_t kEmpty[1] = {0};
   unsigned char md[SHA256_DIGEST_LENGTH];
-  SHA256(data, n, md);
+  SHA256(n ? data : kEmpty, n, md);
   static const char kHex[] = "0123456789abcdef";
   std::string out(2 * SHA256_DIGEST_LENGTH, '0');
   for (int i = 0; i < SHA256_DIGEST_LENGTH; ++i) {
@@ -83,7 +87,7 @@ std::string XmlEscape(std::string_view s) {
 
 std::string XmlUnescape(std::string_view s) {
   static const std::pair<std::string_view, char> kEntities[] = {
-      {"&amp;", '&'}, {"&lt;", '<'},   {"&gt;", '>'},   {"&quot;", '"'},
+      {"&amp;", '&'},   {"&lt;", '<'},  {"&gt;", '>'},   {"&quot;", '"'},
       {"&apos;", '\''}, {"&#34;", '"'}, {"&#39;", '\''}, {"&#x22;", '"'}};
   std::string out;
   for (size_t i = 0; i < s.size();) {
@@ -142,6 +146,8 @@ struct Answer {
   std::string etag;
   std::string body;
   curl_off_t sent = 0;  // request body bytes sent (the progress callback)
+  // When set, a transfer stops once it is (the loop of the parts checks it itself).
+  const std::atomic<bool>* cancel = nullptr;
 
   void Clear() {
     code = 0;
@@ -168,8 +174,9 @@ struct Answer {
     return bytes;
   }
   static int OnProgress(void* self, curl_off_t, curl_off_t, curl_off_t, curl_off_t ulnow) {
-    static_cast<Answer*>(self)->sent = ulnow;
-    return 0;
+    auto* a = static_cast<Answer*>(self);
+    a->sent = ulnow;
+    return a->cancel != nullptr && a->cancel->load(std::memory_order_relaxed) ? 1 : 0;
   }
 };
 
@@ -237,10 +244,9 @@ class Uploader {
         st_(st),
         size_(static_cast<uint64_t>(st.st_size)),
         report_(report) {
-    deadline_ = Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(
-                                   (options.remote.deadline_s > 0 ? options.remote.deadline_s
-                                                                  : 1e9) *
-                                   1000));
+    if (options.remote.deadline_s > 0)
+      deadline_ = Clock::now() +
+                  std::chrono::milliseconds(static_cast<int64_t>(options.remote.deadline_s * 1000));
   }
   ~Uploader() {
     if (h_ != nullptr) curl_easy_cleanup(h_);
@@ -258,12 +264,12 @@ class Uploader {
  private:
   // One request on h_, the sequential ones (all but the parts).
   struct Call {
-    std::string what;     // "creating the multipart upload of", for messages
-    const char* method;   // "POST", "PUT", "DELETE"
-    std::string suffix;   // the query, e.g. "?uploads"
+    std::string what;    // "starting the multipart upload of", for messages
+    const char* method;  // "POST", "PUT", "DELETE", "HEAD"
+    std::string suffix;  // the query, e.g. "?uploads"
     const uint8_t* body = nullptr;
     size_t body_size = 0;
-    std::string body_sha256;          // "" for an empty body: computed here
+    std::string body_sha256;  // "" for an empty body: computed here
     const char* content_type = nullptr;
     bool slow_answer = false;  // Complete: a timeout instead of stall detection
   };
@@ -276,18 +282,16 @@ class Uploader {
     return CancelledError("upload of '" + path_ + "' to " + loc_.display + " cancelled");
   }
 
-  Status DeadlineStatus(const Status& last) const {
-    return Status(StatusCode::kDeadlineExceeded,
-                  "deadline of " + Seconds(options_.remote.deadline_s) + " s exceeded uploading " +
-                      loc_.display +
-                      (last.ok() ? std::string() : " (last error: " + std::string(last.message()) +
-                                                       ")"));
+  Status DeadlineStatus(const Status& last, double seconds) const {
+    return Status(
+        StatusCode::kDeadlineExceeded,
+        "deadline of " + Seconds(seconds) + " s exceeded uploading " + loc_.display +
+            (last.ok() ? std::string() : " (last error: " + std::string(last.message()) + ")"));
   }
 
   long MillisLeft(Clock::time_point deadline) const {
     return static_cast<long>(std::max<int64_t>(
-        1,
-        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count()));
+        1, std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count()));
   }
 
   // Sleeps `d`, waking every 50 ms to check for a cancellation (when `honour_cancel`).
@@ -301,7 +305,8 @@ class Uploader {
     return !(honour_cancel && Cancelled());
   }
 
-  // Arms `h` for `call` (the body from *body, the answer into *answer).
+  // Arms `h` for a request (its body from *body, its answer into *answer); *headers is
+  // replaced and stays the caller's to free.
   Status Arm(CURL* h, const std::string& suffix, const char* method, Body* body,
              const std::string& sha256, const char* content_type, Answer* answer,
              curl_slist** headers, char* errbuf) {
@@ -309,7 +314,8 @@ class Uploader {
     *headers = nullptr;
     STASIS_RETURN_IF_ERROR(ConfigureRequest(h, loc_, options_.remote, suffix, headers, sha256));
     if (content_type != nullptr)
-      *headers = curl_slist_append(*headers, (std::string("Content-Type: ") + content_type).c_str());
+      *headers =
+          curl_slist_append(*headers, (std::string("Content-Type: ") + content_type).c_str());
     if (std::strcmp(method, "PUT") == 0) {
       curl_easy_setopt(h, CURLOPT_UPLOAD, 1L);
       curl_easy_setopt(h, CURLOPT_READFUNCTION, &Body::Read);
@@ -322,10 +328,14 @@ class Uploader {
       // removes the header would be signed but not sent: a SignatureDoesNotMatch).
       curl_easy_setopt(h, CURLOPT_EXPECT_100_TIMEOUT_MS, 0L);
     } else if (std::strcmp(method, "POST") == 0) {
+      // From memory, never from the read callback (null POSTFIELDS would read stdin).
       curl_easy_setopt(h, CURLOPT_POST, 1L);
-      curl_easy_setopt(h, CURLOPT_POSTFIELDS, reinterpret_cast<const char*>(body->data));
+      curl_easy_setopt(h, CURLOPT_POSTFIELDS,
+                       body->size ? reinterpret_cast<const char*>(body->data) : "");
       curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body->size));
       curl_easy_setopt(h, CURLOPT_EXPECT_100_TIMEOUT_MS, 0L);
+    } else if (std::strcmp(method, "HEAD") == 0) {
+      curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
     } else {
       curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
     }
@@ -352,8 +362,8 @@ class Uploader {
         call.body_sha256.empty() ? Sha256Hex(call.body, call.body_size) : call.body_sha256;
     curl_slist* headers = nullptr;
     char errbuf[CURL_ERROR_SIZE];
-    Status armed =
-        Arm(h_, call.suffix, call.method, &body, sha256, call.content_type, answer, &headers, errbuf);
+    Status armed = Arm(h_, call.suffix, call.method, &body, sha256, call.content_type, answer,
+                       &headers, errbuf);
     if (!armed.ok()) {
       curl_slist_free_all(headers);
       return {armed, false};
@@ -363,12 +373,14 @@ class Uploader {
       curl_easy_setopt(h_, CURLOPT_LOW_SPEED_LIMIT, 0L);
       timeout_ms = std::min<long>(timeout_ms, static_cast<long>(kCompleteTimeoutS * 1000));
     }
-    curl_easy_setopt(h_, CURLOPT_TIMEOUT_MS, timeout_ms);
+    if (call.slow_answer || deadline != Clock::time_point::max())
+      curl_easy_setopt(h_, CURLOPT_TIMEOUT_MS, timeout_ms);
     CURLcode c = curl_easy_perform(h_);
     curl_easy_setopt(h_, CURLOPT_ERRORBUFFER, nullptr);
     curl_slist_free_all(headers);
+    if (c == CURLE_ABORTED_BY_CALLBACK) return {CancelledStatus(), false};
     // An answer that came before the body was all sent (a 403 to a PUT) is that answer.
-    if (c != CURLE_OK && !(answer->code >= 300 && answer->code != 0))
+    if (c != CURLE_OK && answer->code < 300)
       return {CurlError(c, errbuf, loc_.display, call.what), RetryableCurl(c)};
     return HttpOutcome(*answer, loc_.display, call.what);
   }
@@ -376,7 +388,7 @@ class Uploader {
   // `once` until it succeeds, fails for good, or the retries, the deadline or (when
   // `honour_cancel`) a cancellation end it.
   Status Retrying(const std::string& what, bool honour_cancel, Clock::time_point deadline,
-                  const std::function<Attempt()>& once) {
+                  double deadline_s, const std::function<Attempt()>& once) {
     Status last;
     for (int attempt = 0;; ++attempt) {
       if (attempt > 0) {
@@ -385,17 +397,17 @@ class Uploader {
         if (!SleepUnlessCancelled(Backoff(attempt, 0), honour_cancel)) return CancelledStatus();
       }
       if (honour_cancel && Cancelled()) return CancelledStatus();
-      if (Clock::now() >= deadline) return DeadlineStatus(last);
+      if (Clock::now() >= deadline) return DeadlineStatus(last, deadline_s);
       Attempt a = once();
       if (a.status.ok()) return a.status;
-      if (Clock::now() >= deadline) return DeadlineStatus(a.status);
+      if (Clock::now() >= deadline) return DeadlineStatus(a.status, deadline_s);
       if (!a.retry) return a.status;
       last = a.status;
       if (attempt >= options_.remote.max_retries)
-        return Status(last.code() == StatusCode::kFailedPrecondition ? StatusCode::kUnavailable
-                                                                     : last.code(),
-                      std::string(last.message()) + " (gave up after " +
-                          std::to_string(attempt + 1) + " attempts)");
+        return Status(
+            last.code() == StatusCode::kFailedPrecondition ? StatusCode::kUnavailable : last.code(),
+            std::string(last.message()) + " (gave up after " + std::to_string(attempt + 1) +
+                " attempts)");
     }
   }
 
@@ -414,7 +426,8 @@ class Uploader {
     call.body_sha256 = Sha256Hex(data.get(), size_);
     call.content_type = "application/octet-stream";
     Answer answer;
-    STASIS_RETURN_IF_ERROR(Retrying(call.what, true, deadline_, [&] {
+    answer.cancel = options_.cancel;  // one request: stopped as it runs
+    STASIS_RETURN_IF_ERROR(Retrying(call.what, true, deadline_, options_.remote.deadline_s, [&] {
       Attempt a = SendOnce(call, deadline_, &answer);
       if (a.status.ok() && options_.progress) options_.progress(size_);
       return a;
@@ -445,7 +458,7 @@ class Uploader {
     Call call{"starting the multipart upload of", "POST", "?uploads"};
     call.content_type = "application/octet-stream";  // the object's (libcurl would say a form)
     Answer answer;
-    STASIS_RETURN_IF_ERROR(Retrying(call.what, true, deadline_, [&] {
+    STASIS_RETURN_IF_ERROR(Retrying(call.what, true, deadline_, options_.remote.deadline_s, [&] {
       Attempt a = SendOnce(call, deadline_, &answer);
       if (a.status.ok() && XmlField(answer.body, "UploadId").empty())
         a = {FailedPreconditionError("no UploadId in the answer to CreateMultipartUpload for " +
@@ -489,7 +502,6 @@ class Uploader {
     int failures = 0;  // in a row, for the backoff and the bound
     int attempts = 0;
     Clock::time_point retry_at;
-    Status last_error;
   };
 
   uint64_t PartOffset(uint64_t part) const { return part * part_size_; }
@@ -529,8 +541,8 @@ class Uploader {
   }
 
   Status StartSending(Slot* s) {
-    const std::string suffix = "?partNumber=" + std::to_string(s->part + 1) +
-                               "&uploadId=" + EncodeQueryValue(upload_id_);
+    const std::string suffix =
+        "?partNumber=" + std::to_string(s->part + 1) + "&uploadId=" + EncodeQueryValue(upload_id_);
     STASIS_RETURN_IF_ERROR(Arm(s->easy, suffix, "PUT", &s->body, s->sha256, nullptr, &s->answer,
                                &s->headers, s->errbuf));
     curl_easy_setopt(s->easy, CURLOPT_PRIVATE, s);
@@ -552,8 +564,7 @@ class Uploader {
     else
       a = HttpOutcome(s->answer, loc_.display, what);
     if (a.status.ok() && s->answer.etag.empty())
-      a = {FailedPreconditionError("no ETag in the answer to " + what + " " + loc_.display),
-           false};
+      a = {FailedPreconditionError("no ETag in the answer to " + what + " " + loc_.display), false};
     if (a.status.ok()) {
       etags_[s->part] = s->answer.etag;
       done_bytes_ += s->body.size;
@@ -564,15 +575,13 @@ class Uploader {
     }
     if (!a.retry) return a.status;
     ++s->failures;
-    s->last_error = a.status;
     if (s->failures > options_.remote.max_retries)
       return Status(a.status.code() == StatusCode::kFailedPrecondition ? StatusCode::kUnavailable
-                                                                      : a.status.code(),
+                                                                       : a.status.code(),
                     std::string(a.status.message()) + " (gave up after " +
                         std::to_string(s->attempts) + " attempts)");
     ++report_->retries;
-    spdlog::info("retrying part {} of {} after: {}", s->part + 1, loc_.display,
-                 a.status.message());
+    spdlog::info("retrying part {} of {} after: {}", s->part + 1, loc_.display, a.status.message());
     s->retry_at = Clock::now() + Backoff(s->failures, s->part * 7919);
     s->state = Slot::State::kWaiting;
     return OkStatus();
@@ -612,7 +621,7 @@ class Uploader {
         break;
       }
       if (Clock::now() >= deadline_) {
-        failure = DeadlineStatus(OkStatus());
+        failure = DeadlineStatus(OkStatus(), options_.remote.deadline_s);
         break;
       }
       Clock::time_point wake = Clock::now() + std::chrono::milliseconds(100);
@@ -699,7 +708,7 @@ class Uploader {
     call.slow_answer = true;
     Answer answer;
     bool sent_before = false;  // an attempt that may have reached S3 and succeeded there
-    Status s = Retrying(call.what, true, deadline_, [&]() -> Attempt {
+    Status s = Retrying(call.what, true, deadline_, options_.remote.deadline_s, [&]() -> Attempt {
       Attempt a = SendOnce(call, deadline_, &answer);
       if (a.status.ok()) {
         // S3 answers 200 at once and sends the outcome later: an <Error> in a 200.
@@ -709,8 +718,8 @@ class Uploader {
                                        " failed (" + summary + ")"),
                RetryableS3Code(answer.body)};
         } else if (answer.body.find("CompleteMultipartUploadResult") == std::string::npos) {
-          a = {FailedPreconditionError("an answer to CompleteMultipartUpload for " +
-                                       loc_.display + " without its result"),
+          a = {FailedPreconditionError("an answer to CompleteMultipartUpload for " + loc_.display +
+                                       " without its result"),
                true};
         }
       } else if (sent_before && answer.code == 404 &&
@@ -734,12 +743,11 @@ class Uploader {
     curl_slist* headers = nullptr;
     Body none;
     char errbuf[CURL_ERROR_SIZE];
-    Status armed = Arm(h_, "", "HEAD", &none, "", nullptr, &head, &headers, errbuf);
-    curl_easy_setopt(h_, CURLOPT_NOBODY, 1L);
-    curl_easy_setopt(h_, CURLOPT_TIMEOUT_MS, MillisLeft(deadline_));
+    Status armed =
+        Arm(h_, "", "HEAD", &none, Sha256Hex(nullptr, 0), nullptr, &head, &headers, errbuf);
+    curl_easy_setopt(h_, CURLOPT_TIMEOUT_MS, std::min(MillisLeft(deadline_), 60000L));
     CURLcode c = armed.ok() ? curl_easy_perform(h_) : CURLE_OK;
     curl_easy_setopt(h_, CURLOPT_ERRORBUFFER, nullptr);
-    curl_easy_setopt(h_, CURLOPT_NOBODY, 0L);
     curl_slist_free_all(headers);
     const std::string suffix = "-" + std::to_string(etags_.size()) + "\"";
     if (armed.ok() && c == CURLE_OK && head.code == 200 && head.etag.size() > suffix.size() &&
@@ -759,7 +767,7 @@ class Uploader {
     Call call{"aborting the multipart upload of", "DELETE",
               "?uploadId=" + EncodeQueryValue(upload_id_)};
     Answer answer;
-    Status s = Retrying(call.what, false, deadline, [&] {
+    Status s = Retrying(call.what, false, deadline, kAbortBudgetS, [&] {
       Attempt a = SendOnce(call, deadline, &answer);
       if (!a.status.ok() && answer.code == 404) return Attempt{};  // gone already
       return a;
@@ -772,8 +780,8 @@ class Uploader {
         "the multipart upload {} to {} could not be aborted ({}); its parts are billed until "
         "`aws s3api abort-multipart-upload` or a lifecycle rule removes them",
         upload_id_, loc_.display, s.message());
-    return Status(s.code(), "the multipart upload " + upload_id_ + " could not be aborted: " +
-                                std::string(s.message()));
+    return Status(s.code(), "the multipart upload " + upload_id_ +
+                                " could not be aborted: " + std::string(s.message()));
   }
 
   ResolvedLocation loc_;
@@ -783,7 +791,7 @@ class Uploader {
   struct stat st_;
   uint64_t size_;
   S3UploadReport* report_;
-  Clock::time_point deadline_;
+  Clock::time_point deadline_ = Clock::time_point::max();  // max: none
   uint64_t part_size_ = 0;
   CURL* h_ = nullptr;
   CURLM* multi_ = nullptr;
@@ -800,14 +808,13 @@ StatusOr<uint64_t> S3PartSize(uint64_t file_size, uint64_t requested) {
   if (requested < kS3MinPartSize || requested > kS3MaxPartSize)
     return InvalidArgumentError("part size must be 5MiB..5GiB (S3's limits), not " +
                                 Num(requested) + " bytes");
+  if (file_size > kS3MaxObjectSize)
+    return ResourceExhaustedError(Num(file_size) +
+                                  " bytes is more than S3 takes in one object (5 TiB)");
   if (file_size <= requested * kS3MaxParts) return requested;
   constexpr uint64_t kMiB = uint64_t{1} << 20;
   const uint64_t needed = (file_size + kS3MaxParts - 1) / kS3MaxParts;
-  const uint64_t grown = (needed + kMiB - 1) / kMiB * kMiB;
-  if (grown > kS3MaxPartSize)
-    return ResourceExhaustedError(Num(file_size) + " bytes is more than S3 takes in one object (" +
-                                  Num(kS3MaxParts) + " parts of 5GiB)");
-  return grown;
+  return (needed + kMiB - 1) / kMiB * kMiB;  // <= 525 MiB for 5 TiB
 }
 
 Status UploadToS3(const std::string& local_path, const std::string& location,

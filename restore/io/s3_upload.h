@@ -45,6 +45,7 @@ namespace stasis {
 inline constexpr uint64_t kS3MinPartSize = uint64_t{5} << 20;  // all parts but the last
 inline constexpr uint64_t kS3MaxPartSize = uint64_t{5} << 30;
 inline constexpr uint64_t kS3MaxParts = 10000;
+inline constexpr uint64_t kS3MaxObjectSize = uint64_t{5} << 40;
 
 struct S3UploadOptions {
   // Endpoint, retries per request, connect and stall timeouts, and deadline_s for the
@@ -76,8 +77,8 @@ struct S3UploadReport {
 
 // The part size for a file of `file_size` bytes: `requested` when that makes at most
 // kS3MaxParts parts, else the smallest multiple of 1 MiB that does. kInvalidArgument for a
-// `requested` outside kS3MinPartSize..kS3MaxPartSize, kResourceExhausted for a file too
-// large even with kS3MaxPartSize parts.
+// `requested` outside kS3MinPartSize..kS3MaxPartSize, kResourceExhausted for a file larger
+// than S3 takes (kS3MaxObjectSize).
 StatusOr<uint64_t> S3PartSize(uint64_t file_size, uint64_t requested);
 
 // Uploads `local_path` to `location` (s3://BUCKET/KEY), replacing the object at that key if

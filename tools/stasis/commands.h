@@ -11,6 +11,8 @@
 #define STASIS_TOOLS_STASIS_COMMANDS_H_
 
 #include <cstdint>
+#include <functional>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -77,6 +79,8 @@ struct ServeArgs {
   std::vector<std::string> http_inputs;  // hosts http:// inputs may come from; "*" any
   int port = 8000, max_concurrency = 1, queue = 64, threads = 0;
   bool warmup = false, verbose = false, yield_io = false;
+  RemoteArgs remote;
+  std::string cache_dir, cache_max;  // as RestoreArgs
 };
 // Serves until SIGTERM/SIGINT/SIGHUP (drain in-flight requests, release the device, exit 0) or,
 // with --on-idle exit, until the idle timeout passes (exit 0).
@@ -113,6 +117,37 @@ struct BenchArgs {
   int threads = 0;
 };
 int RunBench(const BenchArgs& a);
+
+// `stasis push IMAGE s3://BUCKET/KEY` (push_command.cc): a local image, once
+// ImageReader::Open accepts it, uploaded as restore/io/s3_upload.h says (multipart, published
+// whole or not at all, replacing the key as `aws s3 cp` does). SIGINT, SIGTERM and SIGHUP
+// abort the upload, then exit 128 + the signal.
+struct PushArgs {
+  std::string image, location, part_size = "64MiB";
+  int concurrency = 8;
+  bool json = false, quiet = false;
+  RemoteArgs remote;  // --s3-endpoint
+};
+int RunPush(const PushArgs& a);
+
+// What an upload adds to a report: the location as messages show it, the upload's JSON
+// report and the same as a line of text.
+struct PushOutcome {
+  std::string location;
+  nlohmann::ordered_json json;
+  std::string text;
+};
+using PushWrittenImage = std::function<StatusOr<PushOutcome>()>;
+// `snapshot -o s3://BUCKET/KEY` (push_command.cc): `write` makes the image at a temporary
+// path in $TMPDIR (`local.output`) and, once it is written and before it prints its report,
+// calls `push`, which uploads it as `stasis push` does (default part size and concurrency,
+// the endpoint from AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL). The temporary file is removed
+// whatever happens: an interrupt while it is written removes it and exits, one during the
+// upload aborts the upload first. The key is replaced if it exists (S3 has no exclusive
+// create), with or without --force. To be called while the process has no other thread.
+int SnapshotToS3(
+    const SnapshotArgs& a,
+    const std::function<int(const SnapshotArgs& local, const PushWrittenImage& push)>& write);
 
 }  // namespace stasis::cli
 

@@ -74,7 +74,10 @@ int main(int argc, char** argv) {
   ServeArgs serve_args;
   auto* serve = app.add_subcommand(
       "serve", "Serve a TorchScript image over HTTP with a cold/warm lifecycle (docs/runtime.md)");
-  serve->add_option("image", serve_args.image, "image made from model.pt")->required();
+  serve
+      ->add_option("image", serve_args.image,
+                   "image made from model.pt: a path, s3://bucket/key or http(s):// URL")
+      ->required();
   serve->add_option("--device", serve_args.device, "cpu|cuda[:N] (default cpu)");
   serve->add_option("--host", serve_args.host, "address to bind (default 127.0.0.1)");
   serve->add_option("--port", serve_args.port, "port (default 8000; 0: any free port)")
@@ -117,6 +120,13 @@ int main(int argc, char** argv) {
                     "require 'Authorization: Bearer <token>' (all but /healthz)");
   serve->add_option("--log-format", serve_args.log_format, "text (default) | json")
       ->check(CLI::IsMember({"text", "json"}));
+  AddRemoteFlags(serve, &serve_args.remote);
+  serve->add_option("--cache", serve_args.cache_dir,
+                    "local cache tier for a remote image: filled by the first restore, used by "
+                    "every later one, across unloads and restarts (default: STASIS_CACHE_DIR)");
+  serve->add_option("--cache-max", serve_args.cache_max,
+                    "evict least recently used entries beyond this size (default: "
+                    "STASIS_CACHE_MAX, else no bound)");
 
   BenchArgs bench_args;
   auto* bench = app.add_subcommand(
@@ -145,6 +155,25 @@ int main(int argc, char** argv) {
   bench->add_flag("--resnapshot", bench_args.force_snapshot, "snapshot again even if fresh");
   bench->add_flag("--yield-io", bench_args.yield_io,
                   "stasis path: restore at idle I/O priority while libtorch loads");
+
+  PushArgs push_args;
+  auto* push = app.add_subcommand(
+      "push",
+      "Upload an image to s3://BUCKET/KEY (multipart, in parallel; published whole or "
+      "not at all)");
+  push->add_option("image", push_args.image, "a local image")->required();
+  push->add_option("location", push_args.location, "s3://BUCKET/KEY (replaced if it exists)")
+      ->required();
+  push->add_option("--s3-endpoint", push_args.remote.s3_endpoint,
+                   "S3 endpoint URL, addressed path-style (default: AWS_ENDPOINT_URL_S3, "
+                   "AWS_ENDPOINT_URL, else AWS)");
+  push->add_option("--part-size", push_args.part_size,
+                   "bytes per part, 5MiB..5GiB (default 64MiB; grown past 10000 parts)");
+  push->add_option("--concurrency", push_args.concurrency,
+                   "parts in flight, each with a buffer of --part-size (default 8)")
+      ->check(CLI::Range(1, 64));
+  push->add_flag("--json", push_args.json, "print a JSON report");
+  push->add_flag("-q,--quiet", push_args.quiet, "no progress bar");
 
   std::string image, output;
   bool json = false, force = false;
@@ -211,6 +240,7 @@ int main(int argc, char** argv) {
     return RunServe(serve_args);
   }
   if (*bench) return RunBench(bench_args);
+  if (*push) return RunPush(push_args);
   if (*inspect) return RunInspect(image, json, remote);
   if (*verify) return RunVerify(image, threads, json, remote);
   if (*restore) return RunRestore(restore_args);

@@ -15,8 +15,11 @@
 #include "runtime/metrics.h"
 #include "runtime/model_host.h"
 #include "runtime/server.h"
+#include "stasis/remote.h"
 #include "tools/stasis/cli_common.h"
 #include "tools/stasis/commands.h"
+#include "tools/stasis/remote_flags.h"
+#include "tools/stasis/restore_options.h"
 #include "tools/stasis/torch_model_host.h"
 
 namespace stasis::cli {
@@ -111,10 +114,18 @@ int RunServe(const ServeArgs& a) {
   ro.device = *device;
   // A device this build cannot restore onto fails now, not at the first request.
   if (Status s = CheckBackendBuilt(ro.device); !s.ok()) return ReportError(s);
+  ro.remote = ToRemoteOptions(a.remote);
+  auto cache = ToCacheOptions(a.cache_dir, a.cache_max);
+  if (!cache.ok()) return ReportError(cache.status());
+  ro.cache = *cache;  // kept across idle unloads and process exits: the next restore is local
   std::unique_ptr<runtime::ModelHost> host = NewTorchModelHost(a.image, ro, a.yield_io);
-  // The image must at least open before the server says it is ready.
-  if (!DefaultFileSystem()->Exists(a.image))
+  // The image must at least be there before the server says it is ready.
+  if (IsRemoteLocation(a.image)) {
+    if (auto opened = OpenImageReader(a.image, ro.remote); !opened.ok())
+      return ReportError(opened.status());
+  } else if (!DefaultFileSystem()->Exists(a.image)) {
     return ReportError(NotFoundError(a.image + ": no such image"));
+  }
 
   // Signals go to the main thread only: block them before any thread starts.
   sigset_t signals;

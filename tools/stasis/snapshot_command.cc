@@ -13,6 +13,7 @@
 #include "snapshot/safetensors.h"
 #include "stasis/file_system.h"
 #include "stasis/image.h"
+#include "stasis/remote.h"
 #include "stasis/torch_plugin.h"
 #include "tools/stasis/cli_common.h"
 #include "tools/stasis/commands.h"
@@ -47,7 +48,14 @@ StatusOr<WriterOptions> WriterOptionsFromFlags(const SnapshotArgs& a) {
   return opt;
 }
 
-int SnapshotTorchScript(const SnapshotArgs& a, const WriterOptions& writer) {
+// The written image where it goes: pushed for `-o s3://` (`push` set), else where it is.
+StatusOr<PushOutcome> Publish(const SnapshotArgs& a, const PushWrittenImage& push) {
+  if (!push) return PushOutcome{a.output, {}, {}};
+  return push();
+}
+
+int SnapshotTorchScript(const SnapshotArgs& a, const WriterOptions& writer,
+                        const PushWrittenImage& push) {
   auto plugin = torch::LoadTorchPluginFor(a.device);
   if (!plugin.ok()) return ReportError(plugin.status());
   torch::TorchSnapshotOptions opt;
@@ -59,12 +67,14 @@ int SnapshotTorchScript(const SnapshotArgs& a, const WriterOptions& writer) {
   Status s = (*plugin)->SnapshotModule(a.input, a.output, opt, &r);
   if (!s.ok()) return ReportError(s);
   const double secs = start.Seconds();
+  auto out = Publish(a, push);
+  if (!out.ok()) return ReportError(out.status());
   const double ratio = r.writer.stored_bytes ? static_cast<double>(r.writer.raw_bytes) /
                                                    static_cast<double>(r.writer.stored_bytes)
                                              : 1.0;
   if (a.json) {
     Json j;
-    j["image"] = a.output;
+    j["image"] = out->location;
     j["model"] = a.input;
     j["torch_version"] = r.torch_version;
     j["device"] = a.device;
@@ -77,19 +87,21 @@ int SnapshotTorchScript(const SnapshotArgs& a, const WriterOptions& writer) {
     j["file_size"] = r.writer.file_size;
     j["ratio"] = ratio;
     j["seconds"] = secs;
+    if (push) j["push"] = out->json;
     std::cout << DumpJson(j) << "\n";
   } else {
     std::printf(
         "wrote %s: TorchScript module (torch %s, %s) with %zu parameters and %zu buffers in %zu "
         "storages, %s of weights, skeleton %s, file %s (ratio %.3f) in %.2f s\n",
-        a.output.c_str(), r.torch_version.c_str(), a.device.c_str(), r.parameters, r.buffers,
+        out->location.c_str(), r.torch_version.c_str(), a.device.c_str(), r.parameters, r.buffers,
         r.storages, HumanBytes(r.stored_bytes).c_str(), HumanBytes(r.skeleton_bytes).c_str(),
         HumanBytes(r.writer.file_size).c_str(), ratio, secs);
+    if (push) std::printf("%s\n", out->text.c_str());
   }
   return kExitOk;
 }
 
-int SnapshotSafetensors(const SnapshotArgs& a, WriterOptions opt) {
+int SnapshotSafetensors(const SnapshotArgs& a, WriterOptions opt, const PushWrittenImage& push) {
   uint64_t input_bytes = 0;
   {
     auto f = DefaultFileSystem()->OpenRandomAccess(a.input);
@@ -103,13 +115,15 @@ int SnapshotSafetensors(const SnapshotArgs& a, WriterOptions opt) {
   bar.Done();
   if (!stats.ok()) return ReportError(stats.status());
   double secs = start.Seconds();
+  auto out = Publish(a, push);
+  if (!out.ok()) return ReportError(out.status());
   const WriterStats& st = *stats;
   double ratio = st.stored_bytes
                      ? static_cast<double>(st.raw_bytes) / static_cast<double>(st.stored_bytes)
                      : 1.0;
   if (a.json) {
     Json j;
-    j["image"] = a.output;
+    j["image"] = out->location;
     j["raw_bytes"] = st.raw_bytes;
     j["stored_bytes"] = st.stored_bytes;
     j["file_size"] = st.file_size;
@@ -119,16 +133,18 @@ int SnapshotSafetensors(const SnapshotArgs& a, WriterOptions opt) {
                    {"grouped", st.chunks_by_codec[2]}};
     j["seconds"] = secs;
     j["raw_gb_per_s"] = secs > 0 ? static_cast<double>(st.raw_bytes) / secs / 1e9 : 0.0;
+    if (push) j["push"] = out->json;
     std::cout << DumpJson(j) << "\n";
   } else {
     std::printf(
         "wrote %s: %s of tensor data in %s (ratio %.3f; chunks raw %llu, zstd %llu, grouped %llu) "
         "in %.2f s, %.2f GB/s\n",
-        a.output.c_str(), HumanBytes(st.raw_bytes).c_str(), HumanBytes(st.file_size).c_str(), ratio,
-        static_cast<unsigned long long>(st.chunks_by_codec[0]),
+        out->location.c_str(), HumanBytes(st.raw_bytes).c_str(), HumanBytes(st.file_size).c_str(),
+        ratio, static_cast<unsigned long long>(st.chunks_by_codec[0]),
         static_cast<unsigned long long>(st.chunks_by_codec[1]),
         static_cast<unsigned long long>(st.chunks_by_codec[2]), secs,
         secs > 0 ? static_cast<double>(st.raw_bytes) / secs / 1e9 : 0.0);
+    if (push) std::printf("%s\n", out->text.c_str());
   }
   return kExitOk;
 }
@@ -159,21 +175,32 @@ std::vector<std::string> SnapshotInputs(const std::string& input) {
   return inputs;
 }
 
-int RunSnapshot(const SnapshotArgs& a) {
-  // First, while this is the only thread (interrupt.h).
-  if (Status s = CleanUpOnInterrupt(a.output); !s.ok())
-    spdlog::warn("{}; an interrupted snapshot may leave a temporary file", s.ToString());
+namespace {
+
+// The image written at a.output, then handed to `push` when it is set.
+int Snapshot(const SnapshotArgs& a, const PushWrittenImage& push) {
   if (Status s = CheckOutputIsNotAnInput(SnapshotInputs(a.input), a.output); !s.ok())
     return ReportError(s);
   RemoveTempFiles(a.output, TempFiles::kStale);
   auto writer = WriterOptionsFromFlags(a);
   if (!writer.ok()) return ReportError(writer.status());
-  if (LooksLikeZip(a.input)) return SnapshotTorchScript(a, *writer);
+  if (LooksLikeZip(a.input)) return SnapshotTorchScript(a, *writer, push);
   if (a.device != "cpu" || !a.warmup_input.empty()) {
     return ReportError(InvalidArgumentError(
         "--device and --warmup-input apply to TorchScript modules; " + a.input + " is not one"));
   }
-  return SnapshotSafetensors(a, *writer);
+  return SnapshotSafetensors(a, *writer, push);
+}
+
+}  // namespace
+
+int RunSnapshot(const SnapshotArgs& a) {
+  // s3://: written to a temporary file, then pushed (push_command.cc).
+  if (IsRemoteLocation(a.output)) return SnapshotToS3(a, &Snapshot);
+  // First, while this is the only thread (interrupt.h).
+  if (Status s = CleanUpOnInterrupt(a.output); !s.ok())
+    spdlog::warn("{}; an interrupted snapshot may leave a temporary file", s.ToString());
+  return Snapshot(a, nullptr);
 }
 
 }  // namespace stasis::cli

@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "stasis/torch_plugin.h"
+#include "tools/stasis/remote_flags.h"
 
 namespace stasis::cli {
 namespace {
@@ -40,7 +41,7 @@ class TorchModelHost final : public runtime::ModelHost {
   uint64_t DeviceBytes() const override { return device_bytes_.load(std::memory_order_relaxed); }
 
   std::string Describe() const override {
-    return image_ + " on " + DeviceSpecString(options_.device);
+    return ShownLocation(image_) + " on " + DeviceSpecString(options_.device);
   }
 
  private:
