@@ -22,11 +22,13 @@
 #include "snapshot/safetensors.h"
 #include "stasis/file_system.h"
 #include "stasis/image.h"
+#include "stasis/remote.h"
 #include "stasis/torch_plugin.h"
 #include "tools/stasis/bench_report.h"
 #include "tools/stasis/bench_svg.h"
 #include "tools/stasis/cli_common.h"
 #include "tools/stasis/commands.h"
+#include "tools/stasis/remote_flags.h"
 #include "tools/stasis/same_file.h"
 
 extern char** environ;
@@ -166,8 +168,9 @@ Status WriteFile(const std::string& path, const std::string& data) {
   return OkStatus();
 }
 
-StatusOr<std::string> ImageInputSpec(const std::string& image) {
-  STASIS_ASSIGN_OR_RETURN(auto reader, ImageReader::Open(image));
+StatusOr<std::string> ImageInputSpec(const std::string& location, const RemoteOptions& remote) {
+  const std::string image = ShownLocation(location);
+  STASIS_ASSIGN_OR_RETURN(auto reader, OpenImageReader(location, remote));
   const format::Manifest& m = reader->manifest();
   const std::string* kind = m.FindMetadata(torch::kModelKindKey);
   if (kind == nullptr || *kind != "torchscript") {
@@ -216,9 +219,13 @@ int RunBench(const BenchArgs& a) {
   std::error_code ec;
   std::filesystem::create_directories(a.out, ec);
   if (ec) return ReportError(ErrnoToStatus(ec.value(), "create " + a.out));
-  const bool stale =
-      !std::filesystem::exists(image) ||
-      std::filesystem::last_write_time(image, ec) < std::filesystem::last_write_time(a.model, ec);
+  // A remote image is measured as it is: never made or replaced here.
+  const bool remote = IsRemoteLocation(image);
+  if (remote && a.force_snapshot)
+    return ReportError(InvalidArgumentError("--resnapshot cannot write a remote --image"));
+  const bool stale = !remote && (!std::filesystem::exists(image) ||
+                                 std::filesystem::last_write_time(image, ec) <
+                                     std::filesystem::last_write_time(a.model, ec));
   if ((a.force_snapshot || stale) && !module) {
     std::fprintf(stderr, "bench: snapshotting %s into %s\n", a.model.c_str(), image.c_str());
     WriterOptions wo;
@@ -246,7 +253,7 @@ int RunBench(const BenchArgs& a) {
   }
   std::string input = a.input;
   if (input.empty() && module) {
-    auto spec = ImageInputSpec(image);
+    auto spec = ImageInputSpec(image, ToRemoteOptions(a.remote));
     if (!spec.ok()) return ReportError(spec.status());
     input = *spec;
   }
@@ -270,6 +277,21 @@ int RunBench(const BenchArgs& a) {
   if (a.yield_io) {
     stasis_args.push_back("--yield-io");
   }
+  if (remote) {
+    const RemoteArgs& r = a.remote;
+    for (const std::string& arg : std::vector<std::string>{
+             "--remote-concurrency", std::to_string(r.concurrency), "--remote-retries",
+             std::to_string(r.retries), "--remote-deadline", std::to_string(r.deadline),
+             "--remote-stall-timeout", std::to_string(r.stall_timeout)})
+      stasis_args.push_back(arg);
+    if (!r.s3_endpoint.empty()) {
+      stasis_args.push_back("--s3-endpoint");
+      stasis_args.push_back(r.s3_endpoint);
+    }
+  }
+  // The local files whose pages the hot runs warm and the cold runs drop.
+  std::vector<std::string> local_files = {a.model};
+  if (!remote) local_files.push_back(image);
   std::vector<CacheResult> results;
   std::vector<std::string> caches;
   if (a.hot) caches.push_back("hot");
@@ -281,7 +303,7 @@ int RunBench(const BenchArgs& a) {
     if (!cold) {
       // The model and image into the page cache, then one unmeasured run of each path for
       // the libraries.
-      if (Status s = WarmPageCache({a.model, image}); !s.ok()) return ReportError(s);
+      if (Status s = WarmPageCache(local_files); !s.ok()) return ReportError(s);
       for (const std::vector<std::string>* args : {&baseline_args, &stasis_args}) {
         auto r = SpawnColdStart(*args, err_path);
         if (!r.ok()) return ReportError(r.status());
@@ -293,7 +315,7 @@ int RunBench(const BenchArgs& a) {
       for (int k = 0; k < 2; ++k) {
         const bool is_baseline = (k == 0) == baseline_first;
         if (cold) {
-          std::string note = DropCaches({a.model, image});
+          std::string note = DropCaches(local_files);
           if (!note.empty()) c.note = note;
         }
         auto r = SpawnColdStart(is_baseline ? baseline_args : stasis_args, err_path);
@@ -323,7 +345,7 @@ int RunBench(const BenchArgs& a) {
 
   Json j;
   j["model"] = a.model;
-  j["image"] = image;
+  j["image"] = ShownLocation(image);
   j["device"] = a.device;
   j["input"] = input;
   j["runs"] = a.runs;

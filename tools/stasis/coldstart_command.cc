@@ -14,6 +14,7 @@
 #include "stasis/torch_plugin.h"
 #include "tools/stasis/cli_common.h"
 #include "tools/stasis/commands.h"
+#include "tools/stasis/remote_flags.h"
 
 namespace stasis::cli {
 namespace {
@@ -89,6 +90,7 @@ Status ColdStartStasis(const ColdStartArgs& a, PhaseLog* log, Json* out) {
   STASIS_ASSIGN_OR_RETURN(options.restore.device, ParseDeviceSpec(a.device));
   STASIS_RETURN_IF_ERROR(CheckBackendBuilt(options.restore.device));
   options.restore.threads = a.threads;
+  options.restore.remote = ToRemoteOptions(a.remote);
   options.framework_first = a.library_first;
   // The weights do not need the framework: they are restored while libtorch loads, with
   // the restore's reads behind the loader's page faults (idle I/O priority) until it is

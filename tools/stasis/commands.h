@@ -104,6 +104,7 @@ struct ColdStartArgs {
   bool library_first = false;
   // The restore's reads at idle I/O priority while libtorch loads (RestoreOptions::yield_io).
   bool yield_io = false;
+  RemoteArgs remote;  // when `path` is a remote image
 };
 int RunColdStart(const ColdStartArgs& a);
 
@@ -115,6 +116,7 @@ struct BenchArgs {
   int runs = 5;
   bool cold = false, hot = true, force_snapshot = false, yield_io = false;
   int threads = 0;
+  RemoteArgs remote;  // when --image is remote: passed on to each cold start
 };
 int RunBench(const BenchArgs& a);
 

@@ -70,6 +70,7 @@ int main(int argc, char** argv) {
   coldstart->add_option("--threads", cold.threads)->check(threads_range);
   coldstart->add_flag("--library-first", cold.library_first);
   coldstart->add_flag("--yield-io", cold.yield_io);
+  AddRemoteFlags(coldstart, &cold.remote);
 
   ServeArgs serve_args;
   auto* serve = app.add_subcommand(
@@ -155,6 +156,7 @@ int main(int argc, char** argv) {
   bench->add_flag("--resnapshot", bench_args.force_snapshot, "snapshot again even if fresh");
   bench->add_flag("--yield-io", bench_args.yield_io,
                   "stasis path: restore at idle I/O priority while libtorch loads");
+  AddRemoteFlags(bench, &bench_args.remote);
 
   PushArgs push_args;
   auto* push = app.add_subcommand(
