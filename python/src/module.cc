@@ -29,6 +29,7 @@
 #include "snapshot/dtype.h"
 #include "snapshot/format.h"
 #include "stasis/image.h"
+#include "stasis/remote.h"
 #include "stasis/restore.h"
 #include "stasis/tensor.h"
 
@@ -38,7 +39,10 @@ using namespace nb::literals;
 namespace stasis::python {
 namespace {
 
-std::string BaseName(const std::string& path) {
+// The file name for a progress line; a remote location's without its query (a presigned
+// URL's signature).
+std::string BaseName(const std::string& location) {
+  const std::string path = IsRemoteLocation(location) ? RedactLocation(location) : location;
   const size_t slash = path.find_last_of('/');
   return slash == std::string::npos ? path : path.substr(slash + 1);
 }
@@ -134,7 +138,7 @@ std::shared_ptr<Restored> Restore(const std::string& path, const RestoreArgs& ar
   StatusOr<uint64_t> raw_bytes = InternalError("unset");
   {
     nb::gil_scoped_release release;
-    auto reader = ImageReader::Open(path);
+    auto reader = OpenImageReader(path);
     raw_bytes = reader.ok() ? StatusOr<uint64_t>((*reader)->manifest().RawBytes())
                             : StatusOr<uint64_t>(reader.status());
   }
@@ -414,7 +418,7 @@ nb::dict Inspect(const std::string& path) {
     Status s;
     {
       nb::gil_scoped_release release;
-      auto opened = ImageReader::Open(path);
+      auto opened = OpenImageReader(path);
       if (opened.ok())
         reader = std::move(opened).value();
       else
@@ -424,7 +428,7 @@ nb::dict Inspect(const std::string& path) {
   }
   const format::Manifest& m = reader->manifest();
   nb::dict d;
-  d["path"] = path;
+  d["path"] = IsRemoteLocation(path) ? RedactLocation(path) : path;
   d["format_version"] = reader->footer().format_version;
   d["file_size"] = reader->footer().file_size;
   d["raw_bytes"] = m.RawBytes();
@@ -469,7 +473,7 @@ nb::dict Verify(const std::string& path, int threads) {
   uint64_t total = 0;
   Status s = RunInterruptible(
       [&]() -> Status {
-        auto opened = ImageReader::Open(path);
+        auto opened = OpenImageReader(path);
         if (!opened.ok()) return opened.status();
         reader = std::move(opened).value();
         VerifyOptions o;
@@ -483,7 +487,7 @@ nb::dict Verify(const std::string& path, int threads) {
       &cancel, Progress{"verifying " + BaseName(path), total, &checked});
   ThrowIfError(s);
   nb::dict d;
-  d["path"] = path;
+  d["path"] = IsRemoteLocation(path) ? RedactLocation(path) : path;
   d["chunks_checked"] = report.chunks_checked;
   d["sections_checked"] = report.sections_checked;
   d["stored_bytes"] = report.stored_bytes;

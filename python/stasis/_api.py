@@ -409,7 +409,7 @@ def _restore_into(module, path, image, device, strict, restore_options):
     manifest = {t["name"]: (tuple(t["shape"]), T.TO_TORCH.get(t["dtype"])) for t in image["tensors"]}
     problems = _mismatches(slots, manifest)
     if strict and problems:
-        raise ValueError(f"{path} does not match the module ({len(problems)} problem(s)):\n  " + "\n  ".join(problems))
+        raise ValueError(f"{_shown(path)} does not match the module ({len(problems)} problem(s)):\n  " + "\n  ".join(problems))
     if device is None:
         device = T.module_device(module) or "cpu"
     restored = _restore(path, _device_string(device), restore_options)
@@ -417,7 +417,7 @@ def _restore_into(module, path, image, device, strict, restore_options):
     if strict:
         ties = _broken_ties(slots, tensors)
         if ties:
-            raise ValueError(f"{path} does not match the module ({len(ties)} problem(s)):\n  " + "\n  ".join(ties))
+            raise ValueError(f"{_shown(path)} does not match the module ({len(ties)} problem(s)):\n  " + "\n  ".join(ties))
     bound = {}  # id(the module's Parameter) -> its restored Parameter: ties stay ties
     for name, mod, attr, kind, old in slots:
         t = tensors.get(name)
@@ -463,6 +463,18 @@ def reload(obj):
     handle(obj).reload()
 
 
+def _shown(path):
+    """`path` as messages show it: a remote location without its query string (a presigned
+    URL's signature) or user:password@, as stasis/remote.h's RedactLocation does."""
+    path = os.fspath(path)
+    if "://" not in path:
+        return path
+    scheme, rest = path.split("://", 1)
+    rest = rest.split("?", 1)[0].split("#", 1)[0]
+    host, slash, tail = rest.partition("/")
+    return f"{scheme}://{host.rpartition('@')[2]}{slash}{tail}"
+
+
 def inspect(path):
     """The image's structure as a dict: format_version, regions, tensors (name, dtype,
     shape, strides, region, byte_offset, byte_size), sections, metadata. Reads no weight."""
@@ -474,5 +486,5 @@ def verify(path, *, threads=0):
     raises ValueError naming every problem otherwise."""
     report = _core.verify(os.fspath(path), threads)
     if report["errors"]:
-        raise ValueError(f"{os.fspath(path)} is corrupt ({len(report['errors'])} problem(s)):\n  " + "\n  ".join(report["errors"]))
+        raise ValueError(f"{_shown(path)} is corrupt ({len(report['errors'])} problem(s)):\n  " + "\n  ".join(report["errors"]))
     return report
