@@ -91,6 +91,10 @@ StatusOr<RawLayout> PlanRawLayout(const format::Manifest& source) {
     off = at + c.raw_size;
   }
   for (format::SectionInfo& s : out.manifest.sections) {
+    if (s.size == 0) {  // the format places empty sections nowhere
+      s.file_offset = 0;
+      continue;
+    }
     s.file_offset = format::AlignUp(off, format::kBlockAlign);
     off = s.file_offset + s.size;
   }
@@ -102,8 +106,54 @@ StatusOr<RawLayout> PlanRawLayout(const format::Manifest& source) {
 std::optional<std::string> FindCacheEntry(const std::string& dir, const std::string& key) {
   std::string path = dir + "/" + key + ".stasis";
   if (::access(path.c_str(), R_OK) != 0) return std::nullopt;
-  ::utimensat(AT_FDCWD, path.c_str(), nullptr, 0);  // now: the LRU clock
   return path;
+}
+
+void TouchCacheEntry(const std::string& path) {
+  ::utimensat(AT_FDCWD, path.c_str(), nullptr, 0);  // now
+}
+
+std::string EntryDifference(const format::Manifest& source, const format::Manifest& entry) {
+  if (source.regions.size() != entry.regions.size()) return "another number of regions";
+  for (size_t i = 0; i < source.regions.size(); ++i) {
+    const format::RegionInfo &a = source.regions[i], &b = entry.regions[i];
+    if (a.size != b.size || a.alignment != b.alignment || a.va_hint != b.va_hint ||
+        a.device_kind != b.device_kind || a.device_ordinal != b.device_ordinal)
+      return "region " + Num(i) + " differs";
+  }
+  if (source.chunks.size() != entry.chunks.size()) return "another number of chunks";
+  for (size_t i = 0; i < source.chunks.size(); ++i) {
+    const format::ChunkInfo &a = source.chunks[i], &b = entry.chunks[i];
+    if (a.raw_size != b.raw_size || a.raw_xxh3 != b.raw_xxh3 || a.region_id != b.region_id ||
+        a.dst_offset != b.dst_offset || b.codec != format::Codec::kRaw)
+      return "chunk " + Num(i) + " differs";
+  }
+  if (source.tensors.size() != entry.tensors.size()) return "another number of tensors";
+  for (size_t i = 0; i < source.tensors.size(); ++i)
+    if (!format::SameTensor(source.tensors[i], entry.tensors[i]))
+      return "tensor " + Num(i) + " differs";
+  if (source.sections.size() != entry.sections.size()) return "another number of sections";
+  for (size_t i = 0; i < source.sections.size(); ++i) {
+    const format::SectionInfo &a = source.sections[i], &b = entry.sections[i];
+    if (a.name != b.name || a.size != b.size || a.xxh3 != b.xxh3)
+      return "section " + Num(i) + " differs";
+  }
+  if (source.metadata != entry.metadata) return "the metadata differs";
+  return "";
+}
+
+Status RemoveCacheEntry(const std::string& dir, const std::string& key) {
+  const std::string lock = dir + "/" + key + ".lock", entry = dir + "/" + key + ".stasis";
+  int fd = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+  if (fd < 0) return IoError("open", lock);
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    ::close(fd);
+    return UnavailableError(entry + " is being filled by another process");
+  }
+  Status s =
+      ::unlink(entry.c_str()) == 0 || errno == ENOENT ? OkStatus() : IoError("remove", entry);
+  ::close(fd);
+  return s;
 }
 
 StatusOr<std::unique_ptr<CacheFill>> CacheFill::Begin(const std::string& dir,
@@ -115,7 +165,7 @@ StatusOr<std::unique_ptr<CacheFill>> CacheFill::Begin(const std::string& dir,
   f->entry_ = dir + "/" + key + ".stasis";
   f->partial_ = f->entry_ + ".partial";
   f->lock_path_ = dir + "/" + key + ".lock";
-  f->lock_fd_ = ::open(f->lock_path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  f->lock_fd_ = ::open(f->lock_path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
   if (f->lock_fd_ < 0) return IoError("open", f->lock_path_);
   if (::flock(f->lock_fd_, LOCK_EX | LOCK_NB) != 0) {
     if (errno == EWOULDBLOCK) return std::unique_ptr<CacheFill>();  // another filler
@@ -126,16 +176,15 @@ StatusOr<std::unique_ptr<CacheFill>> CacheFill::Begin(const std::string& dir,
   if (::access(f->entry_.c_str(), F_OK) == 0) return std::unique_ptr<CacheFill>();
   STASIS_ASSIGN_OR_RETURN(f->layout_, PlanRawLayout(source.manifest()));
   // O_TRUNC: a .partial left by a filler that died is started over.
-  f->fd_ = ::open(f->partial_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  f->fd_ = ::open(f->partial_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
   if (f->fd_ < 0) return IoError("create", f->partial_);
   // Holes read as zeros: the padding verify expects. Reserve the blocks now, so a full
   // disk shows here and not as a failed write halfway.
   const uint64_t data_end = f->layout_.manifest_offset;
-  int rc = ::posix_fallocate(f->fd_, 0, static_cast<off_t>(data_end));
-  if (rc != 0 && rc != EOPNOTSUPP && rc != EINVAL) {
-    errno = rc;
+  // fallocate(2), not posix_fallocate: glibc's fallback writes every block itself.
+  if (::fallocate(f->fd_, 0, 0, static_cast<off_t>(data_end)) != 0 && errno != EOPNOTSUPP &&
+      errno != EINVAL)
     return IoError("reserve space for", f->partial_);
-  }
   std::string header = format::EncodeHeader(source.footer().format_version);
   STASIS_RETURN_IF_ERROR(PwriteAll(f->fd_, header.data(), header.size(), 0, f->partial_));
   f->put_ = std::vector<std::atomic<uint8_t>>(f->layout_.manifest.chunks.size());
@@ -238,8 +287,14 @@ StatusOr<std::vector<CacheEntry>> PruneCache(const std::string& dir, uint64_t ma
     if (!e.partial) total += e.bytes;
   for (const CacheEntry& e : entries) {
     if (e.partial) {
-      if (e.filling) continue;
-      if (::unlink(e.path.c_str()) == 0) removed.push_back(e);
+      // Under the key's lock: a filler that takes it after the listing must not lose its
+      // partial file to us.
+      const std::string lock = dir + "/" + e.key + ".lock";
+      int fd = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+      if (fd < 0) continue;
+      if (::flock(fd, LOCK_EX | LOCK_NB) == 0 && ::unlink(e.path.c_str()) == 0)
+        removed.push_back(e);
+      ::close(fd);
       continue;
     }
     if (max_bytes == 0 || total <= max_bytes) continue;

@@ -35,8 +35,20 @@ struct RawLayout {
 };
 StatusOr<RawLayout> PlanRawLayout(const format::Manifest& source);
 
-// DIR/<key>.stasis when it exists (its mtime is touched: the LRU clock); else nullopt.
+// DIR/<key>.stasis when it exists; else nullopt.
 std::optional<std::string> FindCacheEntry(const std::string& dir, const std::string& key);
+
+// Marks an entry used now (its mtime: the LRU clock). Called once it proved usable.
+void TouchCacheEntry(const std::string& path);
+
+// "" when `entry` holds the image `source` describes (regions, every chunk's raw size,
+// checksum and place, tensors, sections), else the first difference. The key already
+// matched; this catches an entry that is stale, planted or damaged in its manifest.
+std::string EntryDifference(const format::Manifest& source, const format::Manifest& entry);
+
+// Removes DIR/<key>.stasis (an entry that failed), under the key's lock so that no fill of
+// the same key races it. kUnavailable when a filler holds the lock.
+Status RemoveCacheEntry(const std::string& dir, const std::string& key);
 
 class CacheFill final : public ChunkSink {
  public:

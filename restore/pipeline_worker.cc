@@ -45,6 +45,8 @@ class PipelineWorker {
     for (int s = 0; s < plan_.slots_per_worker; ++s) free_slots_.push_back(s);
     slot_has_copy_.assign(plan_.slots_per_worker, false);
     Status status = Loop();
+    // Failed or cancelled: reads still in flight are of no use; stop those that can stop.
+    if (!status.ok() && queue_->in_flight() > 0) queue_->Cancel();
     // Never free staging the kernel may still write: drain every read in flight.
     std::vector<ReadCompletion> done;
     while (queue_->in_flight() > 0) {

@@ -91,58 +91,89 @@ Status OpenSource(const std::string& image, const RestoreOptions& options,
   return CheckSameFile(image, (*reader)->file(), **engine);
 }
 
+// What OpenImage opened: the reader and engine the pipeline reads (the image's, or its
+// cache entry's), and the cache tier's part in it.
+struct Opened {
+  std::unique_ptr<ImageReader> reader;
+  std::unique_ptr<ReadEngine> engine;
+  FileId source;  // the image's own file (unknown for remote ones), whatever is read
+  std::unique_ptr<CacheFill> fill;  // set when this restore fills an entry
+  std::string cache_report;         // RestoreReport::cache
+  std::string hit_entry, key;       // the entry read (a hit), and the image's key
+};
+
 // OpenSource, through the cache tier when options.cache asks for one: an entry of the
-// image, when there is one, is what is read; else `*fill` is set when this process fills
-// one. `*cache_report` says which (RestoreReport::cache).
-Status OpenImage(const std::string& image, const RestoreOptions& options,
-                 std::unique_ptr<ImageReader>* reader, std::unique_ptr<ReadEngine>* engine,
-                 std::unique_ptr<CacheFill>* fill, std::string* cache_report) {
+// image, when there is one that matches it, is what is read; else this process fills one
+// when it can. An entry that fails to open or differs from the image is removed.
+Status OpenImage(const std::string& image, const RestoreOptions& options, Opened* out) {
   std::string etag;
-  STASIS_RETURN_IF_ERROR(OpenSource(image, options, reader, engine, &etag));
+  STASIS_RETURN_IF_ERROR(OpenSource(image, options, &out->reader, &out->engine, &etag));
+  out->source = IdentityOf(*out->engine);
   const CacheOptions& cache = options.cache;
   if (cache.dir.empty() || options.fs != nullptr) return OkStatus();
-  const format::Manifest& m = (*reader)->manifest();
+  const format::Manifest& m = out->reader->manifest();
   const bool compressed = std::any_of(m.chunks.begin(), m.chunks.end(),
                                       [](const auto& c) { return c.codec != format::Codec::kRaw; });
   if (!IsRemoteLocation(image) && !compressed) {
-    *cache_report = "not cached: a local raw image is read as it is";
+    out->cache_report = "not cached: a local raw image is read as it is";
     return OkStatus();
   }
-  const std::string key = CacheKey((*reader)->footer(), etag);
-  if (std::optional<std::string> entry = FindCacheEntry(cache.dir, key)) {
+  out->key = CacheKey(out->reader->footer(), etag);
+  std::string unusable;
+  if (std::optional<std::string> entry = FindCacheEntry(cache.dir, out->key)) {
     std::unique_ptr<ImageReader> r;
     std::unique_ptr<ReadEngine> e;
     std::string unused;
     Status s = OpenSource(*entry, options, &r, &e, &unused);
-    if (s.ok() && r->manifest().RawBytes() == m.RawBytes()) {
-      *reader = std::move(r);
-      *engine = std::move(e);
-      *cache_report = "hit " + *entry;
+    const std::string difference = s.ok() ? EntryDifference(m, r->manifest()) : "";
+    if (s.ok() && difference.empty()) {
+      TouchCacheEntry(*entry);
+      out->reader = std::move(r);
+      out->engine = std::move(e);
+      out->hit_entry = *entry;
+      out->cache_report = "hit " + *entry;
       return OkStatus();
     }
-    *cache_report = "entry " + *entry + " unusable (" +
-                    (s.ok() ? std::string("another size") : std::string(s.message())) +
-                    "); read from the source";
-    return OkStatus();
+    // Stale, damaged or planted: it goes, and this restore fills it again.
+    unusable = "entry " + *entry + " unusable (" +
+               (s.ok() ? difference : std::string(s.message())) + "); ";
+    Status removed = RemoveCacheEntry(cache.dir, out->key);
+    spdlog::warn("cache: {}{}", unusable,
+                 removed.ok() ? std::string("removed") : std::string(removed.message()));
   }
   if (!options.verify || !options.verify_stored) {
-    *cache_report = "not filled: an entry holds only checked bytes, and checksums are off";
+    out->cache_report =
+        unusable + "not filled: an entry holds only checked bytes, and checksums are off";
     return OkStatus();
   }
-  StatusOr<std::unique_ptr<CacheFill>> begun = CacheFill::Begin(cache.dir, key, **reader);
+  StatusOr<std::unique_ptr<CacheFill>> begun = CacheFill::Begin(cache.dir, out->key, *out->reader);
   if (!begun.ok()) {
-    *cache_report = "not filled: " + std::string(begun.status().message());
-    spdlog::warn("cache: {}", *cache_report);
+    out->cache_report = unusable + "not filled: " + std::string(begun.status().message());
+    spdlog::warn("cache: {}", out->cache_report);
     return OkStatus();
   }
   if (*begun == nullptr) {
-    *cache_report =
-        "another process is filling " + cache.dir + "/" + key + ".stasis; read from the source";
+    out->cache_report = unusable + "another process is filling " + cache.dir + "/" + out->key +
+                        ".stasis; read from the source";
     return OkStatus();
   }
-  *fill = std::move(begun).value();
-  *cache_report = "filling " + (*fill)->entry_path();
+  out->fill = std::move(begun).value();
+  out->cache_report = unusable + "filling " + out->fill->entry_path();
   return OkStatus();
+}
+
+// A restore from a cache entry failed in a way the entry may be to blame for (a checksum,
+// a short file, an I/O error): the entry goes, so the next open reads the image itself.
+bool DropEntryAfter(const Status& failure, const std::string& hit_entry, const std::string& key,
+                    const CacheOptions& cache) {
+  if (hit_entry.empty()) return false;
+  const StatusCode c = failure.code();
+  if (c != StatusCode::kDataLoss && c != StatusCode::kOutOfRange && c != StatusCode::kUnavailable)
+    return false;
+  Status removed = RemoveCacheEntry(cache.dir, key);
+  spdlog::warn("cache: restoring from {} failed ({}); {}", hit_entry, failure.ToString(),
+               removed.ok() ? std::string("removed it") : std::string(removed.message()));
+  return true;
 }
 
 // "" when `now` lays its tensors out as `was` does, in regions that fit where `was`'s were
@@ -175,12 +206,15 @@ std::string LayoutDifference(const format::Manifest& was, const format::Manifest
 void PublishCacheEntry(CacheFill* fill, const CacheOptions& cache, std::string* report) {
   Stopwatch t;
   Status s = fill->Publish();
+  // "filling X" becomes the outcome; what came before it (an entry removed) stays.
+  const size_t filling = report->rfind("filling ");
+  const std::string before = filling == std::string::npos ? "" : report->substr(0, filling);
   if (!s.ok()) {
-    *report = "fill failed: " + std::string(s.message());
+    *report = before + "fill failed: " + std::string(s.message());
     spdlog::warn("cache: {}", *report);
     return;
   }
-  *report = "filled " + fill->entry_path();
+  *report = before + "filled " + fill->entry_path();
   spdlog::info("cache: published {} in {:.3f} s", fill->entry_path(), t.Seconds());
   if (cache.max_bytes == 0) return;
   StatusOr<std::vector<CacheEntry>> removed =
@@ -205,6 +239,18 @@ struct RestoredModel::State {
   std::shared_ptr<internal::MapLease> lease;
   // The cache entry this restore fills, until RunPipeline publishes or drops it.
   std::unique_ptr<CacheFill> fill;
+  std::string hit_entry, key;  // the cache entry read, if any, and the image's key
+
+  // Takes what OpenImage opened.
+  void Take(Opened&& o, std::string* cache_report) {
+    reader = std::move(o.reader);
+    engine = std::move(o.engine);
+    file = o.source;
+    fill = std::move(o.fill);
+    hit_entry = std::move(o.hit_entry);
+    key = std::move(o.key);
+    *cache_report = std::move(o.cache_report);
+  }
   // A worker's queue kept reads it could not reap: the kernel may still write into the
   // staging and the regions, so neither is ever freed (see ~RestoredModel).
   bool abandoned_reads = false;
@@ -229,9 +275,9 @@ StatusOr<std::unique_ptr<RestoredModel>> RestoredModel::Restore(const std::strin
         "can need two reads at once), not " +
         std::to_string(options.queue_depth));
   Stopwatch t;
-  STASIS_RETURN_IF_ERROR(
-      OpenImage(image, options, &st.reader, &st.engine, &st.fill, &report.cache));
-  st.file = IdentityOf(*st.engine);
+  Opened opened;
+  STASIS_RETURN_IF_ERROR(OpenImage(image, options, &opened));
+  st.Take(std::move(opened), &report.cache);
   report.io = st.engine->report();
   report.phases.open = t.Seconds();
 
@@ -256,7 +302,23 @@ StatusOr<std::unique_ptr<RestoredModel>> RestoredModel::Restore(const std::strin
   report.phases.map = t.Seconds();
 
   model->tensors_ = m.tensors;  // shared, not copied
-  STASIS_RETURN_IF_ERROR(model->RunPipeline());
+  Status s = model->RunPipeline();
+  if (!s.ok() && DropEntryAfter(s, st.hit_entry, st.key, options.cache)) {
+    // The entry failed and is gone: once more, from the image itself (which fills it again).
+    const std::string failed = st.hit_entry;
+    Opened again;
+    STASIS_RETURN_IF_ERROR(OpenImage(image, options, &again));
+    if (const std::string d = LayoutDifference(m, again.reader->manifest(), model->regions_);
+        !d.empty())
+      return s;  // cannot happen: the entry matched the image (EntryDifference)
+    std::string cache_report;
+    st.Take(std::move(again), &cache_report);  // regions stay: the layout is the same
+    model->tensors_ = st.reader->manifest().tensors;
+    report.cache =
+        "entry " + failed + " failed (" + std::string(s.message()) + "), removed; " + cache_report;
+    s = model->RunPipeline();
+  }
+  STASIS_RETURN_IF_ERROR(s);
   report.phases.total = start.Seconds();
   spdlog::debug("restored {}: {} bytes in {:.3f} s via {}", st.shown, report.raw_bytes,
                 report.phases.total, IoBackendName(report.io.backend));
@@ -526,28 +588,21 @@ Status RestoredModel::Reload() {
   // Reopen by path: after a failure, what is there now (a good image renamed onto the
   // path) is what must be restored, not the file the first restore opened.
   State& st = *state_;
-  std::unique_ptr<ImageReader> reader;
-  std::unique_ptr<ReadEngine> engine;
-  std::unique_ptr<CacheFill> fill;
-  std::string cache_report;
-  STASIS_RETURN_IF_ERROR(OpenImage(st.image, st.options, &reader, &engine, &fill, &cache_report));
+  Opened opened;
+  STASIS_RETURN_IF_ERROR(OpenImage(st.image, st.options, &opened));
   const std::string difference =
-      LayoutDifference(st.reader->manifest(), reader->manifest(), regions_);
+      LayoutDifference(st.reader->manifest(), opened.reader->manifest(), regions_);
   if (!difference.empty())
     return FailedPreconditionError(st.shown + " now holds an image of another layout (" +
                                    difference + "); restore it anew");
-  const FileId file = IdentityOf(*engine);
+  const FileId file = opened.source;
   report_.image_replaced = st.file.known && file.known && !(file == st.file);
   if (report_.image_replaced)
     spdlog::warn(
         "reload of {}: the path names another file than the last restore; same layout, "
         "restoring it",
         st.shown);
-  st.reader = std::move(reader);
-  st.engine = std::move(engine);
-  st.file = file;
-  st.fill = std::move(fill);
-  report_.cache = cache_report;
+  st.Take(std::move(opened), &report_.cache);
   report_.io = st.engine->report();
   report_.phases = RestorePhases{};
   report_.phases.open = t.Seconds();
@@ -557,6 +612,8 @@ Status RestoredModel::Reload() {
   loaded_ = true;
   Status s = RunPipeline();
   if (!s.ok()) {
+    // An entry to blame goes, so the next Reload reads the image itself.
+    DropEntryAfter(s, st.hit_entry, st.key, st.options.cache);
     // Half-restored memory is worse than none: release it, stay unloaded.
     Unload().IgnoreError();
     return s;

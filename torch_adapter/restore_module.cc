@@ -4,6 +4,7 @@
 #include <utility>
 #include <vector>
 
+#include "stasis/remote.h"
 #include "stasis/torch.h"
 #include "torch_adapter/device.h"
 #include "torch_adapter/exception_status.h"
@@ -12,6 +13,11 @@
 
 namespace stasis::torch {
 namespace {
+
+// A location as messages show it: a remote one without its query (a presigned signature).
+std::string Shown(const std::string& image) {
+  return IsRemoteLocation(image) ? RedactLocation(image) : image;
+}
 
 // The framework is already here: only the device needs checking (and, for cuda, libtorch's
 // CUDA part loading), as the bound tensors need it.
@@ -39,19 +45,20 @@ StatusOr<std::vector<std::pair<std::string, at::Tensor>>> RestoreTensorsImpl(
   o.restore = options;
   STASIS_ASSIGN_OR_RETURN(ColdStart cold, RestoreWhileLoading(image, o, InProcess));
   auto out = ViewRestoredTensors(*cold.restored, cold.restored);
-  if (!out.ok()) return out.status().WithContext(image);
+  if (!out.ok()) return out.status().WithContext(Shown(image));
   return out;
 }
 
 }  // namespace
 
 StatusOr<BoundModule> RestoreModule(const std::string& image, const RestoreOptions& options) {
-  return internal::Guarded("restoring " + image, [&] { return RestoreModuleImpl(image, options); });
+  return internal::Guarded("restoring " + Shown(image),
+                           [&] { return RestoreModuleImpl(image, options); });
 }
 
 StatusOr<std::vector<std::pair<std::string, at::Tensor>>> RestoreTensors(
     const std::string& image, const RestoreOptions& options) {
-  return internal::Guarded("restoring " + image,
+  return internal::Guarded("restoring " + Shown(image),
                            [&] { return RestoreTensorsImpl(image, options); });
 }
 

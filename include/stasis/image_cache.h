@@ -23,7 +23,9 @@
 // Sharing: processes on one node share DIR. One fills an entry (the lock); the others
 // restore straight from the source meanwhile ("streamed through"), and use the entry once
 // it is published. A process killed mid-fill leaves only a .partial file and a lock
-// nobody holds.
+// nobody holds. An entry that fails to open, differs from the image it stands for, or
+// fails its checksums during a restore is removed, and that restore reads the image
+// itself (and fills the entry again).
 //
 // Eviction: least recently used first (a restore from an entry touches its mtime), down to
 // CacheOptions::max_bytes after each fill; the entry just used is kept.
@@ -60,7 +62,8 @@ struct CacheEntry {
 // Every entry of `dir`, least recently used first. kNotFound when `dir` does not exist.
 StatusOr<std::vector<CacheEntry>> ListCacheEntries(const std::string& dir);
 
-// Removes partial entries nobody is filling and their locks, then complete entries, least
+// Removes partial entries nobody is filling (lock files stay: removing one a process is
+// about to take would let two fill one key), then complete entries, least
 // recently used first, until the complete ones take at most `max_bytes`. `keep` (a path) is
 // never removed. Returns what was removed.
 StatusOr<std::vector<CacheEntry>> PruneCache(const std::string& dir, uint64_t max_bytes,

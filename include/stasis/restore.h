@@ -142,7 +142,7 @@ struct RestoreOptions {
   // Raw bytes restored so far: each worker adds a chunk's bytes once it is in place, so a
   // caller can draw progress from another thread. Reset to 0 by neither Restore nor Reload.
   std::atomic<uint64_t>* progress = nullptr;
-  // Both must outlive the RestoredModel when set (Reload uses them again).
+  // `cancel` and `progress` must outlive the RestoredModel when set (Reload uses them again).
   // A remote image (s3://, http://, https://; stasis/remote.h): how it is fetched. Ignored
   // for local paths. `io`, `direct` and `map_file` do not apply to remote images.
   RemoteOptions remote;

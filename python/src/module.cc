@@ -578,6 +578,12 @@ NB_MODULE(_core, m) {
       .def("finish", &Writer::Finish)
       .def("abandon", &Writer::Abandon);
 
+  m.def(
+      "shown_location",
+      [](const std::string& location) {
+        return stasis::IsRemoteLocation(location) ? stasis::RedactLocation(location) : location;
+      },
+      "A location as messages show it: a remote one without its query or user:password@.");
   m.def("inspect", &Inspect, "path"_a);
   m.def("verify", &Verify, "path"_a, "threads"_a = 0);
 }

@@ -464,15 +464,8 @@ def reload(obj):
 
 
 def _shown(path):
-    """`path` as messages show it: a remote location without its query string (a presigned
-    URL's signature) or user:password@, as stasis/remote.h's RedactLocation does."""
-    path = os.fspath(path)
-    if "://" not in path:
-        return path
-    scheme, rest = path.split("://", 1)
-    rest = rest.split("?", 1)[0].split("#", 1)[0]
-    host, slash, tail = rest.partition("/")
-    return f"{scheme}://{host.rpartition('@')[2]}{slash}{tail}"
+    """`path` as messages show it (a presigned URL's signature cut off: stasis/remote.h)."""
+    return _core.shown_location(os.fspath(path))
 
 
 def inspect(path):

@@ -25,9 +25,9 @@ struct QueueState {
   size_t in_loop = 0;      // held by the transfer thread (it may write their memory)
   std::atomic<bool> cancelled{false};
 
-  void Complete(uint64_t user_data, Status status, bool deliver) {
+  void Complete(uint64_t user_data, Status status) {
     std::lock_guard<std::mutex> lock(mu);
-    if (deliver) done.push_back({user_data, std::move(status)});
+    done.push_back({user_data, std::move(status)});
     --in_loop;
     cv.notify_all();
   }
@@ -40,6 +40,8 @@ struct Task {
   Clock::time_point not_before{};
 };
 
+Status Cancelled() { return CancelledError("read cancelled: the restore stopped"); }
+
 // The thread that runs every transfer of one engine on a libcurl multi handle.
 class TransferLoop {
  public:
@@ -51,7 +53,11 @@ class TransferLoop {
     // Connections kept open for reuse: one per transfer in flight.
     curl_multi_setopt(multi_, CURLMOPT_MAXCONNECTS,
                       static_cast<long>(object_->options().concurrency + 4));
-    thread_ = std::thread([this] { Run(); });
+    try {
+      thread_ = std::thread([this] { Run(); });
+    } catch (const std::exception& e) {  // std::system_error: no thread left in this process
+      return ResourceExhaustedError(std::string("cannot start the transfer thread: ") + e.what());
+    }
     return OkStatus();
   }
 
@@ -97,7 +103,7 @@ class TransferLoop {
         if (it->second->queue->cancelled.load()) {
           curl_multi_remove_handle(multi_, it->first);
           idle_.push_back(it->first);
-          it->second->queue->Complete(0, OkStatus(), /*deliver=*/false);
+          it->second->queue->Complete(it->second->op.user_data, Cancelled());
           it = active.erase(it);
         } else {
           ++it;
@@ -105,7 +111,7 @@ class TransferLoop {
       }
       for (auto it = waiting.begin(); it != waiting.end();) {
         if ((*it)->queue->cancelled.load()) {
-          (*it)->queue->Complete(0, OkStatus(), false);
+          (*it)->queue->Complete((*it)->op.user_data, Cancelled());
           it = waiting.erase(it);
         } else {
           ++it;
@@ -129,7 +135,7 @@ class TransferLoop {
           armed = InternalError("curl_multi_add_handle failed");
         if (!armed.ok()) {
           if (h != nullptr) idle_.push_back(h);
-          t.queue->Complete(t.op.user_data, armed, true);
+          t.queue->Complete(t.op.user_data, armed);
           it = waiting.erase(it);
           continue;
         }
@@ -156,7 +162,7 @@ class TransferLoop {
         switch (task->transfer->Finish(h, code, &status)) {
           case RangeTransfer::Next::kDone:
           case RangeTransfer::Next::kFail:
-            task->queue->Complete(task->op.user_data, std::move(status), true);
+            task->queue->Complete(task->op.user_data, std::move(status));
             break;
           case RangeTransfer::Next::kRetry:
             task->not_before = Clock::now() + task->transfer->backoff();
@@ -169,22 +175,24 @@ class TransferLoop {
       for (const auto& t : waiting)
         if (t->not_before <= Clock::now() && active.size() < limit) startable = true;
       if (startable) continue;
+      // Idle (a restored model keeps its engine for Reload): sleep until woken.
+      const int64_t cap = active.empty() && waiting.empty() ? 600000 : 200;
       const int timeout_ms = static_cast<int>(std::clamp<int64_t>(
           std::chrono::duration_cast<std::chrono::milliseconds>(next_due - Clock::now()).count(), 0,
-          200));
+          cap));
       curl_multi_poll(multi_, nullptr, 0, timeout_ms, nullptr);
     }
     // Stopping: nothing may write into caller memory after this.
     for (auto& [h, task] : active) {
       curl_multi_remove_handle(multi_, h);
       idle_.push_back(h);
-      task->queue->Complete(task->op.user_data, CancelledError("read engine stopped"), true);
+      task->queue->Complete(task->op.user_data, CancelledError("read engine stopped"));
     }
     for (auto& task : waiting)
-      task->queue->Complete(task->op.user_data, CancelledError("read engine stopped"), true);
+      task->queue->Complete(task->op.user_data, CancelledError("read engine stopped"));
     std::lock_guard<std::mutex> lock(mu_);
     for (auto& task : incoming_)
-      task->queue->Complete(task->op.user_data, CancelledError("read engine stopped"), true);
+      task->queue->Complete(task->op.user_data, CancelledError("read engine stopped"));
     incoming_.clear();
   }
 
@@ -203,14 +211,19 @@ class HttpReadQueue final : public ReadQueue {
       : loop_(std::move(loop)), depth_(depth), state_(std::make_shared<QueueState>()) {}
 
   ~HttpReadQueue() override {
-    state_->cancelled.store(true);
-    loop_->Wake();
+    Cancel();
     std::unique_lock<std::mutex> lock(state_->mu);
     state_->cv.wait(lock, [&] { return state_->in_loop == 0; });
   }
 
+  void Cancel() override {
+    state_->cancelled.store(true);
+    loop_->Wake();
+  }
+
   Status Submit(const ReadOp& op) override {
     if (op.dst == nullptr) return InvalidArgumentError("read into a null buffer");
+    if (state_->cancelled.load()) return Cancelled();
     std::unique_lock<std::mutex> lock(state_->mu);
     if (state_->outstanding >= depth_) return FailedPreconditionError("read queue is full");
     ++state_->outstanding;

@@ -9,8 +9,9 @@
 // retries are spent, kAborted for a replaced object, kDeadlineExceeded, ...). Alignment 1;
 // nothing to map (MappableFd() is -1); fixed buffers are ignored.
 //
-// Thread safety: as ReadEngine. A queue's destructor cancels its transfers and returns
-// once none can write into its memory.
+// Thread safety: as ReadEngine. Cancel() stops a queue's transfers (each completes with
+// kCancelled at the next Wait), so a failed restore does not wait out retry schedules; the
+// destructor cancels too and returns once no transfer can write into the queue's memory.
 #ifndef STASIS_RESTORE_IO_HTTP_READ_ENGINE_H_
 #define STASIS_RESTORE_IO_HTTP_READ_ENGINE_H_
 

@@ -109,6 +109,12 @@ class ReadQueue {
   // and appends every completed read to `out`. A non-OK return means the queue itself
   // failed (ring error); per-read failures are in the completions.
   virtual Status Wait(size_t min_completions, std::vector<ReadCompletion>* out) = 0;
+  // Asks reads still running to stop: they complete (in a later Wait) with kCancelled, or
+  // as they were if they had finished. The caller stops submitting. For the kernel's
+  // engines a read ends soon anyway, so this does nothing; the remote engine's GETs can
+  // take a retry schedule (remote.h), which a failed or cancelled restore must not wait
+  // out.
+  virtual void Cancel() {}
   // Reads submitted and not yet returned by Wait().
   virtual size_t in_flight() const = 0;
   virtual size_t depth() const = 0;

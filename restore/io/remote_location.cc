@@ -276,6 +276,9 @@ Status ConfigureRequest(CURL* h, const ResolvedLocation& loc, const RemoteOption
   // normalise the dot segments away, and path-style could then reach another bucket).
   curl_easy_setopt(h, CURLOPT_PATH_AS_IS, 1L);
   curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+  // HTTP/1.1: parallel GETs on connections of their own. libcurl would otherwise multiplex
+  // them all over one HTTP/2 connection where the server offers it (one TCP window).
+  curl_easy_setopt(h, CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_1_1));
   curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS,
                    static_cast<long>(std::max(0.001, options.connect_timeout_s) * 1000));
   // A stall: fewer than 1 KiB/s for stall_timeout_s.

@@ -299,8 +299,11 @@ Status RangeTransfer::Arm(CURL* h) {
   const uint64_t first = offset_ + received_, last = offset_ + length_ - 1;
   headers_ = curl_slist_append(
       headers_, ("Range: bytes=" + std::to_string(first) + "-" + std::to_string(last)).c_str());
-  if (!object_->etag().empty())
-    headers_ = curl_slist_append(headers_, ("If-Match: " + object_->etag()).c_str());
+  // If-Match compares strongly: a weak ETag (W/"...") never matches, so only the answer's
+  // own ETag is compared for those (Accept).
+  const std::string& pinned = object_->etag();
+  if (!pinned.empty() && pinned.rfind("W/", 0) != 0)
+    headers_ = curl_slist_append(headers_, ("If-Match: " + pinned).c_str());
   if (headers_ == nullptr) return ResourceExhaustedError("out of memory for request headers");
   curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers_);
   curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, &RangeTransfer::OnHeader);
@@ -354,13 +357,21 @@ size_t RangeTransfer::OnHeader(char* data, size_t size, size_t n, void* self) {
 bool RangeTransfer::Accept() {
   const uint64_t first = offset_ + received_, last = offset_ + length_ - 1;
   const std::string& pinned = object_->etag();
-  if (!pinned.empty() && !etag_.empty() && etag_ != pinned) {
+  if (!pinned.empty() && etag_.empty()) {
+    reject_ = Status(StatusCode::kAborted, object_->display() +
+                                               " answered a range without an ETag, so it cannot be "
+                                               "told from a replacement (opened as " +
+                                               pinned + "); restore it again");
+    return false;
+  }
+  if (!pinned.empty() && etag_ != pinned) {
     reject_ =
         Status(StatusCode::kAborted, object_->display() + " was replaced while it was read (ETag " +
                                          etag_ + ", opened as " + pinned + "); restore it again");
     return false;
   }
   if (status_code_ == 200) {
+    attempt_limit_ = length_ - received_;
     if (first == 0 && last + 1 == object_->size()) return true;
     reject_ = UnimplementedError(object_->display() +
                                  ": the server ignored a Range request (answered 200); stasis "
@@ -384,6 +395,7 @@ bool RangeTransfer::Accept() {
                             Num(last) + ", got '" + content_range_ + "'");
     return false;
   }
+  attempt_limit_ = b - a + 1;  // a shorter range is taken; the rest is asked for again
   return true;
 }
 
@@ -401,9 +413,10 @@ size_t RangeTransfer::OnBody(char* data, size_t size, size_t n, void* self) {
       t->error_body_.append(data, std::min<size_t>(bytes, 8192 - t->error_body_.size()));
     return bytes;
   }
-  if (bytes > t->length_ - t->received_) {
-    t->reject_ = DataLossError(t->object_->display() + ": the server sent more bytes than asked (" +
-                               Num(t->received_ + bytes) + " of " + Num(t->length_) + ")");
+  if (bytes > t->attempt_limit_ - (t->received_ - t->attempt_start_)) {
+    t->reject_ = DataLossError(
+        t->object_->display() + ": the server sent more bytes than its Content-Range says (" +
+        Num(t->received_ - t->attempt_start_ + bytes) + " of " + Num(t->attempt_limit_) + ")");
     return 0;
   }
   std::memcpy(t->dst_ + t->received_, data, bytes);

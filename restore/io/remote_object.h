@@ -114,6 +114,7 @@ class RangeTransfer {
   int attempts_ = 0;            // attempts started
   int failures_ = 0;            // consecutive failed attempts that brought no byte
   uint64_t attempt_start_ = 0;  // received_ when the attempt started
+  uint64_t attempt_limit_ = 0;  // bytes this attempt's answer announced (Content-Range)
   curl_slist* headers_ = nullptr;
   // This attempt's response.
   long status_code_ = 0;

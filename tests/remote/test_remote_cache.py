@@ -157,3 +157,41 @@ def test_prune_removes_abandoned_partials(stasis, tmp_path):
     removed = stasis.ok("cache", "prune", cache, "--json").json()["removed"]
     assert [os.path.basename(e["path"]) for e in removed] == ["0123456789abcdef.stasis.partial"]
     assert entries(stasis, cache) == []
+
+
+def test_damaged_entry_is_removed_and_filled_again(stasis, images, range_server, tmp_path):
+    cache = tmp_path / "cache"
+    url = f"{range_server.url}/{NAME}"
+    export(stasis, url, tmp_path / "a.safetensors", cache)
+    [entry] = entries(stasis, cache)
+    # One byte of chunk data flipped: the entry's own checksums catch it during the restore.
+    data = bytearray(open(entry["path"], "rb").read())
+    data[8192] ^= 0xFF
+    open(entry["path"], "wb").write(bytes(data))
+    r = export(stasis, url, tmp_path / "b.safetensors", cache)["restore"]
+    assert r["cache"].startswith(f"entry {entry['path']} failed ("), r["cache"]
+    assert "checksum" in r["cache"] and ", removed; filled " in r["cache"], r["cache"]
+    assert (tmp_path / "b.safetensors").read_bytes() == images["zstd"].export.read_bytes()
+    # Refilled: the next restore is a clean hit again.
+    [again] = entries(stasis, cache)
+    assert stasis.ok("verify", again["path"], "--json").json()["intact"]
+    third = export(stasis, url, tmp_path / "c.safetensors", cache)["restore"]
+    assert third["cache"].startswith("hit "), third["cache"]
+
+
+def test_planted_entry_is_not_used(stasis, images, range_server, tmp_path):
+    """An entry under the right key holding another image (stale, planted): refused by its
+    manifest, removed, filled again from the source."""
+    cache = tmp_path / "cache"
+    url = f"{range_server.url}/{NAME}"
+    export(stasis, url, tmp_path / "a.safetensors", cache)
+    [entry] = entries(stasis, cache)
+    other = tmp_path / "other-cache"
+    export(stasis, f"{range_server.url}/model-many.stasis", tmp_path / "o.safetensors", other)
+    [other_entry] = entries(stasis, other)
+    os.replace(other_entry["path"], entry["path"])
+    r = export(stasis, url, tmp_path / "b.safetensors", cache)["restore"]
+    assert "unusable" in r["cache"] and "filled " in r["cache"], r["cache"]
+    assert (tmp_path / "b.safetensors").read_bytes() == images["zstd"].export.read_bytes()
+    third = export(stasis, url, tmp_path / "c.safetensors", cache)["restore"]
+    assert third["cache"].startswith("hit "), third["cache"]

@@ -196,3 +196,16 @@ def test_parallel_range_gets_over_reused_connections(stasis, images, range_serve
     # Reused: one connection per read in flight, plus the one the open used.
     assert range_server.connections <= concurrency + 1 < len(reqs), \
         (range_server.connections, len(reqs))
+
+
+def test_a_permanent_error_stops_the_other_reads(stasis, range_server, tmp_path):
+    """A 403 on one chunk ends the restore at once: the reads still queued or in flight are
+    cancelled, not run through their retry schedules."""
+    range_server.faults.add("403", count=1, when=chunk_read)
+    range_server.faults.add("delay", count=None, when=chunk_read, seconds=0.5)
+    r, out = export(stasis, range_server, tmp_path / "o", "--remote-concurrency", "4")
+    assert_message(r, "403", "denied")
+    assert r.elapsed < 10, str(r)
+    # ~120 chunks: without cancelling, every one would still be fetched.
+    assert len(range_server.requests) < 40, len(range_server.requests)
+    assert not out.exists()

@@ -43,6 +43,7 @@ std::string WriteImage(const TempDir& dir, CodecChoice codec, uint32_t version,
     EXPECT_TRUE((*w)->AddTensor(t).ok());
   }
   EXPECT_TRUE((*w)->AddSection("skeleton", std::string(10000, 's')).ok());
+  EXPECT_TRUE((*w)->AddSection("empty", "").ok());  // the format places it nowhere
   EXPECT_TRUE((*w)->Finish().ok());
   return path;
 }
@@ -77,8 +78,9 @@ TEST_P(RawLayoutTest, EntryIsAVerifiedRawImageOfTheSameTensors) {
     EXPECT_EQ(c.stored_size, c.raw_size);
     EXPECT_EQ(c.stored_xxh3, c.raw_xxh3);
     EXPECT_EQ(c.file_offset % format::kBlockAlign, 0u);
-    if (c.raw_size >= format::kMapPhase && c.dst_offset % format::kBlockAlign == 0)
+    if (c.raw_size >= format::kMapPhase && c.dst_offset % format::kBlockAlign == 0) {
       EXPECT_EQ(c.file_offset % format::kMapPhase, c.dst_offset % format::kMapPhase);
+    }
   }
 
   const std::string cache = dir.File("cache");
@@ -102,6 +104,8 @@ TEST_P(RawLayoutTest, EntryIsAVerifiedRawImageOfTheSameTensors) {
   for (size_t i = 0; i < was.tensors.size(); ++i)
     EXPECT_TRUE(format::SameTensor(was.tensors[i], now.tensors[i]));
   EXPECT_EQ(*(*opened)->ReadSection("skeleton"), std::string(10000, 's'));
+  EXPECT_EQ(*(*opened)->ReadSection("empty"), "");
+  EXPECT_EQ(EntryDifference(was, now), "");
   EXPECT_EQ(now.RawBytes(), was.RawBytes());
   for (const auto& e : dir.List()) EXPECT_EQ(e.find(".partial"), std::string::npos) << e;
 }
@@ -187,6 +191,43 @@ TEST(CacheFillTest, PruneEvictsLeastRecentlyUsedAndKeepsTheNamedEntry) {
   EXPECT_EQ((*removed)[0].path, paths[0]);
   EXPECT_EQ((*removed)[1].path, paths[2]);
   EXPECT_TRUE(FindCacheEntry(cache, "b").has_value());
+}
+
+TEST(CacheEntryTest, DifferenceNamesWhatAnEntryGotWrong) {
+  TempDir dir;
+  auto a = ImageReader::Open(WriteImage(dir, CodecChoice::kZstd, 2, "a.stasis"));
+  ASSERT_THAT(a.status(), IsOk());
+  auto layout = PlanRawLayout((*a)->manifest());
+  ASSERT_THAT(layout.status(), IsOk());
+  EXPECT_EQ(EntryDifference((*a)->manifest(), layout->manifest), "");
+  format::Manifest bad = layout->manifest;
+  bad.chunks[1].raw_xxh3 ^= 1;
+  EXPECT_EQ(EntryDifference((*a)->manifest(), bad), "chunk 1 differs");
+  bad = layout->manifest;
+  bad.sections[0].xxh3 ^= 1;
+  EXPECT_EQ(EntryDifference((*a)->manifest(), bad), "section 0 differs");
+  bad = layout->manifest;
+  bad.metadata.emplace_back("x", "y");
+  EXPECT_EQ(EntryDifference((*a)->manifest(), bad), "the metadata differs");
+  // Not raw: an entry is never compressed.
+  EXPECT_EQ(EntryDifference((*a)->manifest(), (*a)->manifest()).substr(0, 5), "chunk");
+}
+
+TEST(CacheEntryTest, RemovalWaitsForNoFiller) {
+  TempDir dir;
+  auto source = ImageReader::Open(WriteImage(dir, CodecChoice::kZstd, 2, "a.stasis"));
+  ASSERT_THAT(source.status(), IsOk());
+  const std::string cache = dir.File("cache");
+  auto fill = CacheFill::Begin(cache, "k", **source);
+  ASSERT_THAT(fill.status(), IsOk());
+  ASSERT_NE(*fill, nullptr);
+  EXPECT_THAT(RemoveCacheEntry(cache, "k"),
+              StatusIs(StatusCode::kUnavailable, HasSubstr("filled")));
+  FillFrom(**source, fill->get());
+  ASSERT_THAT((*fill)->Publish(), IsOk());
+  fill->reset();
+  EXPECT_THAT(RemoveCacheEntry(cache, "k"), IsOk());
+  EXPECT_FALSE(FindCacheEntry(cache, "k").has_value());
 }
 
 TEST(CacheKeyTest, DependsOnTheManifestAndTheEtag) {

@@ -79,7 +79,7 @@ StatusOr<CacheOptions> ToCacheOptions(const std::string& dir, const std::string&
       return InvalidArgumentError("--cache-max: " + std::string(bytes.status().message()));
     c.max_bytes = *bytes;
   }
-  if (c.dir.empty() && c.max_bytes != 0)
+  if (c.dir.empty() && !max.empty())  // the flag; STASIS_CACHE_MAX alone is harmless
     return InvalidArgumentError("--cache-max needs --cache DIR (or STASIS_CACHE_DIR)");
   return c;
 }
