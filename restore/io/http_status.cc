@@ -1,6 +1,8 @@
 #include "restore/io/http_status.h"
 
+#include <algorithm>
 #include <cctype>
+#include <cstdio>
 #include <cstdlib>
 
 namespace stasis {
@@ -115,6 +117,18 @@ Status CurlError(CURLcode c, const char* errbuf, const std::string& display,
     default:
       return UnavailableError(m);
   }
+}
+
+std::chrono::milliseconds RetryBackoff(int failures, uint64_t spread) {
+  if (failures <= 0) return std::chrono::milliseconds(0);
+  const int64_t base = std::min<int64_t>(5000, 100LL << std::min(failures - 1, 6));
+  return std::chrono::milliseconds(base + static_cast<int64_t>(spread % 97) * base / 400);
+}
+
+std::string SecondsText(double seconds) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%g", seconds);
+  return b;
 }
 
 }  // namespace stasis

@@ -12,6 +12,8 @@
 
 #include <curl/curl.h>
 
+#include <chrono>
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -33,6 +35,14 @@ long StatusLineCode(std::string_view line);
 // else from it (the body of SignatureDoesNotMatch echoes the canonical request, token
 // header included).
 std::string S3ErrorSummary(const std::string& body);
+
+// The wait before the next attempt after `failures` consecutive failed ones: 100 ms doubling
+// to 5 s (0 for none), plus up to a quarter more picked by `spread` (a range's offset, a part
+// number) so that parallel retries do not align.
+std::chrono::milliseconds RetryBackoff(int failures, uint64_t spread);
+
+// Seconds as messages write them ("2", "0.5").
+std::string SecondsText(double seconds);
 
 // Failures a retry may cure: resets, timeouts, refused connections; 5xx, 429 and 408.
 bool RetryableCurl(CURLcode c);

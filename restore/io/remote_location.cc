@@ -160,12 +160,13 @@ std::string RedactLocation(std::string_view location) {
   return s;
 }
 
-std::string EncodeS3Key(std::string_view key) {
+std::string PercentEncode(std::string_view text, bool keep_slash) {
   static const char kHex[] = "0123456789ABCDEF";
   std::string out;
-  out.reserve(key.size());
-  for (unsigned char c : key) {
-    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~' || c == '/') {
+  out.reserve(text.size());
+  for (unsigned char c : text) {
+    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~' ||
+        (keep_slash && c == '/')) {
       out.push_back(static_cast<char>(c));
     } else {
       out.push_back('%');

@@ -55,8 +55,11 @@ StatusOr<ResolvedLocation> ResolveLocation(std::string_view location, const Remo
 StatusOr<std::optional<AwsCredentials>> LoadAwsCredentials(const RemoteEnvironment& env,
                                                            std::string* source);
 
-// Percent-encodes an S3 key for a URL path ('/' kept, as S3 and SigV4's canonical URI want).
-std::string EncodeS3Key(std::string_view key);
+// SigV4's percent-encoding: unreserved characters (A-Z a-z 0-9 - _ . ~) kept, '/' too when
+// `keep_slash` (a key in a path), every other byte %XX in upper case.
+std::string PercentEncode(std::string_view text, bool keep_slash);
+// An S3 key for a URL path ('/' kept, as S3 and SigV4's canonical URI want).
+inline std::string EncodeS3Key(std::string_view key) { return PercentEncode(key, true); }
 
 // Arms an easy handle for a request to `loc` (URL with `url_suffix` appended, e.g.
 // "?uploads"; libcurl 7.88 signs the query as it is sent, so the query is put in SigV4's

@@ -33,12 +33,6 @@ bool ParseContentRange(std::string_view v, uint64_t* a, uint64_t* b, uint64_t* t
 
 thread_local char tls_errbuf[CURL_ERROR_SIZE];
 
-std::string Seconds(double s) {
-  char b[32];
-  std::snprintf(b, sizeof b, "%g", s);
-  return b;
-}
-
 }  // namespace
 
 // ---- RemoteObject -------------------------------------------------------------------
@@ -98,7 +92,7 @@ StatusOr<std::shared_ptr<const RemoteObject>> RemoteObject::Open(std::string_vie
       if (Clock::now() + wait >= o->deadline_) {
         o->ReturnHandle(h);
         return Status(StatusCode::kDeadlineExceeded,
-                      "deadline of " + Seconds(options.deadline_s) + " s exceeded opening " +
+                      "deadline of " + SecondsText(options.deadline_s) + " s exceeded opening " +
                           display + " (last error: " + std::string(last.message()) + ")");
       }
       std::this_thread::sleep_for(wait);
@@ -132,8 +126,8 @@ StatusOr<std::shared_ptr<const RemoteObject>> RemoteObject::Open(std::string_vie
     if (c != CURLE_OK && !(c == CURLE_WRITE_ERROR && r.code == 200)) {
       Status s = CurlError(c, tls_errbuf, display, "opening");
       if (Clock::now() >= o->deadline_)
-        s = Status(StatusCode::kDeadlineExceeded,
-                   "deadline of " + Seconds(options.deadline_s) + " s exceeded opening " + display);
+        s = Status(StatusCode::kDeadlineExceeded, "deadline of " + SecondsText(options.deadline_s) +
+                                                      " s exceeded opening " + display);
       if (!RetryableCurl(c) || last_try || s.code() == StatusCode::kDeadlineExceeded) {
         o->ReturnHandle(h);
         return s;
@@ -286,9 +280,9 @@ Status RangeTransfer::Failure(std::string_view what) const {
 Status RangeTransfer::Arm(CURL* h) {
   if (Clock::now() >= object_->deadline())
     return Status(StatusCode::kDeadlineExceeded,
-                  "deadline of " + Seconds(object_->options().deadline_s) + " s exceeded reading " +
-                      object_->display() + " (bytes " + Num(offset_) + ".." +
-                      Num(offset_ + length_) + ", " + Num(received_) + " received" +
+                  "deadline of " + SecondsText(object_->options().deadline_s) +
+                      " s exceeded reading " + object_->display() + " (bytes " + Num(offset_) +
+                      ".." + Num(offset_ + length_) + ", " + Num(received_) + " received" +
                       (last_error_.ok() ? std::string()
                                         : "; last error: " + std::string(last_error_.message())) +
                       ")");
@@ -435,7 +429,7 @@ RangeTransfer::Next RangeTransfer::Finish(CURL* h, CURLcode code, Status* status
   bool retryable = false;
   if (code == CURLE_ABORTED_BY_CALLBACK && stalled_) {
     failure = UnavailableError("stalled: nothing received for " +
-                               Seconds(object_->options().stall_timeout_s) + " s reading " +
+                               SecondsText(object_->options().stall_timeout_s) + " s reading " +
                                object_->display());
     retryable = true;
   } else if (code != CURLE_OK) {
@@ -453,11 +447,11 @@ RangeTransfer::Next RangeTransfer::Finish(CURL* h, CURLcode code, Status* status
     retryable = RetryableHttp(status_code_);
   }
   if (Clock::now() >= object_->deadline()) {
-    *status =
-        Status(StatusCode::kDeadlineExceeded,
-               "deadline of " + Seconds(object_->options().deadline_s) + " s exceeded reading " +
-                   object_->display() + " (" + Num(received_) + " of " + Num(length_) +
-                   " bytes of a range; last: " + std::string(failure.message()) + ")");
+    *status = Status(StatusCode::kDeadlineExceeded,
+                     "deadline of " + SecondsText(object_->options().deadline_s) +
+                         " s exceeded reading " + object_->display() + " (" + Num(received_) +
+                         " of " + Num(length_) +
+                         " bytes of a range; last: " + std::string(failure.message()) + ")");
     return Next::kFail;
   }
   if (!retryable) {
@@ -482,11 +476,8 @@ RangeTransfer::Next RangeTransfer::Finish(CURL* h, CURLcode code, Status* status
 }
 
 std::chrono::milliseconds RangeTransfer::backoff() const {
-  if (failures_ == 0) return std::chrono::milliseconds(0);  // progress: go on at once
-  // 100 ms doubling to 5 s, spread by the range's offset so parallel retries do not align.
-  int64_t base = std::min<int64_t>(5000, 100LL << std::min(failures_ - 1, 6));
-  int64_t jitter = static_cast<int64_t>((offset_ >> 12) % 97) * base / 400;
-  return std::chrono::milliseconds(base + jitter);
+  // None after an attempt that brought bytes (failures_ is 0): go on at once.
+  return RetryBackoff(failures_, offset_ >> 12);
 }
 
 }  // namespace stasis

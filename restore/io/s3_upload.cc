@@ -46,22 +46,6 @@ std::string Sha256Hex(const uint8_t* data, size_t n) {
   return out;
 }
 
-// A query value in SigV4's encoding (unreserved characters kept, all else %XX).
-std::string EncodeQueryValue(std::string_view v) {
-  static const char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : v) {
-    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
-      out.push_back(static_cast<char>(c));
-    } else {
-      out.push_back('%');
-      out.push_back(kHex[c >> 4]);
-      out.push_back(kHex[c & 15]);
-    }
-  }
-  return out;
-}
-
 std::string XmlEscape(std::string_view s) {
   std::string out;
   for (char c : s) {
@@ -124,19 +108,6 @@ bool RetryableS3Code(const std::string& body) {
   const std::string code = XmlField(body, "Code");
   return code == "RequestTimeout" || code == "XAmzContentSHA256Mismatch" || code == "BadDigest" ||
          code == "InternalError" || code == "SlowDown" || code == "ServiceUnavailable";
-}
-
-std::chrono::milliseconds Backoff(int failures, uint64_t spread) {
-  if (failures <= 0) return std::chrono::milliseconds(0);
-  // 100 ms doubling to 5 s, spread so that parallel retries do not align.
-  int64_t base = std::min<int64_t>(5000, 100LL << std::min(failures - 1, 6));
-  return std::chrono::milliseconds(base + static_cast<int64_t>(spread % 97) * base / 400);
-}
-
-std::string Seconds(double s) {
-  char b[32];
-  std::snprintf(b, sizeof b, "%g", s);
-  return b;
 }
 
 // One answer: its status (the last status line: a 100 Continue comes first), ETag and the
@@ -285,7 +256,7 @@ class Uploader {
   Status DeadlineStatus(const Status& last, double seconds) const {
     return Status(
         StatusCode::kDeadlineExceeded,
-        "deadline of " + Seconds(seconds) + " s exceeded uploading " + loc_.display +
+        "deadline of " + SecondsText(seconds) + " s exceeded uploading " + loc_.display +
             (last.ok() ? std::string() : " (last error: " + std::string(last.message()) + ")"));
   }
 
@@ -394,7 +365,8 @@ class Uploader {
       if (attempt > 0) {
         ++report_->retries;
         spdlog::info("retrying {} {} after: {}", what, loc_.display, last.message());
-        if (!SleepUnlessCancelled(Backoff(attempt, 0), honour_cancel)) return CancelledStatus();
+        if (!SleepUnlessCancelled(RetryBackoff(attempt, 0), honour_cancel))
+          return CancelledStatus();
       }
       if (honour_cancel && Cancelled()) return CancelledStatus();
       if (Clock::now() >= deadline) return DeadlineStatus(last, deadline_s);
@@ -541,8 +513,8 @@ class Uploader {
   }
 
   Status StartSending(Slot* s) {
-    const std::string suffix =
-        "?partNumber=" + std::to_string(s->part + 1) + "&uploadId=" + EncodeQueryValue(upload_id_);
+    const std::string suffix = "?partNumber=" + std::to_string(s->part + 1) +
+                               "&uploadId=" + PercentEncode(upload_id_, /*keep_slash=*/false);
     STASIS_RETURN_IF_ERROR(Arm(s->easy, suffix, "PUT", &s->body, s->sha256, nullptr, &s->answer,
                                &s->headers, s->errbuf));
     curl_easy_setopt(s->easy, CURLOPT_PRIVATE, s);
@@ -582,7 +554,7 @@ class Uploader {
                         std::to_string(s->attempts) + " attempts)");
     ++report_->retries;
     spdlog::info("retrying part {} of {} after: {}", s->part + 1, loc_.display, a.status.message());
-    s->retry_at = Clock::now() + Backoff(s->failures, s->part * 7919);
+    s->retry_at = Clock::now() + RetryBackoff(s->failures, s->part * 7919);
     s->state = Slot::State::kWaiting;
     return OkStatus();
   }
@@ -701,7 +673,7 @@ class Uploader {
   Status Complete() {
     const std::string xml = CompleteBody();
     Call call{"completing the multipart upload of", "POST",
-              "?uploadId=" + EncodeQueryValue(upload_id_)};
+              "?uploadId=" + PercentEncode(upload_id_, /*keep_slash=*/false)};
     call.body = reinterpret_cast<const uint8_t*>(xml.data());
     call.body_size = xml.size();
     call.content_type = "application/xml";
@@ -765,7 +737,7 @@ class Uploader {
     const auto deadline =
         Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(kAbortBudgetS * 1000));
     Call call{"aborting the multipart upload of", "DELETE",
-              "?uploadId=" + EncodeQueryValue(upload_id_)};
+              "?uploadId=" + PercentEncode(upload_id_, /*keep_slash=*/false)};
     Answer answer;
     Status s = Retrying(call.what, false, deadline, kAbortBudgetS, [&] {
       Attempt a = SendOnce(call, deadline, &answer);
