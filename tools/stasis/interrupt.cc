@@ -11,7 +11,6 @@
 #include "tools/stasis/temp_files.h"
 
 namespace stasis::cli {
-namespace {
 
 sigset_t InterruptSignals() {
   sigset_t set;
@@ -22,7 +21,7 @@ sigset_t InterruptSignals() {
   return set;
 }
 
-const char* SignalName(int sig) {
+const char* InterruptSignalName(int sig) {
   switch (sig) {
     case SIGINT:
       return "SIGINT";
@@ -33,6 +32,24 @@ const char* SignalName(int sig) {
   }
 }
 
+Status StartInterruptThread(std::function<void()> waiter) {
+  const sigset_t set = InterruptSignals();
+  sigset_t previous;
+  if (int rc = pthread_sigmask(SIG_BLOCK, &set, &previous); rc != 0)
+    return ErrnoToStatus(rc, "blocking SIGINT/SIGTERM/SIGHUP");
+  try {
+    std::thread(std::move(waiter)).detach();
+  } catch (const std::exception& e) {
+    pthread_sigmask(SIG_SETMASK, &previous, nullptr);
+    return ResourceExhaustedError(std::string("cannot start the thread that handles "
+                                              "SIGINT/SIGTERM: ") +
+                                  e.what());
+  }
+  return OkStatus();
+}
+
+namespace {
+
 [[noreturn]] void WaitForInterrupt(const std::string& output) {
   const sigset_t set = InterruptSignals();
   int sig = 0;
@@ -41,7 +58,7 @@ const char* SignalName(int sig) {
   const std::vector<std::string> removed = RemoveTempFiles(output, TempFiles::kOwn);
   // An ordinary thread, not a handler: stdio is safe here. The progress bar may own the
   // line; start a fresh one.
-  std::fprintf(stderr, "\nstasis: interrupted by %s", SignalName(sig));
+  std::fprintf(stderr, "\nstasis: interrupted by %s", InterruptSignalName(sig));
   for (const std::string& path : removed) std::fprintf(stderr, "; removed %s", path.c_str());
   std::fprintf(stderr, "\n");
   std::fflush(stderr);
@@ -53,19 +70,7 @@ const char* SignalName(int sig) {
 }  // namespace
 
 Status CleanUpOnInterrupt(const std::string& output) {
-  const sigset_t set = InterruptSignals();
-  sigset_t previous;
-  if (int rc = pthread_sigmask(SIG_BLOCK, &set, &previous); rc != 0)
-    return ErrnoToStatus(rc, "blocking SIGINT/SIGTERM/SIGHUP");
-  try {
-    std::thread(WaitForInterrupt, output).detach();
-  } catch (const std::exception& e) {
-    pthread_sigmask(SIG_SETMASK, &previous, nullptr);
-    return ResourceExhaustedError(std::string("cannot start the thread that cleans up on "
-                                              "SIGINT/SIGTERM: ") +
-                                  e.what());
-  }
-  return OkStatus();
+  return StartInterruptThread([output] { WaitForInterrupt(output); });
 }
 
 }  // namespace stasis::cli

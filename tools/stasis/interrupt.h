@@ -9,6 +9,9 @@
 #ifndef STASIS_TOOLS_STASIS_INTERRUPT_H_
 #define STASIS_TOOLS_STASIS_INTERRUPT_H_
 
+#include <signal.h>
+
+#include <functional>
 #include <string>
 
 #include "stasis/status.h"
@@ -27,6 +30,14 @@ namespace stasis::cli {
 // thread cannot be started the mask is restored and the error returned: the command still
 // runs, with the default dispositions.
 Status CleanUpOnInterrupt(const std::string& output);
+
+// The pieces, for a command with its own handling (`push` cancels an upload first):
+// SIGINT, SIGTERM and SIGHUP; "SIGINT", "SIGTERM" or "SIGHUP"; and blocking them in the
+// calling thread, then running `waiter` on a thread of its own (it sigwait()s them). The
+// same calling rules as CleanUpOnInterrupt.
+sigset_t InterruptSignals();
+const char* InterruptSignalName(int sig);
+Status StartInterruptThread(std::function<void()> waiter);
 
 }  // namespace stasis::cli
 

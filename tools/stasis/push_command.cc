@@ -22,6 +22,7 @@
 #include "stasis/remote.h"
 #include "tools/stasis/cli_common.h"
 #include "tools/stasis/commands.h"
+#include "tools/stasis/interrupt.h"
 #include "tools/stasis/remote_flags.h"
 #include "tools/stasis/temp_files.h"
 
@@ -44,26 +45,6 @@ std::mutex g_mu;
 std::string g_temp_image;  // a local file to remove on the way out ("" none)
 bool g_uploading = false;
 
-const char* SignalName(int sig) {
-  switch (sig) {
-    case SIGINT:
-      return "SIGINT";
-    case SIGTERM:
-      return "SIGTERM";
-    default:
-      return "SIGHUP";
-  }
-}
-
-sigset_t InterruptSignals() {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGHUP);
-  return set;
-}
-
 // Removes the temporary image and the writer's temporary files for it.
 std::string RemoveTempImage(const std::string& path) {
   std::string removed;
@@ -82,35 +63,21 @@ std::string RemoveTempImage(const std::string& path) {
     const bool first = g_signal.exchange(sig) == 0;
     if (first && g_uploading) {
       g_cancel.store(true);
-      std::fprintf(stderr, "\nstasis: interrupted by %s; aborting the upload\n", SignalName(sig));
+      std::fprintf(stderr, "\nstasis: interrupted by %s; aborting the upload\n",
+                   InterruptSignalName(sig));
       std::fflush(stderr);
       continue;
     }
     const std::string removed = RemoveTempImage(g_temp_image);
-    std::fprintf(stderr, "\nstasis: interrupted by %s%s%s\n", SignalName(sig), removed.c_str(),
-                 g_uploading ? "; the multipart upload may stay open" : "");
+    std::fprintf(stderr, "\nstasis: interrupted by %s%s%s\n", InterruptSignalName(sig),
+                 removed.c_str(), g_uploading ? "; the multipart upload may stay open" : "");
     std::fflush(stderr);
     ::_exit(128 + sig);  // as interrupt.cc: other threads still run
   }
 }
 
-// Blocks the signals in the calling thread (so in every thread started later) and starts
-// the thread that takes them. Call before any other thread starts.
-Status HandleInterrupts() {
-  const sigset_t set = InterruptSignals();
-  sigset_t previous;
-  if (int rc = pthread_sigmask(SIG_BLOCK, &set, &previous); rc != 0)
-    return ErrnoToStatus(rc, "blocking SIGINT/SIGTERM/SIGHUP");
-  try {
-    std::thread(WaitForInterrupts).detach();
-  } catch (const std::exception& e) {
-    pthread_sigmask(SIG_SETMASK, &previous, nullptr);
-    return ResourceExhaustedError(std::string("cannot start the thread that handles "
-                                              "SIGINT/SIGTERM: ") +
-                                  e.what());
-  }
-  return OkStatus();
-}
+// The thread that takes the signals (interrupt.h). Call before any other thread starts.
+Status HandleInterrupts() { return StartInterruptThread(WaitForInterrupts); }
 
 void SetUploading(bool uploading) {
   std::lock_guard<std::mutex> lock(g_mu);
