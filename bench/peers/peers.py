@@ -13,7 +13,6 @@ import datetime
 import importlib.metadata
 import json
 import os
-import platform
 import random
 import shlex
 import subprocess
@@ -207,25 +206,6 @@ def run_one(loader: str, model: dict, a) -> dict:
     return result
 
 
-def machine() -> dict:
-    cpu = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    mem = 0
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemTotal:"):
-                mem = int(line.split()[1]) * 1024
-    info = {"cpu": cpu, "cores": os.cpu_count(), "memory_bytes": mem,
-            "kernel": platform.release(), "python": platform.python_version()}
-    info["summary"] = (f"{cpu}, {info['cores']} cores, {mem / 2**30:.0f} GiB, "
-                       f"Linux {info['kernel']}")
-    return info
-
-
 def versions(a) -> dict:
     out = {}
     for pkg in ("torch", "safetensors", "runai-model-streamer", "tensorizer", "fastsafetensors",
@@ -269,7 +249,7 @@ def drive(a) -> int:
     else:
         cold_method = evict
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "command": a.command, "device": a.device, "runs": a.runs, "machine": machine(),
+              "command": a.command, "device": a.device, "runs": a.runs, "machine": peers_lib.machine(),
               "versions": versions(a), "cold_method": cold_method,
               "runai_concurrency": a.runai_concurrency, "models": [], "cells": [],
               "not_run": dict(CPU_UNSUPPORTED if a.device == "cpu" else GPU_NOT_RUN)}

@@ -17,6 +17,7 @@ import html
 import json
 import mmap
 import os
+import platform
 import re
 import struct
 import statistics
@@ -291,12 +292,13 @@ def replace_section(document: str, section: str, device: str = "cpu") -> str:
             "\n")
 
 
-def page_cache_drop() -> Tuple[bool, str]:
-    """Drops the page cache (clean pages) if permitted: (done, how)."""
+def page_cache_drop(level: str = "3") -> Tuple[bool, str]:
+    """Drops clean caches if permitted: (done, how). level: what /proc/sys/vm/drop_caches
+    takes, "1" the page cache, "3" dentries and inodes too."""
     os.sync()
     try:
         with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
+            f.write(level + "\n")
         return True, "drop_caches"
     except OSError as e:
         return False, f"drop_caches not permitted ({e.strerror})"
@@ -317,3 +319,23 @@ def warm_file(path: str) -> None:
     with open(path, "rb", buffering=0) as f:
         while f.read(16 << 20):
             pass
+
+
+def machine() -> dict:
+    """The machine a benchmark ran on, for its report: CPU model, cores, memory, kernel."""
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    mem = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                mem = int(line.split()[1]) * 1024
+    info = {"cpu": cpu, "cores": os.cpu_count(), "memory_bytes": mem,
+            "kernel": platform.release(), "python": platform.python_version()}
+    info["summary"] = (f"{cpu}, {info['cores']} cores, {mem / 2**30:.0f} GiB, "
+                       f"Linux {info['kernel']}")
+    return info

@@ -16,7 +16,6 @@ import fcntl
 import importlib.metadata
 import json
 import os
-import platform
 import random
 import re
 import shlex
@@ -107,7 +106,7 @@ class PageCache:
     def __init__(self, method: str):
         self.method = method
         if method == "drop":
-            ok, how = self._drop()
+            ok, how = peers_lib.page_cache_drop("1")
             if not ok:
                 log(f"page cache: {how}; evicting each file with posix_fadvise instead")
                 self.method = "evict"
@@ -117,20 +116,10 @@ class PageCache:
             "the files evicted (fdatasync, then posix_fadvise(POSIX_FADV_DONTNEED); "
             "libraries, the interpreter and the stasis binary stay cached)")
 
-    @staticmethod
-    def _drop() -> Tuple[bool, str]:
-        os.sync()
-        try:
-            with open("/proc/sys/vm/drop_caches", "w") as f:
-                f.write("1\n")
-            return True, "drop_caches"
-        except OSError as e:
-            return False, f"drop_caches not permitted ({e.strerror})"
-
     def cold(self, path: str) -> Optional[int]:
         files = files_under(path)
         if self.method == "drop":
-            self._drop()
+            peers_lib.page_cache_drop("1")
         else:
             for f in files:
                 peers_lib.evict_file(f)
@@ -750,24 +739,6 @@ def cache_setting(runner: Runner, a, rng: random.Random) -> dict:
 # ---- the report --------------------------------------------------------------------------
 
 
-def machine() -> dict:
-    cpu = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    mem = 0
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemTotal:"):
-                mem = int(line.split()[1]) * 1024
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_bytes": mem,
-            "kernel": platform.release(), "python": platform.python_version(),
-            "summary": f"{cpu}, {os.cpu_count()} cores, {mem / 2**30:.0f} GiB, "
-                       f"Linux {platform.release()}"}
-
-
 def versions(a) -> dict:
     out = {}
     r = sh([a.stasis, "--version"])
@@ -1020,7 +991,7 @@ def main() -> int:
     ep = Endpoint(model["served"], a)
     rng = random.Random(a.seed)
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "command": a.command, "runs": a.runs, "machine": machine(), "versions": versions(a),
+              "command": a.command, "runs": a.runs, "machine": peers_lib.machine(), "versions": versions(a),
               "cold_method": cache.description, "cases": cases,
               "model": {k: v for k, v in model.items() if k in
                         ("tensors", "bytes", "file_bytes", "compression_ratio", "reference")},

@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import http.client
 import http.server
-import os
 import signal
 import subprocess
 import threading
