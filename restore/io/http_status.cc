@@ -119,6 +119,17 @@ Status CurlError(CURLcode c, const char* errbuf, const std::string& display,
   }
 }
 
+bool ResponseHead::Take(std::string_view line) {
+  const long c = StatusLineCode(line);
+  if (c != 0) {
+    Clear();
+    code = c;
+  }
+  if (std::string v = HeaderValue(line, "etag"); !v.empty()) etag = v;
+  if (std::string v = HeaderValue(line, "content-range"); !v.empty()) content_range = v;
+  return c != 0;
+}
+
 std::chrono::milliseconds RetryBackoff(int failures, uint64_t spread) {
   if (failures <= 0) return std::chrono::milliseconds(0);
   const int64_t base = std::min<int64_t>(5000, 100LL << std::min(failures - 1, 6));

@@ -31,6 +31,18 @@ std::string HeaderValue(std::string_view line, std::string_view name);
 // "HTTP/1.1 206 Partial Content" → 206; 0 when the line is not a status line.
 long StatusLineCode(std::string_view line);
 
+// What a response's header lines say that the readers and the upload check: its status and
+// ETag, and the Content-Range of a range answer. A status line (a 100 Continue comes before
+// the real one) starts over.
+struct ResponseHead {
+  long code = 0;
+  std::string etag, content_range;
+  void Clear() { *this = ResponseHead(); }
+  // Takes one header line; true when it was a status line (a new response begins: the
+  // caller drops what it gathered of the previous one's body).
+  bool Take(std::string_view line);
+};
+
 // S3's "<Code>: <Message>" from an XML error body, "" when it holds none; never anything
 // else from it (the body of SignatureDoesNotMatch echoes the canonical request, token
 // header included).

@@ -59,19 +59,11 @@ StatusOr<std::shared_ptr<const RemoteObject>> RemoteObject::Open(std::string_vie
 
   // The suffix range brings size, ETag and the tail in one request.
   struct Response {
-    long code = 0;
-    std::string etag, content_range, body;
+    ResponseHead head;
+    std::string body;
     static size_t Header(char* d, size_t s, size_t n, void* p) {
       auto* r = static_cast<Response*>(p);
-      std::string_view line(d, s * n);
-      if (long c = StatusLineCode(line)) {
-        r->code = c;
-        r->etag.clear();
-        r->content_range.clear();
-        r->body.clear();
-      }
-      if (std::string v = HeaderValue(line, "etag"); !v.empty()) r->etag = v;
-      if (std::string v = HeaderValue(line, "content-range"); !v.empty()) r->content_range = v;
+      if (r->head.Take(std::string_view(d, s * n))) r->body.clear();
       return s * n;
     }
     static size_t Body(char* d, size_t s, size_t n, void* p) {
@@ -123,7 +115,7 @@ StatusOr<std::shared_ptr<const RemoteObject>> RemoteObject::Open(std::string_vie
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, nullptr);
     curl_slist_free_all(headers);
     const bool last_try = attempt >= options.max_retries;
-    if (c != CURLE_OK && !(c == CURLE_WRITE_ERROR && r.code == 200)) {
+    if (c != CURLE_OK && !(c == CURLE_WRITE_ERROR && r.head.code == 200)) {
       Status s = CurlError(c, tls_errbuf, display, "opening");
       if (Clock::now() >= o->deadline_)
         s = Status(StatusCode::kDeadlineExceeded, "deadline of " + SecondsText(options.deadline_s) +
@@ -135,23 +127,24 @@ StatusOr<std::shared_ptr<const RemoteObject>> RemoteObject::Open(std::string_vie
       last = s;
       continue;
     }
-    if (r.code == 416) {  // an empty object: nothing to suffix-range
+    if (r.head.code == 416) {  // an empty object: nothing to suffix-range
       o->ReturnHandle(h);
       return OutOfRangeError(display + " is empty: not an image");
     }
-    if (r.code != 206 && r.code != 200) {
-      Status s = HttpError(r.code, r.body, display, "opening");
-      if (!RetryableHttp(r.code) || last_try) {
+    if (r.head.code != 206 && r.head.code != 200) {
+      Status s = HttpError(r.head.code, r.body, display, "opening");
+      if (!RetryableHttp(r.head.code) || last_try) {
         o->ReturnHandle(h);
-        return RetryableHttp(r.code) ? UnavailableError(std::string(s.message()) + " (" +
-                                                        std::to_string(attempt + 1) + " attempts)")
-                                     : s;
+        return RetryableHttp(r.head.code)
+                   ? UnavailableError(std::string(s.message()) + " (" +
+                                      std::to_string(attempt + 1) + " attempts)")
+                   : s;
       }
       last = s;
       continue;
     }
-    o->etag_ = r.etag;
-    if (r.code == 200) {
+    o->etag_ = r.head.etag;
+    if (r.head.code == 200) {
       // Range ignored: fine when the whole object fitted in the tail; else unsupported.
       if (c == CURLE_WRITE_ERROR) {
         o->ReturnHandle(h);
@@ -163,11 +156,11 @@ StatusOr<std::shared_ptr<const RemoteObject>> RemoteObject::Open(std::string_vie
       o->tail_offset_ = 0;
     } else {
       uint64_t a = 0, b = 0, total = 0;
-      if (!ParseContentRange(r.content_range, &a, &b, &total) || total == 0 || b + 1 != total ||
-          r.body.size() != b - a + 1) {
+      if (!ParseContentRange(r.head.content_range, &a, &b, &total) || total == 0 ||
+          b + 1 != total || r.body.size() != b - a + 1) {
         o->ReturnHandle(h);
         return DataLossError(display + ": a malformed answer to a suffix range (Content-Range '" +
-                             r.content_range + "', " + Num(r.body.size()) + " bytes)");
+                             r.head.content_range + "', " + Num(r.body.size()) + " bytes)");
       }
       o->size_ = total;
       o->tail_offset_ = a;
@@ -314,9 +307,7 @@ Status RangeTransfer::Arm(CURL* h) {
                          std::max<int64_t>(1, std::chrono::duration_cast<std::chrono::milliseconds>(
                                                   object_->deadline() - Clock::now())
                                                   .count())));
-  status_code_ = 0;
-  etag_.clear();
-  content_range_.clear();
+  head_.Clear();
   checked_ = accepted_ = stalled_ = false;
   last_byte_ = Clock::now();
   error_body_.clear();
@@ -338,33 +329,27 @@ size_t RangeTransfer::OnHeader(char* data, size_t size, size_t n, void* self) {
   auto* t = static_cast<RangeTransfer*>(self);
   t->last_byte_ = Clock::now();
   std::string_view line(data, size * n);
-  if (long c = StatusLineCode(line)) {
-    t->status_code_ = c;
-    t->etag_.clear();
-    t->content_range_.clear();
-  }
-  if (std::string v = HeaderValue(line, "etag"); !v.empty()) t->etag_ = v;
-  if (std::string v = HeaderValue(line, "content-range"); !v.empty()) t->content_range_ = v;
+  t->head_.Take(line);
   return size * n;
 }
 
 bool RangeTransfer::Accept() {
   const uint64_t first = offset_ + received_, last = offset_ + length_ - 1;
   const std::string& pinned = object_->etag();
-  if (!pinned.empty() && etag_.empty()) {
+  if (!pinned.empty() && head_.etag.empty()) {
     reject_ = Status(StatusCode::kAborted, object_->display() +
                                                " answered a range without an ETag, so it cannot be "
                                                "told from a replacement (opened as " +
                                                pinned + "); restore it again");
     return false;
   }
-  if (!pinned.empty() && etag_ != pinned) {
-    reject_ =
-        Status(StatusCode::kAborted, object_->display() + " was replaced while it was read (ETag " +
-                                         etag_ + ", opened as " + pinned + "); restore it again");
+  if (!pinned.empty() && head_.etag != pinned) {
+    reject_ = Status(StatusCode::kAborted,
+                     object_->display() + " was replaced while it was read (ETag " + head_.etag +
+                         ", opened as " + pinned + "); restore it again");
     return false;
   }
-  if (status_code_ == 200) {
+  if (head_.code == 200) {
     attempt_limit_ = length_ - received_;
     if (first == 0 && last + 1 == object_->size()) return true;
     reject_ = UnimplementedError(object_->display() +
@@ -373,9 +358,9 @@ bool RangeTransfer::Accept() {
     return false;
   }
   uint64_t a = 0, b = 0, total = 0;
-  if (!ParseContentRange(content_range_, &a, &b, &total)) {
+  if (!ParseContentRange(head_.content_range, &a, &b, &total)) {
     reject_ = DataLossError(object_->display() + ": a 206 answer with a malformed Content-Range '" +
-                            content_range_ + "'");
+                            head_.content_range + "'");
     return false;
   }
   if (total != 0 && total != object_->size()) {
@@ -386,7 +371,7 @@ bool RangeTransfer::Accept() {
   }
   if (a != first || b > last) {
     reject_ = DataLossError(object_->display() + ": asked for bytes " + Num(first) + "-" +
-                            Num(last) + ", got '" + content_range_ + "'");
+                            Num(last) + ", got '" + head_.content_range + "'");
     return false;
   }
   attempt_limit_ = b - a + 1;  // a shorter range is taken; the rest is asked for again
@@ -399,7 +384,7 @@ size_t RangeTransfer::OnBody(char* data, size_t size, size_t n, void* self) {
   t->last_byte_ = Clock::now();
   if (!t->checked_) {
     t->checked_ = true;
-    t->accepted_ = (t->status_code_ == 206 || t->status_code_ == 200) && t->Accept();
+    t->accepted_ = (t->head_.code == 206 || t->head_.code == 200) && t->Accept();
     if (!t->accepted_ && !t->reject_.ok()) return 0;  // abort: never write those bytes
   }
   if (!t->accepted_) {  // an error answer: keep the start of its body for the message
@@ -435,7 +420,7 @@ RangeTransfer::Next RangeTransfer::Finish(CURL* h, CURLcode code, Status* status
   } else if (code != CURLE_OK) {
     failure = CurlError(code, "", object_->display(), "reading");
     retryable = RetryableCurl(code);
-  } else if (status_code_ == 206 || status_code_ == 200) {
+  } else if (head_.code == 206 || head_.code == 200) {
     if (received_ == length_) {
       *status = OkStatus();
       return Next::kDone;
@@ -443,8 +428,8 @@ RangeTransfer::Next RangeTransfer::Finish(CURL* h, CURLcode code, Status* status
     failure = Failure("a short answer (" + Num(received_ - attempt_start_) + " bytes)");
     retryable = true;
   } else {
-    failure = HttpError(status_code_, error_body_, object_->display(), "reading");
-    retryable = RetryableHttp(status_code_);
+    failure = HttpError(head_.code, error_body_, object_->display(), "reading");
+    retryable = RetryableHttp(head_.code);
   }
   if (Clock::now() >= object_->deadline()) {
     *status = Status(StatusCode::kDeadlineExceeded,

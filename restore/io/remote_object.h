@@ -21,6 +21,7 @@
 #include <string_view>
 #include <vector>
 
+#include "restore/io/http_status.h"
 #include "restore/io/remote_location.h"
 #include "stasis/file_system.h"
 #include "stasis/remote.h"
@@ -117,8 +118,7 @@ class RangeTransfer {
   uint64_t attempt_limit_ = 0;  // bytes this attempt's answer announced (Content-Range)
   curl_slist* headers_ = nullptr;
   // This attempt's response.
-  long status_code_ = 0;
-  std::string etag_, content_range_;
+  ResponseHead head_;
   bool checked_ = false, accepted_ = false;
   bool stalled_ = false;
   std::chrono::steady_clock::time_point last_byte_;  // or the attempt's start

@@ -110,31 +110,21 @@ bool RetryableS3Code(const std::string& body) {
          code == "InternalError" || code == "SlowDown" || code == "ServiceUnavailable";
 }
 
-// One answer: its status (the last status line: a 100 Continue comes first), ETag and the
-// start of its body.
-struct Answer {
-  long code = 0;
-  std::string etag;
+// One answer: its status and ETag (ResponseHead) and the start of its body.
+struct Answer : ResponseHead {
   std::string body;
   curl_off_t sent = 0;  // request body bytes sent (the progress callback)
   // When set, a transfer stops once it is (the loop of the parts checks it itself).
   const std::atomic<bool>* cancel = nullptr;
 
   void Clear() {
-    code = 0;
-    etag.clear();
+    ResponseHead::Clear();
     body.clear();
     sent = 0;
   }
   static size_t OnHeader(char* data, size_t size, size_t n, void* self) {
     auto* a = static_cast<Answer*>(self);
-    std::string_view line(data, size * n);
-    if (long c = StatusLineCode(line)) {
-      a->code = c;
-      a->etag.clear();
-      a->body.clear();
-    }
-    if (std::string v = HeaderValue(line, "etag"); !v.empty()) a->etag = v;
+    if (a->Take(std::string_view(data, size * n))) a->body.clear();
     return size * n;
   }
   static size_t OnBody(char* data, size_t size, size_t n, void* self) {
